@@ -1,0 +1,68 @@
+"""crp-jax: Contrastive Relevance Propagation (Tsunakawa et al., IJCNN 2019) for SSD in JAX.
+
+Public API (DESIGN §3)::
+
+    import crp_jax as cj
+    model, variables, meta = cj.load_pretrained()
+    x = cj.preprocess(images, meta)
+    cls_logits, loc = model.apply(variables, x)
+    dets = cj.detect(model, variables, x, meta=meta)
+    R = cj.explain(model, variables, x, targets, method="crp", meta=meta)
+    outputs, explain_fn = cj.relevance_vjp(model.apply, variables, x, composite)
+    model, variables, meta = cj.convert_torchvision_ssd(state_dict)
+
+Names are resolved lazily so that ``import crp_jax`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    # detector
+    "SSD": "crp_jax.ssd.model",
+    "SSDConfig": "crp_jax.ssd.config",
+    "Meta": "crp_jax.ssd.meta",
+    "default_boxes": "crp_jax.ssd.anchors",
+    "preprocess": "crp_jax.ssd.detect",
+    "detect": "crp_jax.ssd.detect",
+    "Detections": "crp_jax.ssd.detect",
+    "load_pretrained": "crp_jax.ssd.io",
+    "save_weights": "crp_jax.ssd.io",
+    "load_weights": "crp_jax.ssd.io",
+    "convert_torchvision_ssd": "crp_jax.ssd.convert",
+    "convert_ssdpytorch": "crp_jax.ssd.convert",
+    "load_torch_state_dict": "crp_jax.ssd.convert",
+    # relevance engine
+    "relevance_vjp": "crp_jax.relevance.core",
+    "Composite": "crp_jax.relevance.composite",
+    "get_composite": "crp_jax.relevance.composite",
+    "register_composite": "crp_jax.relevance.composite",
+    "ClassTarget": "crp_jax.relevance.targets",
+    "LocTarget": "crp_jax.relevance.targets",
+    "targets_from_detections": "crp_jax.relevance.targets",
+    "explain": "crp_jax.relevance.explain",
+    "heatmap": "crp_jax.relevance.explain",
+    # errors
+    "CRPError": "crp_jax.errors",
+    "InputError": "crp_jax.errors",
+    "ConfigError": "crp_jax.errors",
+    "CheckpointError": "crp_jax.errors",
+    "TargetError": "crp_jax.errors",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'crp_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

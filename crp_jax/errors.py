@@ -1,0 +1,28 @@
+"""The package's exception types.
+
+Every error a user can cause (bad image, bad checkpoint, bad target, unknown name)
+is raised as a subclass of :class:`CRPError` with a message that names the bad value,
+before it can reach XLA as a shape error or turn into a silent NaN.
+"""
+
+from __future__ import annotations
+
+
+class CRPError(Exception):
+    """Base class of all crp-jax errors."""
+
+
+class InputError(CRPError, ValueError):
+    """An image batch (or other array argument) has the wrong rank, shape, dtype or values."""
+
+
+class ConfigError(CRPError, ValueError):
+    """An unknown or inconsistent configuration, preset, rule or method name."""
+
+
+class CheckpointError(CRPError, ValueError):
+    """A checkpoint file or state dict that cannot be loaded into the model."""
+
+
+class TargetError(CRPError, ValueError):
+    """An explanation target whose image, anchor, class or coordinate is out of range."""

@@ -1,0 +1,145 @@
+"""SSD as a pure ``flax.linen`` module.
+
+Layer names make every CRP layer type addressable by module path (DESIGN §2):
+
+- ``conv1_1``: the input conv (z^B rule in CRP),
+- ``conv1_2`` ... ``conv5_3``, ``conv6``, ``conv7``, ``conv8_1`` ...: feature convs,
+- ``l2norm``: the L2Norm on the first source (pass-through rule),
+- ``cls_0`` ... / ``loc_0`` ...: the classification / localization head conv of each source.
+
+Max-pooling and ReLU are plain functions: relevance passes them as the gradient does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from crp_jax.errors import InputError
+from crp_jax.ssd.config import SSDConfig
+
+_conv_init = nn.initializers.xavier_uniform()
+
+
+def _conv(features: int, kernel: int, name: str, stride: int = 1, padding: int = 0, dilation: int = 1) -> nn.Conv:
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        kernel_dilation=(dilation, dilation),
+        kernel_init=_conv_init,
+        name=name,
+    )
+
+
+def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0, ceil_mode: bool = False) -> jax.Array:
+    """Max-pool ``[B, H, W, C]`` like ``torch.nn.MaxPool2d`` (padding is -inf, so the
+    gradient, and hence relevance, always goes to a real pixel)."""
+    pads = []
+    for n in x.shape[1:3]:
+        lo = hi = padding
+        if ceil_mode:
+            out = math.ceil((n + 2 * padding - window) / stride) + 1
+            if (out - 1) * stride >= n + padding:  # torch: last window must start inside
+                out -= 1
+            hi = (out - 1) * stride + window - n - padding
+        pads.append((lo, max(hi, 0)))
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=tuple(pads))
+
+
+class L2Norm(nn.Module):
+    """Per-position channel L2 normalisation with a learnable per-channel scale.
+
+    ``[B, H, W, C] -> [B, H, W, C]``: ``scale * x / max(||x||_2, eps)``, as torchvision's
+    ``scale_weight * F.normalize(x)``. Its own module so that rules can address it.
+    """
+
+    features: int
+    scale_init: float = 20.0
+    eps: float = 1e-12
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.constant(self.scale_init), (self.features,))
+        # sqrt of the clamped square keeps the gradient finite at an all-zero position.
+        norm = jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), self.eps**2))
+        return x / norm * scale
+
+
+class SSD(nn.Module):
+    """Single-shot detector: ``[B, S, S, 3]`` float32 NHWC -> raw outputs.
+
+    Returns ``(cls_logits [B, A, K], loc [B, A, 4])``: class logits (no softmax) and box
+    offsets (cx, cy, w, h) against the default boxes, anchors ordered as torchvision
+    (sources in order, then row, column, box).
+    """
+
+    config: SSDConfig
+
+    def sources(self, x: jax.Array) -> list[jax.Array]:
+        cfg = self.config
+        ch = cfg.channels
+        stage, idx = 1, 0
+        for v in cfg.vgg:
+            if v in ("M", "C"):
+                x = max_pool(x, 2, 2, ceil_mode=(v == "C"))
+                stage, idx = stage + 1, 0
+            else:
+                idx += 1
+                x = nn.relu(_conv(ch(v), 3, f"conv{stage}_{idx}", padding=1)(x))
+        srcs = [L2Norm(x.shape[-1], scale_init=cfg.l2norm_init, name="l2norm")(x)]
+        x = max_pool(x, 2, 2)  # pool4
+        stage += 1
+        for i, v in enumerate(cfg.conv5):
+            x = nn.relu(_conv(ch(v), 3, f"conv{stage}_{i + 1}", padding=1)(x))
+        x = max_pool(x, 3, 1, padding=1)  # pool5
+        d = cfg.fc_dilation
+        x = nn.relu(_conv(ch(cfg.fc[0]), 3, "conv6", padding=d, dilation=d)(x))
+        x = nn.relu(_conv(ch(cfg.fc[1]), 1, "conv7")(x))
+        srcs.append(x)
+        for j, (mid, out, stride, pad) in enumerate(cfg.extras):
+            n = 8 + j
+            x = nn.relu(_conv(ch(mid), 1, f"conv{n}_1")(x))
+            x = nn.relu(_conv(ch(out), 3, f"conv{n}_2", stride=stride, padding=pad)(x))
+            srcs.append(x)
+        return srcs
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        cfg = self.config
+        check_image_batch(x, cfg.image_size)
+        K = cfg.num_classes
+        cls_out, loc_out = [], []
+        for k, (src, a) in enumerate(zip(self.sources(x), cfg.anchors_per_cell)):
+            B = src.shape[0]
+            c = _conv(a * K, 3, f"cls_{k}", padding=1)(src)
+            l = _conv(a * 4, 3, f"loc_{k}", padding=1)(src)
+            # NHWC channel index a*K + k  ->  anchor order (row, col, box), as torchvision.
+            cls_out.append(c.reshape(B, -1, K))
+            loc_out.append(l.reshape(B, -1, 4))
+        return jnp.concatenate(cls_out, axis=1), jnp.concatenate(loc_out, axis=1)
+
+
+def check_image_batch(x, image_size: int | None = None) -> None:
+    """Static checks of a model input: ``[B, S, S, 3]`` floating, B >= 1."""
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    if shape is None or dtype is None:
+        raise InputError(f"images must be an array [B, H, W, 3], got {type(x).__name__}")
+    if len(shape) != 4:
+        raise InputError(f"images must have rank 4 [B, H, W, 3] (NHWC), got shape {tuple(shape)}")
+    if shape[0] == 0:
+        raise InputError(f"empty batch: images have shape {tuple(shape)}")
+    if shape[-1] != 3:
+        raise InputError(f"images must have 3 channels last (NHWC), got shape {tuple(shape)}")
+    if image_size is not None and (shape[1] != image_size or shape[2] != image_size):
+        raise InputError(
+            f"images must be {image_size}x{image_size} for this model, got shape {tuple(shape)}; "
+            "use crp_jax.preprocess to resize"
+        )
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise InputError(f"images must be floating point (preprocessed), got dtype {dtype}; use crp_jax.preprocess")
