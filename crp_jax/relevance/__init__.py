@@ -1,0 +1,12 @@
+"""The relevance engine: rules as custom_vjp functions, composites, relevance_vjp, explain."""
+
+from crp_jax.relevance import rules
+from crp_jax.relevance.composite import Composite, composite_names, get_composite, register_composite
+from crp_jax.relevance.core import relevance_vjp
+from crp_jax.relevance.explain import explain, heatmap
+from crp_jax.relevance.targets import COORDS, ClassTarget, LocTarget, targets_from_detections
+
+__all__ = [
+    "rules", "Composite", "composite_names", "get_composite", "register_composite", "relevance_vjp",
+    "explain", "heatmap", "COORDS", "ClassTarget", "LocTarget", "targets_from_detections",
+]

@@ -1,0 +1,293 @@
+"""LRP/CRP rules as ``jax.custom_vjp`` functions of a layer's inputs and parameters.
+
+Each rule's forward is the ordinary layer; its backward maps the cotangent - *the relevance*
+``R`` at the layer output - to relevance at the input (DESIGN §2). For a linear layer
+``z_j = sum_i x_i w_ij + b_j``:
+
+=============  =====================================================================  ======
+rule           R_i =                                                                  bias
+=============  =====================================================================  ======
+Epsilon        sum_j x_i w_ij / stab(z_j, eps) R_j                                    kept
+WPlus          sum_j x_i w+_ij / stab(z+_j, eps) R_j,  z+_j = sum_i x_i w+_ij         no
+AlphaBeta      sum_j (alpha x_i w+_ij / stab(z+_j) - beta x_i w-_ij / stab(z-_j)) R_j  no
+ZBox           sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / stab(z^B_j) R_j             no
+Flat           sum_j 1 / stab(sum_i' 1) R_j  (all weights and inputs set to 1)        no
+WSquare        sum_j w_ij^2 / stab(sum_i' w_i'j^2) R_j                                no
+PassThrough    R_i = R_i (shape-preserving layers such as L2Norm)                     -
+=============  =====================================================================  ======
+
+``w+ = max(w, 0)``, ``w- = min(w, 0)``, ``stab(z, eps) = z + eps * sign(z)`` with
+``sign(0) = +1``, so ``|stab(z, eps)| >= eps > 0`` and no rule ever divides by zero: every
+rule's stabiliser is an explicit, documented field (a float > 0). WPlus and AlphaBeta take
+``x`` as it is (DESIGN's formula), which is the classic rule for the non-negative inputs
+that follow a ReLU.
+
+Everything per image (modified kernels, their flipped transposes, the reciprocal
+denominators) is computed in the forward pass and kept as residuals, so the per-target
+backward is one forward-style convolution plus elementwise work (see ``linear.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from crp_jax.errors import ConfigError
+
+
+def stabilize(z: jax.Array, eps: float) -> jax.Array:
+    """``z + eps * sign(z)`` with ``sign(0) = +1``: same sign as ``z``, magnitude >= eps."""
+    return z + jnp.where(z >= 0, eps, -eps).astype(z.dtype)
+
+
+def _check_stabilizer(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and value > 0 and value < float("inf")):
+        raise ConfigError(f"{name} must be a finite float > 0, got {value!r}")
+
+
+class Rule:
+    """Base class. ``apply(module, next_fun, args, kwargs)`` runs the layer under the rule."""
+
+    def apply(self, module, next_fun: Callable, args: tuple, kwargs: dict):  # pragma: no cover
+        raise NotImplementedError
+
+
+class LinearRule(Rule):
+    """A rule for a linear layer, defined by what it keeps from the forward pass
+    (:meth:`residuals`) and how it maps relevance back (:meth:`backward`)."""
+
+    def __call__(self, op, x: jax.Array, w: jax.Array, b: jax.Array | None = None) -> jax.Array:
+        """Apply the layer ``op`` (a ConvOp/DenseOp) with this rule's backward."""
+        if b is None:
+            b = jnp.zeros((w.shape[-1],), x.dtype)
+        return _rule_vjp(self, op, x.shape)(x, w, b)
+
+    def apply(self, module, next_fun, args, kwargs):
+        from crp_jax.relevance.linear import DenseOp, conv_op_from_module
+        import flax.linen as nn
+
+        if isinstance(module, nn.Conv):
+            op = conv_op_from_module(module)
+        elif isinstance(module, nn.Dense):
+            op = DenseOp()
+        else:
+            raise ConfigError(
+                f"rule {type(self).__name__} is for Conv/Dense layers, but {'/'.join(module.path)} "
+                f"is a {type(module).__name__}"
+            )
+        params = module.variables["params"]
+        return self(op, args[0], params["kernel"], params.get("bias"))
+
+    # -- to implement -----------------------------------------------------------------
+    def residuals(self, op, x, w, b, y) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def backward(self, op, res, R, in_shape) -> jax.Array:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _rule_vjp(rule: LinearRule, op, in_shape: tuple[int, ...]):
+    in_hw = tuple(in_shape[1:3])
+
+    @jax.custom_vjp
+    def layer(x, w, b):
+        return op.apply(x, w) + b
+
+    def fwd(x, w, b):
+        y = op.apply(x, w) + b
+        return y, rule.residuals(op, x, w, b, y)
+
+    def bwd(res, R):
+        # Parameters get a symbolic zero: relevance flows to the input only.
+        return rule.backward(op, res, R, in_hw), None, None
+
+    layer.defvjp(fwd, bwd)
+    return layer
+
+
+# ---- the rules ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Epsilon(LinearRule):
+    """LRP-epsilon: ``R_i = x_i sum_j w_ij R_j / stab(z_j, epsilon)``; z includes the bias."""
+
+    epsilon: float = 1e-6
+
+    def __post_init__(self):
+        _check_stabilizer("Epsilon.epsilon", self.epsilon)
+
+    def residuals(self, op, x, w, b, y):
+        return x, op.transpose_kernel(w), 1.0 / stabilize(y, self.epsilon)
+
+    def backward(self, op, res, R, in_hw):
+        x, wt, inv = res
+        return x * op.transpose(R * inv, wt, in_hw)
+
+
+@dataclass(frozen=True)
+class WPlus(LinearRule):
+    """w+ / z+ (= alpha1beta0 for x >= 0): ``R_i = x_i sum_j w+_ij R_j / stab(z+_j)``."""
+
+    stabilizer: float = 1e-9
+
+    def __post_init__(self):
+        _check_stabilizer("WPlus.stabilizer", self.stabilizer)
+
+    def residuals(self, op, x, w, b, y):
+        wp = jnp.maximum(w, 0)
+        return x, op.transpose_kernel(wp), 1.0 / stabilize(op.apply(x, wp), self.stabilizer)
+
+    def backward(self, op, res, R, in_hw):
+        x, wpt, inv = res
+        return x * op.transpose(R * inv, wpt, in_hw)
+
+
+@dataclass(frozen=True)
+class AlphaBeta(LinearRule):
+    """``R_i = sum_j (alpha x_i w+_ij / stab(z+_j) - beta x_i w-_ij / stab(z-_j)) R_j``.
+
+    alpha=1, beta=0 is WPlus; alpha=1, beta=1 is CRP's localization-layer rule: what pushes
+    in the asked direction gets positive relevance, what pushes against it negative.
+    """
+
+    alpha: float = 1.0
+    beta: float = 0.0
+    stabilizer: float = 1e-9
+
+    def __post_init__(self):
+        _check_stabilizer("AlphaBeta.stabilizer", self.stabilizer)
+        for name in ("alpha", "beta"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0 and v < float("inf")):
+                raise ConfigError(f"AlphaBeta.{name} must be a finite float >= 0, got {v!r}")
+
+    def residuals(self, op, x, w, b, y):
+        wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
+        inv_p = 1.0 / stabilize(op.apply(x, wp), self.stabilizer)
+        inv_n = 1.0 / stabilize(op.apply(x, wn), self.stabilizer)
+        # One transposed conv serves both terms: stack (w+, w-) along the output channels.
+        wt = op.transpose_kernel(jnp.concatenate([wp, wn], axis=-1))
+        return x, wt, self.alpha * inv_p, -self.beta * inv_n
+
+    def backward(self, op, res, R, in_hw):
+        x, wt, cp, cn = res
+        return x * op.transpose(jnp.concatenate([R * cp, R * cn], axis=-1), wt, in_hw)
+
+
+@dataclass(frozen=True)
+class ZBox(LinearRule):
+    """z^B for the input layer, whose inputs lie in ``[low, high]`` (per channel or scalar):
+    ``R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / stab(z^B_j) R_j``. Every term is
+    >= 0 for inputs within the bounds, so relevance keeps the sign of ``R_j``."""
+
+    low: float | tuple[float, ...] = 0.0
+    high: float | tuple[float, ...] = 1.0
+    stabilizer: float = 1e-9
+
+    def __post_init__(self):
+        _check_stabilizer("ZBox.stabilizer", self.stabilizer)
+        for name in ("low", "high"):
+            v = getattr(self, name)
+            if isinstance(v, (list, tuple)):
+                object.__setattr__(self, name, tuple(float(a) for a in v))
+        lo, hi = np.asarray(self.low, float), np.asarray(self.high, float)
+        if lo.shape != hi.shape or not np.all(lo <= hi) or not np.all(np.isfinite(lo + hi)):
+            raise ConfigError(f"ZBox needs low <= high of one shape, got low={self.low}, high={self.high}")
+
+    def residuals(self, op, x, w, b, y):
+        l = jnp.broadcast_to(jnp.asarray(self.low, x.dtype), x.shape)
+        h = jnp.broadcast_to(jnp.asarray(self.high, x.dtype), x.shape)
+        wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
+        # z^B = x*w - l*w+ - h*w- as one conv over stacked inputs and kernels.
+        z = op.apply(jnp.concatenate([x, l, h], axis=-1), jnp.concatenate([w, -wp, -wn], axis=-2))
+        coeff = jnp.concatenate([x, -l, -h], axis=-1)
+        wt = op.transpose_kernel(jnp.concatenate([w, wp, wn], axis=-2))
+        return coeff, wt, 1.0 / stabilize(z, self.stabilizer)
+
+    def backward(self, op, res, R, in_hw):
+        coeff, wt, inv = res
+        parts = coeff * op.transpose(R * inv, wt, in_hw)  # [..., 3 * Cin]
+        c = parts.shape[-1] // 3
+        return parts[..., :c] + parts[..., c : 2 * c] + parts[..., 2 * c :]
+
+
+@dataclass(frozen=True)
+class Flat(LinearRule):
+    """Flat: relevance spread uniformly over each output's receptive field."""
+
+    stabilizer: float = 1e-9
+
+    def __post_init__(self):
+        _check_stabilizer("Flat.stabilizer", self.stabilizer)
+
+    def residuals(self, op, x, w, b, y):
+        ones = jnp.ones_like(w)
+        return op.transpose_kernel(ones), 1.0 / stabilize(op.apply(jnp.ones_like(x), ones), self.stabilizer)
+
+    def backward(self, op, res, R, in_hw):
+        wt, inv = res
+        return op.transpose(R * inv, wt, in_hw)
+
+
+@dataclass(frozen=True)
+class WSquare(LinearRule):
+    """w^2: relevance spread in proportion to squared weights (inputs ignored)."""
+
+    stabilizer: float = 1e-9
+
+    def __post_init__(self):
+        _check_stabilizer("WSquare.stabilizer", self.stabilizer)
+
+    def residuals(self, op, x, w, b, y):
+        w2 = w * w
+        return op.transpose_kernel(w2), 1.0 / stabilize(op.apply(jnp.ones_like(x), w2), self.stabilizer)
+
+    def backward(self, op, res, R, in_hw):
+        wt, inv = res
+        return op.transpose(R * inv, wt, in_hw)
+
+
+@dataclass(frozen=True)
+class PassThrough(Rule):
+    """Relevance passes unchanged (``R_in = R_out``) through a shape-preserving layer, e.g.
+    L2Norm, which only rescales each position (DESIGN §2)."""
+
+    def apply(self, module, next_fun, args, kwargs):
+        x = args[0]
+        y = next_fun(*args, **kwargs)
+        if y.shape != x.shape:
+            raise ConfigError(
+                f"PassThrough needs a shape-preserving layer; {'/'.join(module.path)} maps "
+                f"{x.shape} -> {y.shape}"
+            )
+        return _pass_through(x, y)
+
+
+@jax.custom_vjp
+def _pass_through(x, y):
+    return y
+
+
+def _pass_through_fwd(x, y):
+    return y, None
+
+
+def _pass_through_bwd(_, R):
+    # All relevance to x; y's own (real) dependence on x gets a symbolic zero.
+    return R, None
+
+
+_pass_through.defvjp(_pass_through_fwd, _pass_through_bwd)
+
+
+@dataclass(frozen=True)
+class Gradient(Rule):
+    """The layer's own gradient (no modification)."""
+
+    def apply(self, module, next_fun, args, kwargs):
+        return next_fun(*args, **kwargs)
