@@ -1,0 +1,266 @@
+"""Weights on disk in safe formats only (DESIGN §4): flax msgpack plus a JSON sidecar.
+
+A checkpoint is two files with the same stem:
+
+- ``NAME.msgpack``: ``flax.serialization.msgpack_serialize`` of the variables as a nested
+  dict of numpy arrays (``{"params": {"conv1_1": {"kernel": ..., "bias": ...}, ...}}``);
+- ``NAME.json``: ``Meta.to_json()`` (architecture, class names, preprocessing, source).
+
+Nothing here (or anywhere in crp_jax) unpickles anything. Every way a file can be wrong
+(missing, not msgpack, not a variables tree, missing/bad sidecar, keys or shapes that do not
+fit the architecture) raises :class:`crp_jax.errors.CheckpointError` naming the path.
+
+``check_variables(model, variables)`` is the one place that compares a variables tree with
+what ``model.init`` would create; the converters (``crp_jax.ssd.convert``) use it too.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization, traverse_util
+
+from crp_jax.errors import CheckpointError, ConfigError
+from crp_jax.ssd.config import SSDConfig
+from crp_jax.ssd.meta import Meta
+from crp_jax.ssd.model import SSD
+
+WEIGHTS_SUFFIX = ".msgpack"
+META_SUFFIX = ".json"
+DEFAULT_NAME = "default"
+#: Environment variable that overrides the folder ``load_pretrained`` looks in.
+WEIGHTS_DIR_ENV = "CRP_JAX_WEIGHTS_DIR"
+
+_MAX_LISTED = 25  # keys listed per category in an error message
+
+
+# ---------------------------------------------------------------------------------------
+# variables <-> expected tree
+# ---------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=16)
+def expected_shapes(config: SSDConfig) -> dict[str, tuple[int, ...]]:
+    """``{"params/conv1_1/kernel": (3, 3, 3, 64), ...}``: what ``SSD(config).init`` creates
+    (computed with ``jax.eval_shape``: no arrays are allocated)."""
+    model = SSD(config)
+    x = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
+    tree = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    return {k: tuple(v.shape) for k, v in flatten_variables(tree).items()}
+
+
+def flatten_variables(variables: Mapping) -> dict[str, Any]:
+    """Nested mapping -> ``{"params/conv1_1/kernel": leaf}`` (keys joined with ``/``)."""
+    if hasattr(variables, "unfreeze"):
+        variables = variables.unfreeze()
+    if not isinstance(variables, Mapping):
+        raise CheckpointError(f"variables must be a nested mapping, got {type(variables).__name__}")
+    flat = traverse_util.flatten_dict(_to_plain_dict(variables), sep="/")
+    return flat
+
+
+def unflatten_variables(flat: Mapping[str, Any]) -> dict:
+    """Inverse of :func:`flatten_variables`."""
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+def _to_plain_dict(tree):
+    if isinstance(tree, Mapping):
+        return {str(k): _to_plain_dict(v) for k, v in tree.items()}
+    return tree
+
+
+def _list(keys, limit: int = _MAX_LISTED) -> str:
+    keys = list(keys)
+    shown = ", ".join(keys[:limit])
+    if len(keys) > limit:
+        shown += f", ... ({len(keys) - limit} more)"
+    return shown
+
+
+def variable_problems(
+    config: SSDConfig, variables: Mapping
+) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
+    """``(missing, unexpected, misshaped)`` of ``variables`` against ``SSD(config)``;
+    ``misshaped`` holds ``(key, expected_shape, found_shape)``. Keys as in
+    :func:`flatten_variables`. Leaves that are not arrays count as mis-shaped (found ``None``)."""
+    expected = expected_shapes(config)
+    found = flatten_variables(variables)
+    missing = sorted(k for k in expected if k not in found)
+    unexpected = sorted(k for k in found if k not in expected)
+    misshaped = []
+    for k in sorted(set(expected) & set(found)):
+        shape = getattr(found[k], "shape", None)
+        shape = tuple(shape) if shape is not None else None
+        if shape != expected[k]:
+            misshaped.append((k, expected[k], shape))
+    return missing, unexpected, misshaped
+
+
+def format_problems(missing, unexpected, misshaped) -> str:
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {_list(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {_list(unexpected)}")
+    if misshaped:
+        items = [f"{k} expected {tuple(e)} found {f if f is None else tuple(f)}" for k, e, f in misshaped]
+        parts.append(f"mis-shaped keys ({len(misshaped)}): {_list(items)}")
+    return "; ".join(parts)
+
+
+def check_variables(model: SSD, variables: Mapping, *, where: str | None = None) -> dict:
+    """Check ``variables`` against the tree ``model.init`` would create.
+
+    Raises :class:`CheckpointError` listing missing keys, unexpected keys and mis-shaped
+    keys (expected vs found shape). Returns the variables as a plain nested dict of float32
+    numpy arrays (so FrozenDicts, jax arrays and float64 inputs all come out the same).
+    ``where`` (a path or a description) prefixes the message.
+    """
+    config = model.config if isinstance(model, SSD) else model
+    if not isinstance(config, SSDConfig):
+        raise CheckpointError(f"check_variables needs an SSD model or SSDConfig, got {type(model).__name__}")
+    missing, unexpected, misshaped = variable_problems(config, variables)
+    flat = flatten_variables(variables)
+    bad_dtype = []
+    if not (missing or unexpected or misshaped):
+        for k, v in flat.items():
+            dt = getattr(v, "dtype", None)
+            if dt is None or not np.issubdtype(np.dtype(dt), np.floating):
+                bad_dtype.append(f"{k} ({dt})")
+    if missing or unexpected or misshaped or bad_dtype:
+        msg = format_problems(missing, unexpected, misshaped)
+        if bad_dtype:
+            msg = f"non-floating arrays: {_list(bad_dtype)}"
+        prefix = f"{where}: " if where else ""
+        raise CheckpointError(f"{prefix}variables do not fit SSD({_describe(config)}): {msg}")
+    return unflatten_variables({k: np.asarray(v, dtype=np.float32) for k, v in flat.items()})
+
+
+def _describe(config: SSDConfig) -> str:
+    return (
+        f"num_classes={config.num_classes}, image_size={config.image_size}, width={config.width}, "
+        f"sources={config.num_sources}"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# files
+# ---------------------------------------------------------------------------------------
+def _paths(path) -> tuple[Path, Path]:
+    """``(weights_path, sidecar_path)`` for a user path: ``NAME.msgpack``, ``NAME.json`` or
+    ``NAME`` all name the pair ``NAME.msgpack`` + ``NAME.json``."""
+    p = Path(os.fspath(path))
+    if p.suffix == META_SUFFIX:
+        p = p.with_suffix(WEIGHTS_SUFFIX)
+    elif p.suffix == "":
+        p = p.with_suffix(WEIGHTS_SUFFIX)
+    return p, p.with_suffix(META_SUFFIX)
+
+
+def save_weights(path, variables: Mapping, meta: Meta) -> Path:
+    """Write ``variables`` to ``path`` (``.msgpack``; added when there is no suffix) and
+    ``meta.to_json()`` to the sidecar with the same stem and ``.json``. The variables are
+    checked against ``SSD(meta.config)`` first, so a saved file always loads. Returns the
+    weights path."""
+    if not isinstance(meta, Meta):
+        raise ConfigError(f"meta must be a crp_jax Meta, got {type(meta).__name__}")
+    wpath, mpath = _paths(path)
+    if wpath == mpath:
+        raise ConfigError(f"weights path {path} would collide with its JSON sidecar")
+    plain = check_variables(SSD(meta.config), variables, where=str(wpath))
+    wpath.parent.mkdir(parents=True, exist_ok=True)
+    data = serialization.msgpack_serialize(plain)
+    tmp = wpath.with_name(wpath.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, wpath)
+    mpath.write_text(meta.to_json() + "\n", encoding="utf-8")
+    return wpath
+
+
+def read_meta(path) -> Meta:
+    """The :class:`Meta` of a checkpoint (reads only the JSON sidecar)."""
+    wpath, mpath = _paths(path)
+    if not mpath.is_file():
+        raise CheckpointError(
+            f"{wpath}: its metadata sidecar {mpath} is missing (a crp-jax checkpoint is "
+            f"NAME{WEIGHTS_SUFFIX} + NAME{META_SUFFIX})"
+        )
+    try:
+        text = mpath.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{mpath}: cannot read the metadata sidecar: {e}") from None
+    try:
+        return Meta.from_json(text)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # ConfigError is a ValueError
+        raise CheckpointError(f"{mpath}: not a valid crp-jax metadata sidecar: {e}") from None
+
+
+def load_weights(path) -> tuple[SSD, dict, Meta]:
+    """Read a checkpoint written by :func:`save_weights`: ``(model, variables, meta)``.
+
+    ``variables`` is a nested dict of float32 numpy arrays checked against
+    ``SSD(meta.config)``. Anything wrong raises :class:`CheckpointError` naming the path.
+    """
+    wpath, _ = _paths(path)
+    if not wpath.is_file():
+        raise CheckpointError(f"{wpath}: no such checkpoint file")
+    meta = read_meta(wpath)
+    try:
+        data = wpath.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{wpath}: cannot read: {e}") from None
+    try:
+        tree = serialization.msgpack_restore(data)
+    except Exception as e:  # msgpack raises many unrelated types on garbage
+        raise CheckpointError(
+            f"{wpath}: not a crp-jax weights file (flax msgpack could not decode it: "
+            f"{type(e).__name__})"
+        ) from None
+    if not isinstance(tree, Mapping) or not tree:
+        raise CheckpointError(
+            f"{wpath}: not a crp-jax weights file (decoded to {type(tree).__name__}, expected a "
+            "nested mapping of arrays)"
+        )
+    model = SSD(meta.config)
+    variables = check_variables(model, tree, where=str(wpath))
+    return model, variables, meta
+
+
+def default_weights_dir() -> Path:
+    """Where the shipped default model lives: ``$CRP_JAX_WEIGHTS_DIR`` if set, else the
+    repository's top-level ``weights/`` folder (next to the ``crp_jax`` package; this is
+    where an editable install or a checkout finds it)."""
+    env = os.environ.get(WEIGHTS_DIR_ENV)
+    if env:
+        return Path(env)
+    import crp_jax
+
+    return Path(crp_jax.__file__).resolve().parents[1] / "weights"
+
+
+def load_pretrained(path=None) -> tuple[SSD, dict, Meta]:
+    """The shipped default model ``(model, variables, meta)``, or the checkpoint at ``path``.
+
+    Without ``path`` it reads ``weights/default.msgpack`` + ``weights/default.json`` from
+    :func:`default_weights_dir`. Those files are produced by ``crp-jax train``; when they are
+    missing the :class:`CheckpointError` says where it looked.
+    """
+    if path is not None:
+        return load_weights(path)
+    folder = default_weights_dir()
+    wpath = folder / (DEFAULT_NAME + WEIGHTS_SUFFIX)
+    mpath = folder / (DEFAULT_NAME + META_SUFFIX)
+    if not wpath.is_file() or not mpath.is_file():
+        missing = [str(p) for p in (wpath, mpath) if not p.is_file()]
+        raise CheckpointError(
+            f"no shipped default model: looked for {wpath} and {mpath} "
+            f"(missing: {', '.join(missing)}). The default model is trained and saved there by "
+            f"`crp-jax train`; set {WEIGHTS_DIR_ENV} to use another folder, or pass a path "
+            "to load_pretrained(path) / load_weights(path)."
+        )
+    return load_weights(wpath)
