@@ -27,6 +27,10 @@ _LAZY = {
     "Meta": "crp_jax.ssd.meta",
     "default_boxes": "crp_jax.ssd.anchors",
     "preprocess": "crp_jax.ssd.detect",
+    "preprocess_with_sizes": "crp_jax.ssd.detect",
+    "default_boxes_xyxy": "crp_jax.ssd.anchors",
+    "init_variables": "crp_jax.ssd.model",
+    "check_variables": "crp_jax.ssd.io",
     "detect": "crp_jax.ssd.detect",
     "Detections": "crp_jax.ssd.detect",
     "load_pretrained": "crp_jax.ssd.io",
@@ -45,6 +49,7 @@ _LAZY = {
     "targets_from_detections": "crp_jax.relevance.targets",
     "explain": "crp_jax.relevance.explain",
     "heatmap": "crp_jax.relevance.explain",
+    "composite_names": "crp_jax.relevance.composite",
     # errors
     "CRPError": "crp_jax.errors",
     "InputError": "crp_jax.errors",
@@ -56,7 +61,12 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
+_SUBMODULES = ("ssd", "relevance", "metrics", "data", "viz", "cli", "train", "evaluate", "errors")
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"crp_jax.{name}")
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value

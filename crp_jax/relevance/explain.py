@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crp_jax.errors import InputError
+from crp_jax.errors import ConfigError, InputError
 from crp_jax.relevance.composite import Composite, get_composite
 from crp_jax.relevance.core import finish, linearize
 from crp_jax.relevance.targets import Target, encode_targets
@@ -35,6 +35,7 @@ def explain(
     meta=None,
     chunk_size: int = 8,
     layers: bool = False,
+    mesh=None,
 ):
     """Relevance at the input for every target.
 
@@ -49,6 +50,9 @@ def explain(
       chunk_size: targets per vmapped backward; bounds memory (about 310 MiB per target
         on SSD300, DESIGN §6).
       layers: also return per-layer relevance totals.
+      mesh: a ``jax.sharding.Mesh`` (its first axis shards the image batch), or "auto"
+        for all devices: images and their targets are then spread across devices, one
+        SPMD program per chunk (see :func:`_explain_sharded`).
 
     Returns:
       ``R`` as numpy ``[T, S, S, 3]`` float32 in target order; with ``layers=True``,
@@ -68,6 +72,10 @@ def explain(
         targets, xs.shape[0], cfg.num_anchors(), cfg.num_classes, comp.contrast
     )
     T = len(images)
+    if mesh is not None:
+        if layers:
+            raise ConfigError("layers=True is not supported together with mesh=...")
+        return _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, comp, chunk_size, mesh)
     out = np.zeros((T,) + xs.shape[1:], np.float32)
     flow: dict[str, np.ndarray] = {}
     pending = None  # one-deep pipeline: copy chunk k to the host while chunk k+1 runs
@@ -125,20 +133,16 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _compiled(model, comp: Composite, chunk: int, layers: bool):
-    key = (model, comp, chunk, layers)
-    if key in _COMPILED:
-        _COMPILED.move_to_end(key)
-        return _COMPILED[key]
+def _per_image_fns(model, comp: Composite, layers: bool):
+    """The un-jitted per-image forward (``x [1, S, S, 3] -> vjp_fn``) and per-chunk
+    backward (``vjp_fn, x, anchors [C], cls_coef [C, K], loc_coef [C, 4] -> [C, S, S, 3]``)."""
     cfg = model.config
     A, K = cfg.num_anchors(), cfg.num_classes
 
-    @jax.jit
     def forward(variables, x):
         _, vjp_fn = linearize(model.apply, variables, x, comp, layers=layers)
         return vjp_fn  # a pytree of residuals; its structure is fixed per shapes
 
-    @jax.jit
     def backward(vjp_fn, x, anchors, cls_coef, loc_coef):
         def one(a, cc, lc):
             ct = (
@@ -153,10 +157,82 @@ def _compiled(model, comp: Composite, chunk: int, layers: bool):
 
         return jax.vmap(one)(anchors, cls_coef, loc_coef)
 
-    _COMPILED[key] = (forward, backward)
+    return forward, backward
+
+
+def _cached(key, build):
+    if key in _COMPILED:
+        _COMPILED.move_to_end(key)
+        return _COMPILED[key]
+    _COMPILED[key] = value = build()
     if len(_COMPILED) > _MAX_CACHED:
         _COMPILED.popitem(last=False)
-    return forward, backward
+    return value
+
+
+def _compiled(model, comp: Composite, chunk: int, layers: bool):
+    def build():
+        forward, backward = _per_image_fns(model, comp, layers)
+        return jax.jit(forward), jax.jit(backward)
+
+    return _cached((model, comp, chunk, layers), build)
+
+
+def _compiled_batched(model, comp: Composite, chunk: int):
+    def build():
+        forward, backward = _per_image_fns(model, comp, False)
+        fwd = jax.jit(jax.vmap(lambda v, x: forward(v, x[None]), in_axes=(None, 0)))
+        bwd = jax.jit(jax.vmap(lambda f, x, a, c, l: backward(f, x[None], a, c, l)))
+        return fwd, bwd
+
+    return _cached((model, comp, chunk, "batched"), build)
+
+
+def _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, comp, chunk_size, mesh):
+    """Images (and their targets) spread over the devices of ``mesh`` along its first axis.
+
+    Every image gets the same number of target slots (the largest count, rounded up to a
+    whole chunk; unused slots have zero initial relevance), so one SPMD program per chunk
+    serves all images; the batch is padded to a multiple of the device count.
+    """
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    if isinstance(mesh, str) and mesh == "auto":
+        mesh = Mesh(np.array(jax.devices()), ("batch",))
+    if not isinstance(mesh, Mesh):
+        raise ConfigError(f"mesh must be a jax.sharding.Mesh or 'auto', got {mesh!r}")
+    axis = mesh.axis_names[0]
+    n_dev = mesh.shape[axis]
+    B, T = xs.shape[0], len(images)
+    Bp = -(-B // n_dev) * n_dev
+    counts = np.bincount(images, minlength=B)
+    chunk = min(chunk_size, _next_pow2(max(int(counts.max(initial=0)), 1)))
+    slots = max(chunk, -(-int(counts.max(initial=0)) // chunk) * chunk)
+    K = cls_coef.shape[1]
+    A = np.zeros((Bp, slots), np.int32)
+    C = np.zeros((Bp, slots, K), np.float32)
+    L = np.zeros((Bp, slots, 4), np.float32)
+    slot = np.zeros(T, np.int64)
+    fill = np.zeros(Bp, np.int64)
+    for t, b in enumerate(images):
+        slot[t] = fill[b]
+        A[b, fill[b]], C[b, fill[b]], L[b, fill[b]] = anchors[t], cls_coef[t], loc_coef[t]
+        fill[b] += 1
+    xp = np.zeros((Bp,) + xs.shape[1:], np.float32)
+    xp[:B] = xs
+    sharded = NamedSharding(mesh, PartitionSpec(axis))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    put = lambda a: jax.device_put(a, sharded)
+    fwd, bwd = _compiled_batched(model, comp, chunk)
+    x_dev = put(xp)
+    vjp_b = fwd(jax.device_put(variables, replicated), x_dev)
+    out = np.zeros((T,) + xs.shape[1:], np.float32)
+    for start in range(0, slots, chunk):
+        sl = slice(start, start + chunk)
+        R = np.asarray(bwd(vjp_b, x_dev, put(A[:, sl]), put(C[:, sl]), put(L[:, sl])))  # [Bp, chunk, ...]
+        hit = (slot >= start) & (slot < start + chunk)
+        out[hit] = R[images[hit], slot[hit] - start]
+    return out
 
 
 def _layer_order(model, variables, x, comp: Composite) -> list[str]:

@@ -75,7 +75,7 @@ class DenseOp:
 
 def conv_op_from_module(module) -> ConvOp:
     """The :class:`ConvOp` of a ``flax.linen.Conv`` (2-D, explicit or SAME/VALID padding)."""
-    ks = tuple(module.kernel_size)
+    ks = (module.kernel_size,) if isinstance(module.kernel_size, int) else tuple(module.kernel_size)
     if len(ks) != 2:
         raise ConfigError(f"only 2-D convolutions are supported, got kernel_size {ks} at {module.path}")
     if getattr(module, "feature_group_count", 1) != 1 or getattr(module, "input_dilation", 1) not in (1, None, (1, 1)):

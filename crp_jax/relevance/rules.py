@@ -18,7 +18,8 @@ PassThrough    R_i = R_i (shape-preserving layers such as L2Norm)               
 
 ``w+ = max(w, 0)``, ``w- = min(w, 0)``, ``stab(z, eps) = z + eps * sign(z)`` with
 ``sign(0) = +1``, so ``|stab(z, eps)| >= eps > 0`` and no rule ever divides by zero: every
-rule's stabiliser is an explicit, documented field (a float > 0). WPlus and AlphaBeta take
+rule's stabiliser is an explicit, documented field (a float >= ``MIN_STABILIZER`` = 1e-20,
+so that its reciprocal stays finite in float32). WPlus and AlphaBeta take
 ``x`` as it is (DESIGN's formula), which is the classic rule for the non-negative inputs
 that follow a ReLU.
 
@@ -44,9 +45,14 @@ def stabilize(z: jax.Array, eps: float) -> jax.Array:
     return z + jnp.where(z >= 0, eps, -eps).astype(z.dtype)
 
 
+# Smallest stabiliser accepted: 1 / MIN_STABILIZER must stay far from float32 overflow.
+MIN_STABILIZER = 1e-20
+
+
 def _check_stabilizer(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and value > 0 and value < float("inf")):
-        raise ConfigError(f"{name} must be a finite float > 0, got {value!r}")
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+    if not (ok and MIN_STABILIZER <= float(value) < float("inf")):
+        raise ConfigError(f"{name} must be a finite float >= {MIN_STABILIZER:g}, got {value!r}")
 
 
 class Rule:
@@ -200,6 +206,10 @@ class ZBox(LinearRule):
             raise ConfigError(f"ZBox needs low <= high of one shape, got low={self.low}, high={self.high}")
 
     def residuals(self, op, x, w, b, y):
+        for name in ("low", "high"):
+            v = getattr(self, name)
+            if isinstance(v, tuple) and len(v) not in (1, x.shape[-1]):
+                raise ConfigError(f"ZBox.{name} has {len(v)} entries but the layer input has {x.shape[-1]} channels")
         l = jnp.broadcast_to(jnp.asarray(self.low, x.dtype), x.shape)
         h = jnp.broadcast_to(jnp.asarray(self.high, x.dtype), x.shape)
         wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
