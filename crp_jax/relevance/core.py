@@ -9,10 +9,12 @@ It works under ``jax.jit`` and ``jax.vmap`` (over initial relevances or images).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from jax.tree_util import Partial
 
 from crp_jax.relevance.composite import Composite, get_composite
 
@@ -38,17 +40,20 @@ def relevance_vjp(
         Conv/Dense/L2Norm layer as a dict ``path -> array`` (per-layer relevance flow).
 
     Returns:
-      ``outputs`` as ``apply_fn`` returns them, and ``explain_fn(initial_relevance)``:
+      ``outputs`` as ``apply_fn`` returns them, and ``explain_fn(initial_relevance)`` (a
+      ``jax.tree_util.Partial``, so it can be returned from ``jax.jit`` like jax.vjp's):
       ``initial_relevance`` is a pytree shaped like ``outputs``; the result is relevance
       shaped like ``x`` (and the per-layer dict when ``layers=True``).
     """
     comp = get_composite(composite, meta)
     outputs, vjp_fn = linearize(apply_fn, variables, x, comp, layers=layers)
-
-    def explain_fn(initial_relevance):
-        return finish(comp, vjp_fn(initial_relevance), x, layers)
-
+    # A Partial (pytree of residuals), like jax.vjp's function: it can leave a jit.
+    explain_fn = Partial(functools.partial(_explain, comp=comp, layers=layers), vjp_fn, x)
     return outputs, explain_fn
+
+
+def _explain(vjp_fn, x, initial_relevance, *, comp, layers):
+    return finish(comp, vjp_fn(initial_relevance), x, layers)
 
 
 def linearize(apply_fn, variables, x, comp: Composite, layers: bool = False):

@@ -222,17 +222,31 @@ def _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, 
     xp[:B] = xs
     sharded = NamedSharding(mesh, PartitionSpec(axis))
     replicated = NamedSharding(mesh, PartitionSpec())
-    put = lambda a: jax.device_put(a, sharded)
+
+    def put(a):
+        # Each process supplies the shards of its own devices (works on one or many hosts).
+        return jax.make_array_from_callback(a.shape, sharded, lambda idx: a[idx])
+
     fwd, bwd = _compiled_batched(model, comp, chunk)
     x_dev = put(xp)
-    vjp_b = fwd(jax.device_put(variables, replicated), x_dev)
+    host_vars = jax.tree.map(np.asarray, variables)
+    rep_vars = jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, replicated, lambda i: a[i]), host_vars)
+    vjp_b = fwd(rep_vars, x_dev)
     out = np.zeros((T,) + xs.shape[1:], np.float32)
     for start in range(0, slots, chunk):
         sl = slice(start, start + chunk)
-        R = np.asarray(bwd(vjp_b, x_dev, put(A[:, sl]), put(C[:, sl]), put(L[:, sl])))  # [Bp, chunk, ...]
+        R = _gather(bwd(vjp_b, x_dev, put(A[:, sl]), put(C[:, sl]), put(L[:, sl])))  # [Bp, chunk, ...]
         hit = (slot >= start) & (slot < start + chunk)
         out[hit] = R[images[hit], slot[hit] - start]
     return out
+
+
+def _gather(a) -> np.ndarray:
+    if a.is_fully_addressable:
+        return np.asarray(a)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
 def _layer_order(model, variables, x, comp: Composite) -> list[str]:
