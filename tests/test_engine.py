@@ -358,3 +358,18 @@ def test_bad_inputs(tiny):
         Composite(rules=(("conv*", "wplus"),))
     with pytest.raises(ConfigError, match="contrast 'all'"):
         Composite(contrast="all")
+
+
+def test_second_call_does_not_recompile(tiny):
+    from crp_jax.relevance.explain import _compiled
+
+    model, variables, meta, x = tiny
+    comp = get_composite("crp", meta)
+    cj.explain(model, variables, x, [cj.ClassTarget(0, a, 1) for a in range(9)], method="crp", meta=meta)
+    forward, backward = _compiled(model, comp, 8, False)
+    sizes = (forward._cache_size(), backward._cache_size())
+    # other target counts that fill whole or partial chunks of 8, on either image
+    cj.explain(model, variables, x, [cj.ClassTarget(1, a, 2) for a in range(13)], method="crp", meta=meta)
+    cj.explain(model, variables, x, [cj.LocTarget(i % 2, a, "w", 1) for i, a in enumerate(range(30))],
+               method="crp", meta=meta)
+    assert (forward._cache_size(), backward._cache_size()) == sizes == (1, 1)

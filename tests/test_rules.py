@@ -493,13 +493,21 @@ def test_no_nan_or_inf_on_degenerate_inputs(case, what):
             assert np.all(R_in == 0), n
 
 
+_FLOOR = rules.MIN_STABILIZER
+
+
 @pytest.mark.parametrize(
-    "rule",
-    [rules.WPlus(1e-40), rules.Epsilon(1e-40), rules.AlphaBeta(1.0, 1.0, 1e-40), rules.WSquare(1e-40), rules.ZBox(0.0, 0.0, 1e-40)],
-    ids=lambda r: type(r).__name__,
+    "make",
+    [lambda e: rules.WPlus(e), lambda e: rules.Epsilon(e), lambda e: rules.AlphaBeta(1.0, 1.0, e),
+     lambda e: rules.WSquare(e), lambda e: rules.ZBox(0.0, 0.0, e)],
+    ids=["WPlus", "Epsilon", "AlphaBeta", "WSquare", "ZBox"],
 )
-def test_tiny_but_valid_stabilizer_stays_finite(rule):
-    # the validation accepts any finite float > 0; DESIGN: no rule ever returns NaN or Inf.
+def test_tiny_but_valid_stabilizer_stays_finite(make):
+    # DESIGN: no rule ever returns NaN or Inf. The smallest accepted stabiliser keeps its
+    # reciprocal finite in float32; anything below it (where 1/eps would overflow) is refused.
+    with pytest.raises(ConfigError, match="stabilizer|epsilon"):
+        make(1e-40)
+    rule = make(_FLOOR)
     # z_j == 0 everywhere (x = 0, w = 0), so every denominator is the stabiliser itself.
     op = ConvOp(padding=((1, 1), (1, 1)))
     x = np.zeros((1, 5, 5, 3), np.float32)
