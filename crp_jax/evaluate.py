@@ -300,6 +300,10 @@ def evaluate_main(argv=None, prog: str = "crp-jax evaluate") -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 1
+    except Exception as e:  # anything else (e.g. an XLA runtime error): still one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"{prog}: error: {type(e).__name__}: {first}", file=sys.stderr)
+        return 1
     print(format_table(res))
     return 0
 

@@ -25,7 +25,7 @@ step and the config as JSON), written atomically; nothing is pickled.
 
 Command line (wired into ``crp-jax train``)::
 
-    python -m crp_jax.train --out weights/default.msgpack --ckpt-dir runs/default
+    python -m crp_jax.train --out weights/default.msgpack   # the shipped default (weights/TRAINING.md)
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "latest_checkpoint",
+    "default_ckpt_dir",
     "train",
     "train_main",
 ]
@@ -181,6 +183,7 @@ class TrainConfig:
         need(is_int(self.keep_checkpoints) and self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}")
         need(is_int(self.eval_interval) and self.eval_interval >= 0, f"eval_interval must be >= 0, got {self.eval_interval!r}")
         need(is_int(self.eval_scenes) and self.eval_scenes >= 1, f"eval_scenes must be >= 1, got {self.eval_scenes!r}")
+        need(is_int(self.log_interval) and self.log_interval >= 1, f"log_interval must be >= 1, got {self.log_interval!r}")
         self.model_config()  # architecture errors surface here, not in the middle of a run
 
     # ---- derived objects ---------------------------------------------------------------
@@ -462,6 +465,15 @@ def init_state(cfg: TrainConfig, model: SSD | None = None, tx=None) -> dict:
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
+def _tree_norm(tree):
+    # optax.global_norm, exactly as the shipped weights were trained with (a different norm
+    # function could change XLA's fusion and with it the last bits of the weights); its
+    # deprecation warning in newer optax is silenced.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return optax.global_norm(tree)
+
+
 def make_train_step(cfg: TrainConfig, model: SSD, tx) -> Callable:
     """The jitted ``(state, batch) -> (state, metrics)``; ``batch`` as :func:`batch_for_step`."""
     config = model.config
@@ -483,7 +495,7 @@ def make_train_step(cfg: TrainConfig, model: SSD, tx) -> Callable:
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], x, cls_t, loc_t)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads))
+        metrics = dict(aux, loss=loss, grad_norm=_tree_norm(grads))
         return {"params": params, "opt_state": opt_state, "step": step + 1}, metrics
 
     return jax.jit(step_fn, donate_argnums=(0,))
@@ -508,6 +520,17 @@ def _result_config(cfg: TrainConfig) -> TrainConfig:
 # ---------------------------------------------------------------------------------------
 def _ckpt_path(ckpt_dir, step: int) -> Path:
     return Path(ckpt_dir) / f"{CKPT_PREFIX}{step:08d}{CKPT_SUFFIX}"
+
+
+def default_ckpt_dir(cfg: TrainConfig) -> Path:
+    """``$XDG_CACHE_HOME/crp-jax/train/<hash>`` (``~/.cache`` when unset): one folder per
+    set of result-relevant settings, so the same command finds its checkpoints again with
+    ``--resume`` and runs with other settings never share a folder."""
+    import hashlib
+
+    key = json.dumps(cfg.result_dict(), sort_keys=True).encode()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "crp-jax" / "train" / hashlib.sha256(key).hexdigest()[:16]
 
 
 def list_checkpoints(ckpt_dir) -> list[tuple[int, Path]]:
@@ -655,8 +678,9 @@ def train(
 
     ``until`` stops after that many steps (a checkpoint is written there when ``ckpt_dir``
     is set), as an interrupted run would; the returned variables are those of that step.
-    ``history``, when given, receives one dict per logged step (step, loss, cls_loss,
-    loc_loss, lr, seconds) and one per validation (step, val_map).
+    ``history``, when given, receives one dict per logged step (step; loss, cls_loss,
+    loc_loss as means over the steps since the previous log line; step_loss, the last
+    step's loss; lr; seconds) and one per validation (step, val_map).
     """
     if not isinstance(cfg, TrainConfig):
         raise ConfigError(f"train needs a TrainConfig, got {type(cfg).__name__}")
@@ -694,7 +718,7 @@ def train(
             pending[k] = pool.submit(batch_for_step, cfg, k, meta)
 
     t0 = time.time()
-    last = None
+    window: list = []
     try:
         for k in (start, start + 1):
             if k < stop:
@@ -706,17 +730,21 @@ def train(
             if k + 2 < stop:
                 fetch(k + 2)
             state, metrics = step_fn(state, batch)
+            window.append(metrics)  # device arrays: reading them waits, so only at log time
             done = k + 1
-            if done % cfg.log_interval == 0 or done == cfg.steps or done == start + 1:
-                m = {key: float(v) for key, v in jax.device_get(metrics).items()}
-                if not all(math.isfinite(m[key]) for key in ("loss", "cls_loss", "loc_loss")):
-                    raise CRPError(f"training diverged at step {done}: loss {m['loss']} (lower --lr?)")
+            if done % cfg.log_interval == 0 or done == stop or done == start + 1:
+                got = jax.device_get(window)
+                window = []
+                m = {key: float(np.mean([w[key] for w in got])) for key in ("loss", "cls_loss", "loc_loss")}
+                if not all(math.isfinite(v) for v in m.values()):
+                    raise CRPError(f"training diverged by step {done}: loss {m['loss']} (lower --lr?)")
                 last = dict(step=done, loss=m["loss"], cls_loss=m["cls_loss"], loc_loss=m["loc_loss"],
-                            lr=float(schedule(k)), seconds=round(time.time() - t0, 1))
+                            step_loss=float(got[-1]["loss"]), lr=float(schedule(k)),
+                            seconds=round(time.time() - t0, 1))
                 if history is not None:
                     history.append(last)
                 emit(f"step {done:6d}  loss {m['loss']:.4f}  cls {m['cls_loss']:.4f}  loc {m['loc_loss']:.4f}  "
-                     f"lr {last['lr']:.2e}  {last['seconds']:.0f}s")
+                     f"(mean of {len(got)} steps)  lr {last['lr']:.2e}  {last['seconds']:.0f}s")
                 bar.update(0, f"loss {m['loss']:.3f}")
             bar.update(1)
             if cfg.ckpt_dir is not None and (done % cfg.ckpt_interval == 0 or done == stop):
@@ -756,11 +784,12 @@ def build_parser(prog: str = "crp-jax train") -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"data set and initialisation seed (default {d.seed})")
     p.add_argument("--out", default="trained.msgpack", help="weights path to write (NAME.msgpack + NAME.json; default trained.msgpack)")
-    p.add_argument("--ckpt-dir", default=None, help="checkpoint directory (default: OUT without suffix + '.ckpt')")
+    p.add_argument("--ckpt-dir", default=None, help="checkpoint directory (default: ~/.cache/crp-jax/train/<hash of the settings>)")
     p.add_argument("--ckpt-interval", type=int, default=d.ckpt_interval, help=f"steps between checkpoints (default {d.ckpt_interval})")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --ckpt-dir")
     p.add_argument("--eval-interval", type=int, default=d.eval_interval, help="steps between validation mAPs (0 = never)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--log-interval", type=int, default=d.log_interval, help=f"steps between loss lines (default {d.log_interval})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (plain log lines only)")
     return p
 
 
@@ -775,25 +804,27 @@ def train_main(argv=None, prog: str = "crp-jax train") -> int:
     if out.suffix not in ("", ".msgpack"):
         print(f"{prog}: error: --out must name a .msgpack file, got {args.out}", file=sys.stderr)
         return 2
-    ckpt_dir = args.ckpt_dir or str(out.with_suffix("")) + ".ckpt"
     try:
         cfg = TrainConfig(
             seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-            ckpt_dir=ckpt_dir, ckpt_interval=args.ckpt_interval, eval_interval=args.eval_interval,
-            progress=not args.no_progress,
+            ckpt_interval=args.ckpt_interval, eval_interval=args.eval_interval,
+            log_interval=args.log_interval, progress=not args.no_progress,
         )
+        ckpt_dir = args.ckpt_dir or str(default_ckpt_dir(cfg))
+        cfg = dataclasses.replace(cfg, ckpt_dir=ckpt_dir)
     except ConfigError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     try:
         t0 = time.time()
+        print(f"checkpoints: {ckpt_dir}", flush=True)
         history: list = []
         model, variables, meta = train(cfg, resume=args.resume, history=history)
         from crp_jax.ssd.io import save_weights
 
         path = save_weights(out, variables, meta)
         losses = [h for h in history if "loss" in h]
-        final = f", final loss {losses[-1]['loss']:.4f}" if losses else ""
+        final = f", final loss {losses[-1]['loss']:.4f} (mean of the last logged steps)" if losses else ""
         print(f"saved {path} and {path.with_suffix('.json')} ({cfg.steps} steps in {time.time() - t0:.0f}s{final})")
         return 0
     except KeyboardInterrupt:
@@ -802,6 +833,10 @@ def train_main(argv=None, prog: str = "crp-jax train") -> int:
     except (CRPError, OSError, ValueError, MemoryError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 1
+    except Exception as e:  # anything else (e.g. an XLA runtime error): still one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"{prog}: error: {type(e).__name__}: {first}", file=sys.stderr)
         return 1
 
 
