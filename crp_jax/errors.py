@@ -26,3 +26,13 @@ class CheckpointError(CRPError, ValueError):
 
 class TargetError(CRPError, ValueError):
     """An explanation target whose image, anchor, class or coordinate is out of range."""
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line for command-line output: the message's first line for the
+    package's own and OS/value errors, ``Type: first line`` for anything unexpected."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else ""
+    if isinstance(e, (CRPError, OSError, ValueError, MemoryError)):
+        return first or type(e).__name__
+    return f"{type(e).__name__}: {first}"

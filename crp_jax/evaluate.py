@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from crp_jax.errors import CRPError, ConfigError
+from crp_jax.errors import ConfigError, one_line
 
 __all__ = [
     "HELDOUT_SEED",
@@ -296,13 +296,8 @@ def evaluate_main(argv=None, prog: str = "crp-jax evaluate") -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 1
-    except (CRPError, OSError, ValueError, MemoryError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"{prog}: error: {msg}", file=sys.stderr)
-        return 1
-    except Exception as e:  # anything else (e.g. an XLA runtime error): still one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"{prog}: error: {type(e).__name__}: {first}", file=sys.stderr)
+    except Exception as e:  # the package's errors and anything else (e.g. XLA's): one line
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return 1
     print(format_table(res))
     return 0

@@ -50,7 +50,7 @@ import numpy as np
 import optax
 from flax import serialization
 
-from crp_jax.errors import CheckpointError, ConfigError, CRPError
+from crp_jax.errors import CRPError, CheckpointError, ConfigError, one_line
 from crp_jax.ssd.anchors import default_boxes_xyxy
 from crp_jax.ssd.boxes import box_iou, encode, xyxy_to_cxcywh
 from crp_jax.ssd.config import SSDConfig
@@ -830,13 +830,8 @@ def train_main(argv=None, prog: str = "crp-jax train") -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted (resume with --resume --ckpt-dir {ckpt_dir})", file=sys.stderr)
         return 1
-    except (CRPError, OSError, ValueError, MemoryError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"{prog}: error: {msg}", file=sys.stderr)
-        return 1
-    except Exception as e:  # anything else (e.g. an XLA runtime error): still one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"{prog}: error: {type(e).__name__}: {first}", file=sys.stderr)
+    except Exception as e:  # the package's errors and anything else (e.g. XLA's): one line
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return 1
 
 
