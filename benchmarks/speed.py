@@ -1,0 +1,873 @@
+"""Propagation speed of crp-jax against its floor (plain gradient) and zennit (DESIGN §6).
+
+Measures on SSD300-VGG16 (random weights from ``init_variables``) and on the shipped model
+(``cj.load_pretrained()``; when no weights are shipped yet, ``SSDConfig.small(num_classes=7)``
+with random ``init_variables`` weights stands in, and the output says so):
+
+- per-target time of ``cj.explain`` with ``--methods`` (crp, lrp_ab, lrp_eps) and with
+  method="gradient" (reference), in steady state (after a warm-up call that compiles the
+  same shapes; compile time = first call minus the steady time of the same targets);
+- the floor: plain gradient computed the fastest way, exactly as ``explain`` batches crp:
+  per image one jitted forward that returns ``jax.vjp``'s function (a pytree), then one
+  jitted ``vmap`` of it per chunk of ``--chunk`` targets;
+- a naive loop: one jitted ``jax.vjp`` (forward + backward) per target, no vmap;
+- zennit (``benchmarks/zennit_ssd.py``): the same network and weights in PyTorch, ZBox on
+  conv1_1, ZPlus on every other conv, Pass on L2Norm and ReLU; one forward per image, then
+  one backward per target with ``retain_graph=True``; also plain torch autograd the same way;
+- the decomposition of crp and of the floor into their per-image forward (for crp: the
+  residuals, i.e. forward + z+ denominators + flipped kernels) and their per-chunk backward;
+- XLA conv throughput: GFLOP/s of the jitted forward (FLOPs counted analytically,
+  2*Ho*Wo*Cout*Cin*kh*kw per conv) at batch 1 and batch ``--chunk``, and the GFLOP/s the
+  crp backward achieves per target (FLOPs of the transposed convs it runs: 1x per conv,
+  2x for AlphaBeta (w+ and w- stacked), 3x for ZBox (x, l, h stacked));
+- peak memory of a separate subprocess per configuration (peak RSS on CPU; on an
+  accelerator jax's ``peak_bytes_in_use``), always for T > ``--big-T``.
+
+Timing is steady state, medians of ``--repeats``; the methods of one configuration are
+interleaved repeat by repeat, so that a ratio compares runs taken under the same load.
+On a shared CPU absolute times mean little: read the ratios.
+
+Usage::
+
+    python benchmarks/speed.py --quick                       # minutes
+    python benchmarks/speed.py --model ssd300 --targets 1,8,32,1024 --images 1 --json out.json
+
+Runs unchanged on a CUDA build of jax (device name from ``jax.devices()[0].device_kind``;
+zennit/torch go to CUDA when torch sees it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+try:  # run from a checkout without installing: python benchmarks/speed.py
+    import crp_jax  # noqa: F401
+except ImportError:  # pragma: no cover
+    sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import flax.linen as nn  # noqa: E402
+
+import crp_jax as cj  # noqa: E402
+import importlib  # noqa: E402
+from crp_jax.errors import CRPError  # noqa: E402
+from crp_jax.relevance import rules as _rules  # noqa: E402
+from crp_jax.relevance.composite import get_composite  # noqa: E402
+from crp_jax.relevance.linear import conv_op_from_module  # noqa: E402
+from crp_jax.relevance.targets import ClassTarget, encode_targets  # noqa: E402
+from crp_jax.ssd.config import SSDConfig  # noqa: E402
+from crp_jax.ssd.meta import TORCHVISION_MEAN, TORCHVISION_STD, Meta, default_class_names  # noqa: E402
+from crp_jax.ssd.model import SSD, init_variables  # noqa: E402
+
+_explain_mod = importlib.import_module("crp_jax.relevance.explain")  # the module (the package re-exports the function)
+EXPLAIN_METHODS = ("crp", "lrp_ab", "lrp_eps", "gradient", "gradient_x_input")
+GiB = 1024.0**3
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# machine
+# ---------------------------------------------------------------------------------------
+def machine_info() -> dict:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        load = []
+    dev = jax.devices()[0]
+    info = {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_model": cpu,
+        "loadavg": " ".join(load),
+        "jax_backend": jax.default_backend(),
+        "device_kind": dev.device_kind,
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+    }
+    try:
+        import flax
+
+        info["flax"] = flax.__version__
+    except Exception:
+        pass
+    return info
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+# ---------------------------------------------------------------------------------------
+# models, images, targets
+# ---------------------------------------------------------------------------------------
+def build_model(name: str):
+    """``(label, model, variables, meta)``."""
+    if name == "ssd300":
+        cfg = SSDConfig.ssd300_vgg16(num_classes=21)
+        model = SSD(cfg)
+        variables = init_variables(model, seed=0)
+        meta = Meta(cfg, default_class_names(21), TORCHVISION_MEAN, TORCHVISION_STD, source="init_variables(seed=0)")
+        return "SSD300-VGG16, 21 classes, random weights (init_variables, seed 0)", model, variables, meta
+    if name == "shipped":
+        try:
+            model, variables, meta = cj.load_pretrained()
+            variables = jax.tree_util.tree_map(jnp.asarray, variables)
+            c = meta.config
+            return (
+                f"shipped model (weights/; {c.image_size}px, width {c.width}, {c.num_classes} classes)",
+                model,
+                variables,
+                meta,
+            )
+        except (CRPError, OSError) as e:
+            cfg = SSDConfig.small(num_classes=7)
+            model = SSD(cfg)
+            variables = init_variables(model, seed=0)
+            meta = Meta(cfg, default_class_names(7), source="init_variables(seed=0)")
+            why = str(e).splitlines()[0][:120]
+            return (
+                f"SSDConfig.small(num_classes=7) ({cfg.image_size}px, width {cfg.width}), random weights "
+                f"(init_variables) -- no shipped weights: {why}",
+                model,
+                variables,
+                meta,
+            )
+    raise SystemExit(f"unknown model {name!r}")
+
+
+def make_images(n: int, size: int, meta, seed: int = 0):
+    """``n`` deterministic uint8 images (gradient, shapes, noise), preprocessed."""
+    rng = np.random.default_rng(seed)
+    out = []
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    for _ in range(n):
+        img = np.stack([0.6 * xx + 0.2, 0.5 * yy + 0.25, 0.4 * (1 - xx) + 0.3 * yy], -1) * 255.0
+        for _ in range(6):
+            x0, y0 = rng.integers(0, max(1, size - size // 5), size=2)
+            w, h = rng.integers(size // 10, size // 2, size=2)
+            img[y0 : y0 + h, x0 : x0 + w] = rng.integers(0, 256, size=3)
+        img += rng.normal(0.0, 8.0, size=img.shape)
+        out.append(np.clip(np.round(img), 0, 255).astype(np.uint8))
+    return cj.preprocess(out, meta)
+
+
+def make_targets(cfg, num_images: int, T: int, seed: int = 0) -> list:
+    """``T`` class targets, round-robin over the images, anchors drawn over all sources,
+    classes cycling through the foreground classes. ``contrast=None``: the method's default
+    (crp: all other classes; LRP/gradient: one-hot)."""
+    rng = np.random.default_rng(seed)
+    A, K = cfg.num_anchors(), cfg.num_classes
+    anchors = rng.choice(A, size=T, replace=T > A)
+    return [ClassTarget(t % num_images, int(anchors[t]), 1 + t % (K - 1)) for t in range(T)]
+
+
+def encoded(cfg, targets, num_images: int):
+    """Cotangents for the non-explain paths: crp's initial relevance (contrast vs all
+    other classes), so every path propagates the same vectors."""
+    return encode_targets(targets, num_images, cfg.num_anchors(), cfg.num_classes, "others")
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def block(tree):
+    jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, tree)
+    return tree
+
+
+# ---------------------------------------------------------------------------------------
+# the floor, the naive loop
+# ---------------------------------------------------------------------------------------
+class Floor:
+    """Plain gradient, the fastest way: per image one jitted forward returning ``jax.vjp``'s
+    function (a ``jax.tree_util.Partial`` pytree), then a jitted ``vmap`` of it over each
+    chunk of targets; batching, padding and chunk sizes exactly as ``explain``."""
+
+    def __init__(self, model, chunk: int):
+        cfg = model.config
+        A, K = cfg.num_anchors(), cfg.num_classes
+        self.chunk = chunk
+
+        @jax.jit
+        def forward(variables, x):
+            _, vjp_fn = jax.vjp(lambda x: model.apply(variables, x), x)
+            return vjp_fn
+
+        @jax.jit
+        def backward(vjp_fn, anchors, cls_coef, loc_coef):
+            def one(a, cc, lc):
+                ct = (
+                    jnp.zeros((1, A, K), jnp.float32).at[0, a].set(cc),
+                    jnp.zeros((1, A, 4), jnp.float32).at[0, a].set(lc),
+                )
+                return vjp_fn(ct)[0][0]
+
+            return jax.vmap(one)(anchors, cls_coef, loc_coef)
+
+        self.forward, self.backward = forward, backward
+
+    def __call__(self, variables, x, images, anchors, cls_coef, loc_coef):
+        outs = []
+        for b in np.unique(images):
+            sel = np.flatnonzero(images == b)
+            chunk = min(self.chunk, _next_pow2(len(sel)))
+            vjp_fn = self.forward(variables, x[b : b + 1])
+            for start in range(0, len(sel), chunk):
+                idx = sel[start : start + chunk]
+                pad = chunk - len(idx)
+                outs.append(
+                    self.backward(
+                        vjp_fn,
+                        np.pad(anchors[idx], (0, pad)),
+                        np.pad(cls_coef[idx], ((0, pad), (0, 0))),
+                        np.pad(loc_coef[idx], ((0, pad), (0, 0))),
+                    )
+                )
+        return block(outs)
+
+
+_FLOORS: dict = {}
+_NAIVES: dict = {}
+
+
+def get_floor(model, chunk: int) -> "Floor":
+    """One Floor (its jitted functions) per (model, chunk), reused like explain's cache."""
+    if (model, chunk) not in _FLOORS:
+        _FLOORS[model, chunk] = Floor(model, chunk)
+    return _FLOORS[model, chunk]
+
+
+def get_naive(model) -> "Naive":
+    if model not in _NAIVES:
+        _NAIVES[model] = Naive(model)
+    return _NAIVES[model]
+
+
+class Naive:
+    """One jitted ``jax.vjp`` (forward + backward) per target, no vmap."""
+
+    def __init__(self, model):
+        @jax.jit
+        def grad_one(variables, x, ct_cls, ct_loc):
+            _, vjp_fn = jax.vjp(lambda x: model.apply(variables, x), x)
+            return vjp_fn((ct_cls, ct_loc))[0]
+
+        cfg = model.config
+        self.A, self.K = cfg.num_anchors(), cfg.num_classes
+        self.fn = grad_one
+
+    def __call__(self, variables, x, images, anchors, cls_coef, loc_coef):
+        outs = []
+        for t in range(len(anchors)):
+            c = np.zeros((1, self.A, self.K), np.float32)
+            l = np.zeros((1, self.A, 4), np.float32)
+            c[0, anchors[t]] = cls_coef[t]
+            l[0, anchors[t]] = loc_coef[t]
+            b = int(images[t])
+            outs.append(self.fn(variables, x[b : b + 1], c, l))
+        return block(outs)
+
+
+# ---------------------------------------------------------------------------------------
+# conv layers, FLOPs
+# ---------------------------------------------------------------------------------------
+def conv_layers(model, variables, meta, methods) -> list[dict]:
+    """Every conv of the model at batch 1: path, shapes, ConvOp, forward FLOPs, and per
+    method the rule and the FLOP multiplier of its backward."""
+    S = model.config.image_size
+    comps = {m: get_composite(m, meta) for m in methods}
+    recs = []
+
+    def interceptor(next_fun, args, kwargs, ctx):
+        y = next_fun(*args, **kwargs)
+        mod = ctx.module
+        if ctx.method_name == "__call__" and isinstance(mod, nn.Conv):
+            k = mod.variables["params"]["kernel"].shape
+            n, ho, wo, cout = y.shape
+            rec = {
+                "path": "/".join(mod.path),
+                "in": tuple(args[0].shape),
+                "out": tuple(y.shape),
+                "kernel": tuple(k),
+                "op": conv_op_from_module(mod),
+                "flops": 2.0 * n * ho * wo * cout * k[0] * k[1] * k[2],
+                "rules": {},
+                "mult": {},
+            }
+            for m, comp in comps.items():
+                rule = comp.rule_for(mod)
+                rec["rules"][m] = type(rule).__name__ if rule is not None else "Gradient"
+                rec["mult"][m] = 2 if isinstance(rule, _rules.AlphaBeta) else 3 if isinstance(rule, _rules.ZBox) else 1
+            recs.append(rec)
+        return y
+
+    with nn.intercept_methods(interceptor):
+        jax.eval_shape(lambda x: model.apply(variables, x), jax.ShapeDtypeStruct((1, S, S, 3), jnp.float32))
+    return recs
+
+
+# ---------------------------------------------------------------------------------------
+# timing
+# ---------------------------------------------------------------------------------------
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def med(ts):
+    return statistics.median(ts) if ts else float("nan")
+
+
+class Runner:
+    """A named way of computing all targets of one configuration."""
+
+    def __init__(self, name, full, warm, n_full, n_warm):
+        self.name, self.full, self.warm, self.n_full, self.n_warm = name, full, warm, n_full, n_warm
+        self.first = None
+        self.steady: list[float] = []
+
+
+def make_runners(kinds, model, variables, meta, x, targets, chunk, zrunner, B):
+    """Runner per kind for one (model, images, T) configuration. Warm-up = the first
+    ``min(T, chunk * B)`` targets (round-robin: the same chunk shapes as the full call)."""
+    cfg = model.config
+    T = len(targets)
+    nw = min(T, chunk * B)
+    images, anchors, cc, lc = encoded(cfg, targets, B)
+    runners = []
+    floor = get_floor(model, chunk)
+    for kind in kinds:
+        if kind in EXPLAIN_METHODS:
+
+            def f(k=kind, tg=targets):
+                return lambda: cj.explain(model, variables, x, tg, method=k, meta=meta, chunk_size=chunk)
+
+            runners.append(Runner(kind, f(), f(tg=targets[:nw]), T, nw))
+        elif kind == "floor":
+            runners.append(
+                Runner(
+                    kind,
+                    lambda: floor(variables, x, images, anchors, cc, lc),
+                    lambda: floor(variables, x, images[:nw], anchors[:nw], cc[:nw], lc[:nw]),
+                    T,
+                    nw,
+                )
+            )
+        elif kind == "naive":
+            naive = get_naive(model)
+            runners.append(
+                Runner(
+                    kind,
+                    lambda: naive(variables, x, images, anchors, cc, lc),
+                    lambda: naive(variables, x, images[:1], anchors[:1], cc[:1], lc[:1]),
+                    T,
+                    1,
+                )
+            )
+        elif kind in ("zennit", "torch_grad"):
+            mode = kind
+            runners.append(
+                Runner(
+                    kind,
+                    lambda m=mode: zrunner.run(images, anchors, cc, mode=m),
+                    lambda m=mode: zrunner.run(images[:1], anchors[:1], cc[:1], mode=m),
+                    T,
+                    1,
+                )
+            )
+    return runners
+
+
+def run_interleaved(runners, repeats: int) -> None:
+    for r in runners:
+        t = timed(r.warm)
+        r.first = t
+    for _ in range(repeats):
+        for r in runners:
+            r.steady.append(timed(r.full) / r.n_full)
+
+
+# ---------------------------------------------------------------------------------------
+# subprocess per configuration: peak memory (and the timing of very large T)
+# ---------------------------------------------------------------------------------------
+def _rss_now() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _hwm() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _peak_rss() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+    return kb * 1024.0 if sys.platform != "darwin" else float(kb)
+
+
+def _device_peak():
+    try:
+        st = jax.devices()[0].memory_stats() or {}
+        return st.get("peak_bytes_in_use")
+    except Exception:
+        return None
+
+
+def child_main(spec: dict) -> dict:
+    label, model, variables, meta = build_model(spec["model"])
+    B, T, chunk, kind = spec["images"], spec["T"], spec["chunk"], spec["method"]
+    x = make_images(B, model.config.image_size, meta)
+    targets = make_targets(model.config, B, T)
+    block(variables)
+    rss_base = _rss_now()
+    (r,) = make_runners([kind], model, variables, meta, x, targets, chunk, None, B)
+    r.first = timed(r.warm)
+    rss_warm = _peak_rss()
+    steady = timed(r.full)
+    return {
+        **spec,
+        "label": label,
+        "first_s": r.first,
+        "n_warm": r.n_warm,
+        "steady_total_s": steady,
+        "per_target_s": steady / T,
+        "compile_s": r.first - steady / T * r.n_warm,
+        "rss_base_bytes": rss_base,
+        "peak_rss_after_warmup_bytes": rss_warm,
+        "peak_rss_bytes": _peak_rss(),
+        "vmhwm_bytes": _hwm(),
+        "device_peak_bytes": _device_peak(),
+        "backend": jax.default_backend(),
+        "loadavg_end": loadavg(),
+    }
+
+
+def run_child(spec: dict, timeout: float | None) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**spec, "error": f"timed out after {timeout} s"}
+    for line in p.stdout.splitlines():
+        if line.startswith("CHILD_RESULT "):
+            res = json.loads(line[len("CHILD_RESULT ") :])
+            res["wall_s"] = time.perf_counter() - t0
+            return res
+    tail = (p.stderr or p.stdout)[-800:]
+    return {**spec, "error": f"exit {p.returncode}: {tail}"}
+
+
+# ---------------------------------------------------------------------------------------
+# per-layer diagnosis
+# ---------------------------------------------------------------------------------------
+def per_layer(layers, chunk: int, repeats: int, method: str = "crp") -> list[dict]:
+    """Per conv layer at batch ``chunk``: the forward conv, the rule's backward conv as crp
+    runs it (``ConvOp.transpose``, forward conv on the flipped kernel, with the rule's stacked
+    channels), and autodiff's transposed conv (what the floor runs)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for L in layers:
+        op, kh, kw, cin, cout = L["op"], *L["kernel"]
+        _, h, w, _ = L["in"]
+        _, ho, wo, _ = L["out"]
+        m = L["mult"][method]
+        rule = L["rules"][method]
+        x = jnp.asarray(rng.random((chunk, h, w, cin), np.float32))
+        wk = jnp.asarray(rng.normal(size=(kh, kw, cin, cout)).astype(np.float32) * 0.01)
+        s = jnp.asarray(rng.normal(size=(chunk, ho, wo, cout)).astype(np.float32))
+        # the rule's transposed kernel, with its stacked channels
+        if rule == "ZBox":
+            wt = op.transpose_kernel(jnp.concatenate([wk, wk, wk], axis=2))
+            s_rule = s
+        elif rule == "AlphaBeta":
+            wt = op.transpose_kernel(jnp.concatenate([wk, wk], axis=3))
+            s_rule = jnp.concatenate([s, s], axis=-1)
+        else:
+            wt = op.transpose_kernel(wk)
+            s_rule = s
+        fwd = jax.jit(op.apply)
+        rule_bwd = jax.jit(lambda s, wt, op=op, hw=(h, w): op.transpose(s, wt, hw))
+        ad_bwd = jax.jit(lambda s, w, x=x, op=op: jax.vjp(lambda x: op.apply(x, w), x)[1](s)[0])
+        fns = {
+            "fwd": lambda: fwd(x, wk).block_until_ready(),
+            "rule_bwd": lambda: rule_bwd(s_rule, wt).block_until_ready(),
+            "autodiff_bwd": lambda: ad_bwd(s, wk).block_until_ready(),
+        }
+        ts = {k: [] for k in fns}
+        for f in fns.values():
+            f()
+        for _ in range(repeats):
+            for k, f in fns.items():
+                ts[k].append(timed(f))
+        flops = L["flops"] * chunk
+        rec = {"path": L["path"], "rule": rule, "flops_fwd": flops, "mult": m}
+        for k in fns:
+            rec[k + "_s"] = med(ts[k])
+        rec["fwd_gflops"] = flops / rec["fwd_s"] / 1e9
+        rec["rule_bwd_gflops"] = m * flops / rec["rule_bwd_s"] / 1e9
+        rec["autodiff_bwd_gflops"] = flops / rec["autodiff_bwd_s"] / 1e9
+        out.append(rec)
+        log(
+            f"    {L['path']:>9} {rule:>10} fwd {rec['fwd_s'] * 1e3:8.1f} ms ({rec['fwd_gflops']:6.1f} GF/s)"
+            f"  rule-bwd {rec['rule_bwd_s'] * 1e3:8.1f} ms ({rec['rule_bwd_gflops']:6.1f})"
+            f"  autodiff-bwd {rec['autodiff_bwd_s'] * 1e3:8.1f} ms ({rec['autodiff_bwd_gflops']:6.1f})"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=("ssd300", "shipped", "both"), default="both")
+    p.add_argument("--targets", default="1,8,32,128,1024", help="comma-separated target counts T (in total, round-robin over the images)")
+    p.add_argument("--images", default="1,4", help="comma-separated image counts B")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per configuration (median reported)")
+    p.add_argument("--chunk", type=int, default=8, help="targets per vmapped backward (explain's chunk_size)")
+    p.add_argument("--methods", default="crp,lrp_ab,lrp_eps", help="explain methods to time besides gradient")
+    p.add_argument("--no-zennit", action="store_true", help="skip the torch/zennit comparison")
+    p.add_argument("--quick", action="store_true", help="small T only (T <= 8 plus 32 on the shipped model), 2 repeats, one image count")
+    p.add_argument("--json", metavar="OUT", help="write all results as JSON")
+    p.add_argument("--big-T", type=int, default=128, help="T above this runs only in a subprocess (timing + peak memory), methods --big-methods, one repeat")
+    p.add_argument("--big-methods", default="crp", help="methods run for T > --big-T")
+    p.add_argument("--naive-max-T", type=int, default=8, help="largest T for the naive per-target loop")
+    p.add_argument("--zennit-max-T", type=int, default=32, help="largest T for zennit/torch (one image)")
+    p.add_argument("--mem-targets", default="32", help="T values (<= --big-T) that also get a peak-memory subprocess (crp and floor, one image)")
+    p.add_argument("--no-mem", action="store_true", help="no memory subprocesses at all (T > --big-T is then skipped)")
+    p.add_argument("--per-layer", action="store_true", help="per-conv-layer timing of forward, rule backward and autodiff backward (SSD300)")
+    p.add_argument("--child-timeout", type=float, default=None, help="seconds before a subprocess is abandoned")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",") if v.strip()]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        res = child_main(json.loads(args.child))
+        print("CHILD_RESULT " + json.dumps(res), flush=True)
+        return 0
+
+    models = ["ssd300", "shipped"] if args.model == "both" else [args.model]
+    targets_list = ints(args.targets)
+    images_list = ints(args.images)
+    repeats = args.repeats
+    if args.quick:
+        targets_list = [t for t in targets_list if t <= 8] or [1, 8]
+        images_list = images_list[:1]
+        repeats = min(repeats, 2)
+    methods = [m for m in args.methods.split(",") if m]
+    big_methods = [m for m in args.big_methods.split(",") if m]
+    chunk = args.chunk
+
+    info = machine_info()
+    info["command"] = "python " + " ".join([sys.argv[0]] + sys.argv[1:])
+    log(f"machine: {info['nproc']} cores, {info['cpu_model']}, load {info['loadavg']}; jax {info['jax']} "
+        f"on {info['jax_backend']} ({info['device_kind']})")
+    zok, zwhy = (False, "--no-zennit") if args.no_zennit else __import__("zennit_ssd").available()
+    info["zennit"] = zwhy
+    log(f"zennit: {zwhy}" if zok else f"zennit: skipped ({zwhy})")
+
+    results = {"machine": info, "models": {}, "timing": [], "memory": [], "zennit_parity": {}, "per_layer": {}}
+    t_start = time.perf_counter()
+
+    for mname in models:
+        label, model, variables, meta = build_model(mname)
+        cfg = model.config
+        block(variables)
+        log(f"\n=== {mname}: {label}")
+        mres = {"label": label}
+        results["models"][mname] = mres
+
+        # --- conv layers, FLOPs, forward throughput --------------------------------------
+        layers = conv_layers(model, variables, meta, methods + ["gradient"])
+        fwd_flops = sum(L["flops"] for L in layers)
+        bwd_flops = {m: sum(L["flops"] * L["mult"][m] for L in layers) for m in methods + ["gradient"]}
+        mres["conv_flops_forward"] = fwd_flops
+        mres["conv_flops_backward_per_target"] = bwd_flops
+        fwd = jax.jit(model.apply)
+        x1 = make_images(1, cfg.image_size, meta)
+        xc = jnp.concatenate([x1] * chunk)
+        for xx in (x1, xc):
+            block(fwd(variables, xx))
+        ts1, tsc = [], []
+        for _ in range(max(3, repeats)):
+            ts1.append(timed(lambda: block(fwd(variables, x1))))
+            tsc.append(timed(lambda: block(fwd(variables, xc))))
+        mres["forward_s_batch1"] = med(ts1)
+        mres["forward_s_batch_chunk"] = med(tsc)
+        mres["forward_gflops_batch1"] = fwd_flops / med(ts1) / 1e9
+        mres["forward_gflops_batch_chunk"] = chunk * fwd_flops / med(tsc) / 1e9
+        log(f"conv FLOPs: forward {fwd_flops / 1e9:.2f} GFLOP/image; backward per target "
+            + ", ".join(f"{m} {v / 1e9:.2f}" for m, v in bwd_flops.items()))
+        log(f"XLA forward: batch 1 {med(ts1):.3f} s = {mres['forward_gflops_batch1']:.1f} GFLOP/s; "
+            f"batch {chunk} {med(tsc):.3f} s = {mres['forward_gflops_batch_chunk']:.1f} GFLOP/s")
+
+        # --- decomposition: per-image forward and per-chunk backward (crp, floor) ---------
+        comp = get_composite("crp", meta)
+        cfwd, cbwd = _explain_mod._compiled(model, comp, chunk, False)
+        fl = get_floor(model, chunk)
+        tg = make_targets(cfg, 1, chunk)
+        im, an, cc, lc = encoded(cfg, tg, 1)
+        first = {}
+        first["crp_forward"] = timed(lambda: block(cfwd(variables, x1)))
+        vjp_c = block(cfwd(variables, x1))
+        first["crp_backward_chunk"] = timed(lambda: block(cbwd(vjp_c, x1, an, cc, lc)))
+        first["floor_forward"] = timed(lambda: block(fl.forward(variables, x1)))
+        vjp_f = block(fl.forward(variables, x1))
+        first["floor_backward_chunk"] = timed(lambda: block(fl.backward(vjp_f, an, cc, lc)))
+        dts = {"crp_forward": [], "crp_backward_chunk": [], "floor_forward": [], "floor_backward_chunk": []}
+        for _ in range(max(3, repeats)):
+            dts["crp_forward"].append(timed(lambda: block(cfwd(variables, x1))))
+            dts["crp_backward_chunk"].append(timed(lambda: block(cbwd(vjp_c, x1, an, cc, lc))))
+            dts["floor_forward"].append(timed(lambda: block(fl.forward(variables, x1))))
+            dts["floor_backward_chunk"].append(timed(lambda: block(fl.backward(vjp_f, an, cc, lc))))
+        dec = {k: med(v) for k, v in dts.items()}
+        dec["compile_s"] = {k: first[k] - dec[k] for k in first}
+        dec["crp_backward_per_target"] = dec["crp_backward_chunk"] / chunk
+        dec["floor_backward_per_target"] = dec["floor_backward_chunk"] / chunk
+        dec["crp_backward_gflops"] = bwd_flops["crp"] / dec["crp_backward_per_target"] / 1e9 if "crp" in bwd_flops else None
+        dec["floor_backward_gflops"] = bwd_flops["gradient"] / dec["floor_backward_per_target"] / 1e9
+        for k in ("crp", "floor"):
+            g = dec[f"{k}_backward_gflops"]
+            dec[f"{k}_backward_fraction_of_fwd_batch1"] = g / mres["forward_gflops_batch1"] if g else None
+            dec[f"{k}_backward_fraction_of_fwd_batch_chunk"] = g / mres["forward_gflops_batch_chunk"] if g else None
+        mres["decomposition"] = dec
+        del vjp_c, vjp_f
+        log(
+            f"decomposition (chunk {chunk}): crp forward {dec['crp_forward']:.3f} s, backward "
+            f"{dec['crp_backward_per_target']:.3f} s/target ({dec['crp_backward_gflops']:.1f} GFLOP/s = "
+            f"{100 * dec['crp_backward_fraction_of_fwd_batch1']:.0f}% of fwd b1, "
+            f"{100 * dec['crp_backward_fraction_of_fwd_batch_chunk']:.0f}% of fwd b{chunk}); floor forward "
+            f"{dec['floor_forward']:.3f} s, backward {dec['floor_backward_per_target']:.3f} s/target "
+            f"({dec['floor_backward_gflops']:.1f} GFLOP/s); compile (first - steady) "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in dec["compile_s"].items())
+        )
+
+        # --- zennit runner (one image) ------------------------------------------------------
+        zrunner = None
+        if zok:
+            import zennit_ssd
+
+            zrunner = zennit_ssd.ZennitRunner(cfg, variables, meta, np.asarray(x1))
+            ref = fwd(variables, x1)
+            tc, tl = zrunner.forward(0)
+            par = {
+                "forward_max_abs_diff_cls": float(np.abs(tc - np.asarray(ref[0])).max()),
+                "forward_max_abs_diff_loc": float(np.abs(tl - np.asarray(ref[1])).max()),
+                "forward_max_abs_cls": float(np.abs(np.asarray(ref[0])).max()),
+                "threads": zrunner.threads,
+                "device": zrunner.device,
+            }
+            tg = make_targets(cfg, 1, 2)
+            im, an, cc, _ = encoded(cfg, tg, 1)
+            zr = zrunner.run(im, an, cc, mode="zennit", keep=2)
+            jr = cj.explain(model, variables, x1, tg, method="crp", meta=meta, chunk_size=chunk)
+            rel, cor = [], []
+            for a, b in zip(zr, jr):
+                rel.append(float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)))
+                cor.append(float(np.corrcoef(a.ravel(), b.ravel())[0, 1]))
+            par["relevance_rel_l2_err"] = rel
+            par["relevance_corr"] = cor
+            results["zennit_parity"][mname] = par
+            log(f"torch vs jax forward max |diff|: cls {par['forward_max_abs_diff_cls']:.2e} "
+                f"(max |cls| {par['forward_max_abs_cls']:.2e}), loc {par['forward_max_abs_diff_loc']:.2e}; "
+                f"zennit vs crp-jax relevance rel. L2 error {rel}, corr {cor}")
+
+        # --- timing grid -------------------------------------------------------------------
+        for B in images_list:
+            x = make_images(B, cfg.image_size, meta)
+            Ts = targets_list
+            if args.quick and mname == "shipped":
+                Ts = sorted(set(Ts) | {32})
+            for T in Ts:
+                if T > args.big_T:
+                    continue
+                kinds = methods + ["gradient", "floor"]
+                if T <= args.naive_max_T:
+                    kinds.append("naive")
+                if zrunner is not None and B == 1 and T <= args.zennit_max_T:
+                    kinds += ["zennit", "torch_grad"]
+                targets = make_targets(cfg, B, T)
+                runners = make_runners(kinds, model, variables, meta, x, targets, chunk, zrunner, B)
+                la0 = loadavg()
+                t0 = time.perf_counter()
+                run_interleaved(runners, repeats)
+                floor_pt = med(next(r for r in runners if r.name == "floor").steady)
+                for r in runners:
+                    pt = med(r.steady)
+                    rec = {
+                        "model": mname, "images": B, "T": T, "method": r.name, "chunk": chunk,
+                        "per_target_s": pt, "repeats_s": r.steady,
+                        "first_call_s": r.first, "n_warm": r.n_warm,
+                        "compile_s": r.first - pt * r.n_warm,
+                        "vs_floor": pt / floor_pt,
+                        "loadavg": f"{la0} -> {loadavg()}",
+                    }
+                    results["timing"].append(rec)
+                log(f"-- {mname} B={B} T={T} ({time.perf_counter() - t0:.0f} s, load {la0} -> {loadavg()})")
+                for r in runners:
+                    pt = med(r.steady)
+                    log(f"   {r.name:>10}: {pt:8.4f} s/target  x{pt / floor_pt:5.2f} floor  "
+                        f"compile {r.first - pt * r.n_warm:6.1f} s  repeats {[round(v, 4) for v in r.steady]}")
+                del runners
+        if zrunner is not None:
+            zrunner.close()
+
+        # --- per-layer -----------------------------------------------------------------------
+        if args.per_layer and mname == "ssd300":
+            log(f"per-layer (batch {chunk}, medians of {max(3, repeats)}):")
+            results["per_layer"][mname] = per_layer(layers, chunk, max(3, repeats))
+        for L in layers:
+            L.pop("op", None)
+        mres["conv_layers"] = layers
+
+        # --- subprocesses: big T and memory --------------------------------------------------
+        if not args.no_mem:
+            specs = []
+            for T in targets_list:
+                if T > args.big_T:
+                    for B in images_list:
+                        specs += [{"model": mname, "images": B, "T": T, "chunk": chunk, "method": m} for m in big_methods]
+            if not args.quick:
+                for T in ints(args.mem_targets):
+                    if T <= args.big_T:
+                        specs += [{"model": mname, "images": 1, "T": T, "chunk": chunk, "method": m} for m in ("crp", "floor")]
+            for spec in specs:
+                log(f"subprocess {spec} ...")
+                res = run_child(spec, args.child_timeout)
+                results["memory"].append(res)
+                if "error" in res:
+                    log(f"   error: {res['error']}")
+                else:
+                    dp = res.get("device_peak_bytes")
+                    log(f"   {res['per_target_s']:.4f} s/target (compile {res['compile_s']:.1f} s), peak RSS "
+                        f"{res['peak_rss_bytes'] / GiB:.2f} GiB (after warm-up {res['peak_rss_after_warmup_bytes'] / GiB:.2f}, "
+                        f"base {res['rss_base_bytes'] / GiB:.2f})" + (f", device peak {dp / GiB:.2f} GiB" if dp else ""))
+        if mname == "ssd300":
+            del model, variables
+
+    results["machine"]["loadavg_end"] = loadavg()
+    results["elapsed_s"] = time.perf_counter() - t_start
+    report(results, methods, chunk)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        log(f"\nwrote {args.json}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------
+def _find(results, **kw):
+    for r in results["timing"]:
+        if all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def headlines(results, chunk) -> list[str]:
+    out = []
+    crp32 = _find(results, model="ssd300", images=1, T=32, method="crp")
+    if crp32:
+        out.append(f"crp / floor per target, SSD300, T=32, 1 image: {crp32['vs_floor']:.2f}x (target <= 1.15x)")
+        z = _find(results, model="ssd300", images=1, T=32, method="zennit")
+        if z:
+            out.append(f"zennit / crp per target, SSD300, T=32: {z['per_target_s'] / crp32['per_target_s']:.2f}x (target >= 3x)")
+        else:
+            out.append("zennit / crp per target, SSD300, T=32: not measured")
+    else:
+        out.append("SSD300 T=32 not measured (run without --quick, --targets including 32)")
+    m = results["models"].get("ssd300")
+    if m:
+        d = m["decomposition"]
+        out.append(
+            f"crp backward conv throughput, SSD300: {d['crp_backward_gflops']:.1f} GFLOP/s = "
+            f"{100 * d['crp_backward_fraction_of_fwd_batch1']:.0f}% of the jitted forward at batch 1 "
+            f"({m['forward_gflops_batch1']:.1f} GFLOP/s), {100 * d['crp_backward_fraction_of_fwd_batch_chunk']:.0f}% "
+            f"of batch {chunk} ({m['forward_gflops_batch_chunk']:.1f} GFLOP/s) (target >= 70%)"
+        )
+    for r in results["memory"]:
+        if r.get("model") == "ssd300" and r.get("T") == 1024 and r.get("method") == "crp" and r.get("images") == 1:
+            if "error" in r:
+                out.append(f"T=1024 crp SSD300 1 image: {r['error']}")
+            else:
+                s = f"T=1024 crp SSD300, 1 image: peak RSS {r['peak_rss_bytes'] / GiB:.2f} GiB (target <= 4 GiB)"
+                if r.get("device_peak_bytes"):
+                    s += f", device peak {r['device_peak_bytes'] / GiB:.2f} GiB"
+                out.append(s + f"; {r['per_target_s']:.3f} s/target")
+    return out
+
+
+def report(results, methods, chunk) -> None:
+    log("\n" + "=" * 100)
+    mi = results["machine"]
+    log(f"{mi['nproc']} cores, {mi['cpu_model']}, {mi['device_kind']} ({mi['jax_backend']}); load {mi['loadavg']} -> {mi.get('loadavg_end')}")
+    log(f"\n{'model':>8} {'B':>2} {'T':>5} {'method':>11} {'s/target':>9} {'x floor':>8} {'compile s':>9}")
+    for r in results["timing"]:
+        log(f"{r['model']:>8} {r['images']:>2} {r['T']:>5} {r['method']:>11} {r['per_target_s']:9.4f} "
+            f"{r['vs_floor']:8.2f} {r['compile_s']:9.1f}")
+    if results["memory"]:
+        log(f"\n{'model':>8} {'B':>2} {'T':>5} {'method':>8} {'s/target':>9} {'peak RSS GiB':>12} {'device GiB':>10}")
+        for r in results["memory"]:
+            if "error" in r:
+                log(f"{r['model']:>8} {r['images']:>2} {r['T']:>5} {r['method']:>8}  error")
+                continue
+            dp = r.get("device_peak_bytes")
+            log(f"{r['model']:>8} {r['images']:>2} {r['T']:>5} {r['method']:>8} {r['per_target_s']:9.4f} "
+                f"{r['peak_rss_bytes'] / GiB:12.2f} {dp / GiB if dp else float('nan'):10.2f}")
+    log("\nheadlines:")
+    for h in headlines(results, chunk):
+        log("  " + h)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
