@@ -237,8 +237,12 @@ class Floor:
 
         self.forward, self.backward = forward, backward
 
-    def __call__(self, variables, x, images, anchors, cls_coef, loc_coef):
+    def __call__(self, variables, x, images, anchors, cls_coef, loc_coef, to_host: bool = False):
+        """All targets; ``to_host``: also copy each chunk into one numpy ``[T, H, W, 3]``
+        array the way ``explain`` does (one chunk behind), to isolate that cost."""
         outs = []
+        out = np.zeros((len(anchors),) + tuple(x.shape[1:]), np.float32) if to_host else None
+        pending = None
         for b in np.unique(images):
             sel = np.flatnonzero(images == b)
             chunk = min(self.chunk, _next_pow2(len(sel)))
@@ -246,14 +250,22 @@ class Floor:
             for start in range(0, len(sel), chunk):
                 idx = sel[start : start + chunk]
                 pad = chunk - len(idx)
-                outs.append(
-                    self.backward(
-                        vjp_fn,
-                        np.pad(anchors[idx], (0, pad)),
-                        np.pad(cls_coef[idx], ((0, pad), (0, 0))),
-                        np.pad(loc_coef[idx], ((0, pad), (0, 0))),
-                    )
+                r = self.backward(
+                    vjp_fn,
+                    np.pad(anchors[idx], (0, pad)),
+                    np.pad(cls_coef[idx], ((0, pad), (0, 0))),
+                    np.pad(loc_coef[idx], ((0, pad), (0, 0))),
                 )
+                if to_host:
+                    if pending is not None:
+                        out[pending[0]] = np.asarray(pending[1])[: len(pending[0])]
+                    pending = (idx, r)
+                else:
+                    outs.append(r)
+        if to_host:
+            if pending is not None:
+                out[pending[0]] = np.asarray(pending[1])[: len(pending[0])]
+            return out
         return block(outs)
 
 
@@ -381,6 +393,16 @@ def make_runners(kinds, model, variables, meta, x, targets, chunk, zrunner, B):
                     kind,
                     lambda: floor(variables, x, images, anchors, cc, lc),
                     lambda: floor(variables, x, images[:nw], anchors[:nw], cc[:nw], lc[:nw]),
+                    T,
+                    nw,
+                )
+            )
+        elif kind == "floor_host":
+            runners.append(
+                Runner(
+                    kind,
+                    lambda: floor(variables, x, images, anchors, cc, lc, to_host=True),
+                    lambda: floor(variables, x, images[:nw], anchors[:nw], cc[:nw], lc[:nw], to_host=True),
                     T,
                     nw,
                 )
@@ -578,6 +600,7 @@ def parse_args(argv=None):
     p.add_argument("--zennit-max-T", type=int, default=32, help="largest T for zennit/torch (one image)")
     p.add_argument("--mem-targets", default="32", help="T values (<= --big-T) that also get a peak-memory subprocess (crp and floor, one image)")
     p.add_argument("--no-mem", action="store_true", help="no memory subprocesses at all (T > --big-T is then skipped)")
+    p.add_argument("--host-copy", action="store_true", help="also time floor_host: the floor plus copying results to one numpy array as explain does")
     p.add_argument("--per-layer", action="store_true", help="per-conv-layer timing of forward, rule backward and autodiff backward (SSD300)")
     p.add_argument("--child-timeout", type=float, default=None, help="seconds before a subprocess is abandoned")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -618,6 +641,16 @@ def main(argv=None) -> int:
     results = {"machine": info, "models": {}, "timing": [], "memory": [], "zennit_parity": {}, "per_layer": {}}
     t_start = time.perf_counter()
 
+    def save(final: bool = False) -> None:
+        """Write the JSON after every configuration, so that a run cut short keeps its results."""
+        if not args.json:
+            return
+        results["complete"] = final
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(args.json + ".tmp")
+        tmp.write_text(json.dumps(results, indent=1, default=str))
+        os.replace(tmp, args.json)
+
     for mname in models:
         label, model, variables, meta = build_model(mname)
         cfg = model.config
@@ -627,9 +660,10 @@ def main(argv=None) -> int:
         results["models"][mname] = mres
 
         # --- conv layers, FLOPs, forward throughput --------------------------------------
-        layers = conv_layers(model, variables, meta, methods + ["gradient"])
+        flop_methods = list(dict.fromkeys(methods + ["crp", "gradient"]))
+        layers = conv_layers(model, variables, meta, flop_methods)
         fwd_flops = sum(L["flops"] for L in layers)
-        bwd_flops = {m: sum(L["flops"] * L["mult"][m] for L in layers) for m in methods + ["gradient"]}
+        bwd_flops = {m: sum(L["flops"] * L["mult"][m] for L in layers) for m in flop_methods}
         mres["conv_flops_forward"] = fwd_flops
         mres["conv_flops_backward_per_target"] = bwd_flops
         fwd = jax.jit(model.apply)
@@ -637,18 +671,8 @@ def main(argv=None) -> int:
         xc = jnp.concatenate([x1] * chunk)
         for xx in (x1, xc):
             block(fwd(variables, xx))
-        ts1, tsc = [], []
-        for _ in range(max(3, repeats)):
-            ts1.append(timed(lambda: block(fwd(variables, x1))))
-            tsc.append(timed(lambda: block(fwd(variables, xc))))
-        mres["forward_s_batch1"] = med(ts1)
-        mres["forward_s_batch_chunk"] = med(tsc)
-        mres["forward_gflops_batch1"] = fwd_flops / med(ts1) / 1e9
-        mres["forward_gflops_batch_chunk"] = chunk * fwd_flops / med(tsc) / 1e9
         log(f"conv FLOPs: forward {fwd_flops / 1e9:.2f} GFLOP/image; backward per target "
             + ", ".join(f"{m} {v / 1e9:.2f}" for m, v in bwd_flops.items()))
-        log(f"XLA forward: batch 1 {med(ts1):.3f} s = {mres['forward_gflops_batch1']:.1f} GFLOP/s; "
-            f"batch {chunk} {med(tsc):.3f} s = {mres['forward_gflops_batch_chunk']:.1f} GFLOP/s")
 
         # --- decomposition: per-image forward and per-chunk backward (crp, floor) ---------
         comp = get_composite("crp", meta)
@@ -663,23 +687,35 @@ def main(argv=None) -> int:
         first["floor_forward"] = timed(lambda: block(fl.forward(variables, x1)))
         vjp_f = block(fl.forward(variables, x1))
         first["floor_backward_chunk"] = timed(lambda: block(fl.backward(vjp_f, an, cc, lc)))
+        # The plain forward (the machine's conv throughput) is timed in the same loop as the
+        # backward passes, repeat by repeat, so that their ratio sees the same load.
         dts = {"crp_forward": [], "crp_backward_chunk": [], "floor_forward": [], "floor_backward_chunk": []}
+        ts1, tsc = [], []
         for _ in range(max(3, repeats)):
+            ts1.append(timed(lambda: block(fwd(variables, x1))))
+            tsc.append(timed(lambda: block(fwd(variables, xc))))
             dts["crp_forward"].append(timed(lambda: block(cfwd(variables, x1))))
             dts["crp_backward_chunk"].append(timed(lambda: block(cbwd(vjp_c, x1, an, cc, lc))))
             dts["floor_forward"].append(timed(lambda: block(fl.forward(variables, x1))))
             dts["floor_backward_chunk"].append(timed(lambda: block(fl.backward(vjp_f, an, cc, lc))))
+        mres["forward_s_batch1"] = med(ts1)
+        mres["forward_s_batch_chunk"] = med(tsc)
+        mres["forward_gflops_batch1"] = fwd_flops / med(ts1) / 1e9
+        mres["forward_gflops_batch_chunk"] = chunk * fwd_flops / med(tsc) / 1e9
+        log(f"XLA forward (jitted model.apply): batch 1 {med(ts1):.3f} s = {mres['forward_gflops_batch1']:.1f} GFLOP/s; "
+            f"batch {chunk} {med(tsc):.3f} s = {mres['forward_gflops_batch_chunk']:.1f} GFLOP/s")
         dec = {k: med(v) for k, v in dts.items()}
         dec["compile_s"] = {k: first[k] - dec[k] for k in first}
         dec["crp_backward_per_target"] = dec["crp_backward_chunk"] / chunk
         dec["floor_backward_per_target"] = dec["floor_backward_chunk"] / chunk
-        dec["crp_backward_gflops"] = bwd_flops["crp"] / dec["crp_backward_per_target"] / 1e9 if "crp" in bwd_flops else None
+        dec["crp_backward_gflops"] = bwd_flops["crp"] / dec["crp_backward_per_target"] / 1e9
         dec["floor_backward_gflops"] = bwd_flops["gradient"] / dec["floor_backward_per_target"] / 1e9
         for k in ("crp", "floor"):
             g = dec[f"{k}_backward_gflops"]
             dec[f"{k}_backward_fraction_of_fwd_batch1"] = g / mres["forward_gflops_batch1"] if g else None
             dec[f"{k}_backward_fraction_of_fwd_batch_chunk"] = g / mres["forward_gflops_batch_chunk"] if g else None
         mres["decomposition"] = dec
+        save()
         del vjp_c, vjp_f
         log(
             f"decomposition (chunk {chunk}): crp forward {dec['crp_forward']:.3f} s, backward "
@@ -730,7 +766,7 @@ def main(argv=None) -> int:
             for T in Ts:
                 if T > args.big_T:
                     continue
-                kinds = methods + ["gradient", "floor"]
+                kinds = methods + ["gradient", "floor"] + (["floor_host"] if args.host_copy else [])
                 if T <= args.naive_max_T:
                     kinds.append("naive")
                 if zrunner is not None and B == 1 and T <= args.zennit_max_T:
@@ -752,6 +788,7 @@ def main(argv=None) -> int:
                         "loadavg": f"{la0} -> {loadavg()}",
                     }
                     results["timing"].append(rec)
+                save()
                 log(f"-- {mname} B={B} T={T} ({time.perf_counter() - t0:.0f} s, load {la0} -> {loadavg()})")
                 for r in runners:
                     pt = med(r.steady)
@@ -764,7 +801,23 @@ def main(argv=None) -> int:
         # --- per-layer -----------------------------------------------------------------------
         if args.per_layer and mname == "ssd300":
             log(f"per-layer (batch {chunk}, medians of {max(3, repeats)}):")
-            results["per_layer"][mname] = per_layer(layers, chunk, max(3, repeats))
+            pl = per_layer(layers, chunk, max(3, repeats))
+            tot = {k: sum(r[k + "_s"] for r in pl) for k in ("fwd", "rule_bwd", "autodiff_bwd")}
+            fl_f = sum(r["flops_fwd"] for r in pl)
+            fl_r = sum(r["flops_fwd"] * r["mult"] for r in pl)
+            summ = {
+                "sum_s": tot,
+                "fwd_gflops": fl_f / tot["fwd"] / 1e9,
+                "rule_bwd_gflops": fl_r / tot["rule_bwd"] / 1e9,
+                "autodiff_bwd_gflops": fl_f / tot["autodiff_bwd"] / 1e9,
+            }
+            summ["rule_bwd_fraction_of_fwd"] = summ["rule_bwd_gflops"] / summ["fwd_gflops"]
+            results["per_layer"][mname] = {"layers": pl, "summary": summ}
+            log(f"  all convs: fwd {tot['fwd']:.3f} s ({summ['fwd_gflops']:.1f} GFLOP/s), crp rule-bwd convs "
+                f"{tot['rule_bwd']:.3f} s ({summ['rule_bwd_gflops']:.1f} GFLOP/s = "
+                f"{100 * summ['rule_bwd_fraction_of_fwd']:.0f}% of fwd), autodiff-bwd {tot['autodiff_bwd']:.3f} s "
+                f"({summ['autodiff_bwd_gflops']:.1f} GFLOP/s)")
+            save()
         for L in layers:
             L.pop("op", None)
         mres["conv_layers"] = layers
@@ -784,6 +837,7 @@ def main(argv=None) -> int:
                 log(f"subprocess {spec} ...")
                 res = run_child(spec, args.child_timeout)
                 results["memory"].append(res)
+                save()
                 if "error" in res:
                     log(f"   error: {res['error']}")
                 else:
@@ -798,8 +852,7 @@ def main(argv=None) -> int:
     results["elapsed_s"] = time.perf_counter() - t_start
     report(results, methods, chunk)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        save(final=True)
         log(f"\nwrote {args.json}")
     return 0
 
@@ -834,6 +887,13 @@ def headlines(results, chunk) -> list[str]:
             f"{100 * d['crp_backward_fraction_of_fwd_batch1']:.0f}% of the jitted forward at batch 1 "
             f"({m['forward_gflops_batch1']:.1f} GFLOP/s), {100 * d['crp_backward_fraction_of_fwd_batch_chunk']:.0f}% "
             f"of batch {chunk} ({m['forward_gflops_batch_chunk']:.1f} GFLOP/s) (target >= 70%)"
+        )
+    pl = results["per_layer"].get("ssd300")
+    if pl:
+        sm = pl["summary"]
+        out.append(
+            f"convs alone (--per-layer, batch {chunk}): crp's backward convs {sm['rule_bwd_gflops']:.1f} GFLOP/s = "
+            f"{100 * sm['rule_bwd_fraction_of_fwd']:.0f}% of the forward convs ({sm['fwd_gflops']:.1f} GFLOP/s)"
         )
     for r in results["memory"]:
         if r.get("model") == "ssd300" and r.get("T") == 1024 and r.get("method") == "crp" and r.get("images") == 1:

@@ -138,11 +138,11 @@ def build_torch_ssd(config, variables):
     with torch.no_grad():
         for name, mod in net.layers.items():
             if isinstance(mod, nn.Conv2d):
-                k = np.asarray(params[name]["kernel"], np.float32)  # HWIO
+                k = np.array(params[name]["kernel"], np.float32)  # HWIO (a writable copy)
                 mod.weight.copy_(torch.from_numpy(np.ascontiguousarray(k.transpose(3, 2, 0, 1))))
-                mod.bias.copy_(torch.from_numpy(np.asarray(params[name]["bias"], np.float32)))
+                mod.bias.copy_(torch.from_numpy(np.array(params[name]["bias"], np.float32)))
             elif isinstance(mod, L2Norm):
-                mod.weight.copy_(torch.from_numpy(np.asarray(params[name]["scale"], np.float32)))
+                mod.weight.copy_(torch.from_numpy(np.array(params[name]["scale"], np.float32)))
     for p in net.parameters():
         p.requires_grad_(False)
     net.L2NormType = L2Norm
