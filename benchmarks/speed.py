@@ -464,9 +464,17 @@ def _hwm() -> float:
     return float("nan")
 
 
-def _peak_rss() -> float:
+def _ru_maxrss() -> float:
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
     return kb * 1024.0 if sys.platform != "darwin" else float(kb)
+
+
+def _peak_rss() -> float:
+    """This process's peak RSS: VmHWM where /proc has it. ``ru_maxrss`` can be inflated in a
+    child: Linux folds the high-water mark of the pre-exec (forked) address space, i.e. the
+    parent's RSS, into it, so a small child of a big parent reports the parent's size."""
+    h = _hwm()
+    return h if h == h else _ru_maxrss()
 
 
 def _device_peak():
@@ -500,6 +508,7 @@ def child_main(spec: dict) -> dict:
         "peak_rss_after_warmup_bytes": rss_warm,
         "peak_rss_bytes": _peak_rss(),
         "vmhwm_bytes": _hwm(),
+        "ru_maxrss_bytes": _ru_maxrss(),
         "device_peak_bytes": _device_peak(),
         "backend": jax.default_backend(),
         "loadavg_end": loadavg(),

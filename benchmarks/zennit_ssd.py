@@ -15,8 +15,11 @@ first layer. Every ReLU is an ``nn.ReLU`` module of its own (zennit's ``Activati
 ``Pass`` rule in ``layer_map_base``).
 
 Composite (the class-target path of crp-jax's "crp" preset):
-  conv1_1: ``ZBox(low, high)`` with the preprocessing's pixel bounds (``meta.pixel_bounds``);
-  every other conv: ``ZPlus()``; L2Norm: ``Pass()``; ReLU: ``Pass()``; max-pool: gradient.
+  conv1_1: ``ZBox(low, high, zero_params="bias")`` with the preprocessing's pixel bounds
+  (``meta.pixel_bounds``); every other conv: ``ZPlus(zero_params="bias")``; L2Norm: ``Pass()``;
+  ReLU: ``Pass()``; max-pool: gradient. ``zero_params="bias"`` makes zennit's rules exactly
+  crp-jax's (bias left out of the denominators); zennit's default keeps ``max(b, 0)`` in them,
+  which differs on trained weights (not on ``init_variables``' zero biases) and costs the same.
 
 Torch, torchvision and zennit are imported only inside the functions here, so that
 ``speed.py`` runs without them (``--no-zennit`` or zennit not installed: skipped cleanly).
@@ -182,8 +185,10 @@ class ZennitRunner:
         lo = torch.tensor(low, dtype=torch.float32, device=self.device).view(1, 3, 1, 1).expand(shape).contiguous()
         hi = torch.tensor(high, dtype=torch.float32, device=self.device).view(1, 3, 1, 1).expand(shape).contiguous()
         self.composite = SpecialFirstLayerMapComposite(
-            layer_map=layer_map_base() + [(self.net.L2NormType, Pass()), (Convolution, ZPlus())],
-            first_map=[(Convolution, ZBox(lo, hi))],
+            # zero_params="bias": crp-jax's rules leave the bias out of w+ / z^B (DESIGN §2);
+            # zennit's defaults keep a clamped bias in the denominators. Same cost either way.
+            layer_map=layer_map_base() + [(self.net.L2NormType, Pass()), (Convolution, ZPlus(zero_params="bias"))],
+            first_map=[(Convolution, ZBox(lo, hi, zero_params="bias"))],
         )
         self.composite.register(self.net)
 
