@@ -19,7 +19,7 @@ with random ``init_variables`` weights stands in, and the output says so):
 - XLA conv throughput: GFLOP/s of the jitted forward (FLOPs counted analytically,
   2*Ho*Wo*Cout*Cin*kh*kw per conv) at batch 1 and batch ``--chunk``, and the GFLOP/s the
   crp backward achieves per target (FLOPs of the transposed convs it runs: 1x per conv,
-  2x for AlphaBeta (w+ and w- stacked), 3x for ZBox (x, l, h stacked));
+  2x for AlphaBeta (w+ and w- stacked), 2x for ZBox (w and the folded bound kernel stacked));
 - peak memory of a separate subprocess per configuration (peak RSS on CPU; on an
   accelerator jax's ``peak_bytes_in_use``), always for T > ``--big-T``.
 
@@ -340,7 +340,7 @@ def conv_layers(model, variables, meta, methods) -> list[dict]:
             for m, comp in comps.items():
                 rule = comp.rule_for(mod)
                 rec["rules"][m] = type(rule).__name__ if rule is not None else "Gradient"
-                rec["mult"][m] = 2 if isinstance(rule, _rules.AlphaBeta) else 3 if isinstance(rule, _rules.ZBox) else 1
+                rec["mult"][m] = 2 if isinstance(rule, (_rules.AlphaBeta, _rules.ZBox)) else 1
             recs.append(rec)
         return y
 
@@ -551,7 +551,7 @@ def per_layer(layers, chunk: int, repeats: int, method: str = "crp") -> list[dic
         s = jnp.asarray(rng.normal(size=(chunk, ho, wo, cout)).astype(np.float32))
         # the rule's transposed kernel, with its stacked channels
         if rule == "ZBox":
-            wt = op.transpose_kernel(jnp.concatenate([wk, wk, wk], axis=2))
+            wt = op.transpose_kernel(jnp.concatenate([wk, wk], axis=2))
             s_rule = s
         elif rule == "AlphaBeta":
             wt = op.transpose_kernel(jnp.concatenate([wk, wk], axis=3))

@@ -89,7 +89,14 @@ class LinearRule(Rule):
         return self(op, args[0], params["kernel"], params.get("bias"))
 
     # -- to implement -----------------------------------------------------------------
-    def residuals(self, op, x, w, b, y) -> Any:  # pragma: no cover
+    def forward_kernels(self, w: jax.Array) -> tuple[jax.Array, ...]:
+        """Extra kernels (shaped like ``w``) whose outputs ``residuals`` needs; they run in
+        the same convolution as the layer itself (one pass over ``x``)."""
+        return ()
+
+    def residuals(self, op, x, w, b, z, zs) -> Any:  # pragma: no cover
+        """What the backward keeps: ``z = op.apply(x, w)`` (no bias), ``zs`` the outputs of
+        :meth:`forward_kernels` in order."""
         raise NotImplementedError
 
     def backward(self, op, res, R, in_shape) -> jax.Array:  # pragma: no cover
@@ -104,8 +111,14 @@ def _rule_vjp(rule: LinearRule, op, in_shape: tuple[int, ...]):
         return op.apply(x, w) + b
 
     def fwd(x, w, b):
-        y = op.apply(x, w) + b
-        return y, rule.residuals(op, x, w, b, y)
+        extra = rule.forward_kernels(w)
+        if extra:
+            n = w.shape[-1]
+            zz = op.apply(x, jnp.concatenate((w,) + tuple(extra), axis=-1))
+            z, zs = zz[..., :n], tuple(zz[..., n * (k + 1) : n * (k + 2)] for k in range(len(extra)))
+        else:
+            z, zs = op.apply(x, w), ()
+        return z + b, rule.residuals(op, x, w, b, z, zs)
 
     def bwd(res, R):
         # Parameters get a symbolic zero: relevance flows to the input only.
@@ -127,8 +140,8 @@ class Epsilon(LinearRule):
     def __post_init__(self):
         _check_stabilizer("Epsilon.epsilon", self.epsilon)
 
-    def residuals(self, op, x, w, b, y):
-        return x, op.transpose_kernel(w), 1.0 / stabilize(y, self.epsilon)
+    def residuals(self, op, x, w, b, z, zs):
+        return x, op.transpose_kernel(w), 1.0 / stabilize(z + b, self.epsilon)
 
     def backward(self, op, res, R, in_hw):
         x, wt, inv = res
@@ -144,9 +157,12 @@ class WPlus(LinearRule):
     def __post_init__(self):
         _check_stabilizer("WPlus.stabilizer", self.stabilizer)
 
-    def residuals(self, op, x, w, b, y):
-        wp = jnp.maximum(w, 0)
-        return x, op.transpose_kernel(wp), 1.0 / stabilize(op.apply(x, wp), self.stabilizer)
+    def forward_kernels(self, w):
+        return (jnp.maximum(w, 0),)
+
+    def residuals(self, op, x, w, b, z, zs):
+        (zp,) = zs
+        return x, op.transpose_kernel(jnp.maximum(w, 0)), 1.0 / stabilize(zp, self.stabilizer)
 
     def backward(self, op, res, R, in_hw):
         x, wpt, inv = res
@@ -172,12 +188,15 @@ class AlphaBeta(LinearRule):
             if not (isinstance(v, (int, float)) and v >= 0 and v < float("inf")):
                 raise ConfigError(f"AlphaBeta.{name} must be a finite float >= 0, got {v!r}")
 
-    def residuals(self, op, x, w, b, y):
-        wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
-        inv_p = 1.0 / stabilize(op.apply(x, wp), self.stabilizer)
-        inv_n = 1.0 / stabilize(op.apply(x, wn), self.stabilizer)
+    def forward_kernels(self, w):
+        return (jnp.maximum(w, 0), jnp.minimum(w, 0))
+
+    def residuals(self, op, x, w, b, z, zs):
+        zp, zn = zs
+        inv_p = 1.0 / stabilize(zp, self.stabilizer)
+        inv_n = 1.0 / stabilize(zn, self.stabilizer)
         # One transposed conv serves both terms: stack (w+, w-) along the output channels.
-        wt = op.transpose_kernel(jnp.concatenate([wp, wn], axis=-1))
+        wt = op.transpose_kernel(jnp.concatenate(self.forward_kernels(w), axis=-1))
         return x, wt, self.alpha * inv_p, -self.beta * inv_n
 
     def backward(self, op, res, R, in_hw):
@@ -205,25 +224,26 @@ class ZBox(LinearRule):
         if lo.shape != hi.shape or not np.all(lo <= hi) or not np.all(np.isfinite(lo + hi)):
             raise ConfigError(f"ZBox needs low <= high of one shape, got low={self.low}, high={self.high}")
 
-    def residuals(self, op, x, w, b, y):
+    def residuals(self, op, x, w, b, z, zs):
         for name in ("low", "high"):
             v = getattr(self, name)
             if isinstance(v, tuple) and len(v) not in (1, x.shape[-1]):
                 raise ConfigError(f"ZBox.{name} has {len(v)} entries but the layer input has {x.shape[-1]} channels")
-        l = jnp.broadcast_to(jnp.asarray(self.low, x.dtype), x.shape)
-        h = jnp.broadcast_to(jnp.asarray(self.high, x.dtype), x.shape)
-        wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
-        # z^B = x*w - l*w+ - h*w- as one conv over stacked inputs and kernels.
-        z = op.apply(jnp.concatenate([x, l, h], axis=-1), jnp.concatenate([w, -wp, -wn], axis=-2))
-        coeff = jnp.concatenate([x, -l, -h], axis=-1)
-        wt = op.transpose_kernel(jnp.concatenate([w, wp, wn], axis=-2))
-        return coeff, wt, 1.0 / stabilize(z, self.stabilizer)
+        l = jnp.broadcast_to(jnp.asarray(self.low, x.dtype), x.shape[-1:])
+        h = jnp.broadcast_to(jnp.asarray(self.high, x.dtype), x.shape[-1:])
+        # The bounds are per input channel, so they fold into one kernel:
+        # wb_ij = -l_i w+_ij - h_i w-_ij, and z^B = x*w + 1*wb (the 1s respect the padding).
+        wb = -l[:, None] * jnp.maximum(w, 0) - h[:, None] * jnp.minimum(w, 0)
+        zb = z + op.apply(jnp.ones_like(x), wb)
+        # One transposed conv gives both W^T s and wb^T s (2 * Cin output channels).
+        wt = op.transpose_kernel(jnp.concatenate([w, wb], axis=-2))
+        return x, wt, 1.0 / stabilize(zb, self.stabilizer)
 
     def backward(self, op, res, R, in_hw):
-        coeff, wt, inv = res
-        parts = coeff * op.transpose(R * inv, wt, in_hw)  # [..., 3 * Cin]
-        c = parts.shape[-1] // 3
-        return parts[..., :c] + parts[..., c : 2 * c] + parts[..., 2 * c :]
+        x, wt, inv = res
+        parts = op.transpose(R * inv, wt, in_hw)  # [..., 2 * Cin]
+        c = x.shape[-1]
+        return x * parts[..., :c] + parts[..., c:]
 
 
 @dataclass(frozen=True)
@@ -235,7 +255,7 @@ class Flat(LinearRule):
     def __post_init__(self):
         _check_stabilizer("Flat.stabilizer", self.stabilizer)
 
-    def residuals(self, op, x, w, b, y):
+    def residuals(self, op, x, w, b, z, zs):
         ones = jnp.ones_like(w)
         return op.transpose_kernel(ones), 1.0 / stabilize(op.apply(jnp.ones_like(x), ones), self.stabilizer)
 
@@ -253,7 +273,7 @@ class WSquare(LinearRule):
     def __post_init__(self):
         _check_stabilizer("WSquare.stabilizer", self.stabilizer)
 
-    def residuals(self, op, x, w, b, y):
+    def residuals(self, op, x, w, b, z, zs):
         w2 = w * w
         return op.transpose_kernel(w2), 1.0 / stabilize(op.apply(jnp.ones_like(x), w2), self.stabilizer)
 

@@ -7,7 +7,9 @@ Layer names make every CRP layer type addressable by module path (DESIGN §2):
 - ``l2norm``: the L2Norm on the first source (pass-through rule),
 - ``cls_0`` ... / ``loc_0`` ...: the classification / localization head conv of each source.
 
-Max-pooling and ReLU are plain functions: relevance passes them as the gradient does.
+Max-pooling and ReLU are plain functions: relevance passes them as the gradient does
+(max-pooling's derivative routes through winner masks kept from the forward pass, see
+``pool.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import flax.linen as nn
 
 from crp_jax.errors import InputError
 from crp_jax.ssd.config import SSDConfig
+from crp_jax.ssd.pool import max_pool
 
 _conv_init = nn.initializers.xavier_uniform()
 
@@ -34,21 +37,6 @@ def _conv(features: int, kernel: int, name: str, stride: int = 1, padding: int =
         kernel_init=_conv_init,
         name=name,
     )
-
-
-def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0, ceil_mode: bool = False) -> jax.Array:
-    """Max-pool ``[B, H, W, C]`` like ``torch.nn.MaxPool2d`` (padding is -inf, so the
-    gradient, and hence relevance, always goes to a real pixel)."""
-    pads = []
-    for n in x.shape[1:3]:
-        lo = hi = padding
-        if ceil_mode:
-            out = math.ceil((n + 2 * padding - window) / stride) + 1
-            if (out - 1) * stride >= n + padding:  # torch: last window must start inside
-                out -= 1
-            hi = (out - 1) * stride + window - n - padding
-        pads.append((lo, max(hi, 0)))
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=tuple(pads))
 
 
 class L2Norm(nn.Module):
