@@ -387,6 +387,14 @@ def make_runners(kinds, model, variables, meta, x, targets, chunk, zrunner, B):
                 return lambda: cj.explain(model, variables, x, tg, method=k, meta=meta, chunk_size=chunk)
 
             runners.append(Runner(kind, f(), f(tg=targets[:nw]), T, nw))
+        elif kind.endswith("_dev") and kind[:-4] in EXPLAIN_METHODS:
+
+            def f(k=kind[:-4], tg=targets):
+                return lambda: cj.explain(
+                    model, variables, x, tg, method=k, meta=meta, chunk_size=chunk, to_host=False
+                ).block_until_ready()
+
+            runners.append(Runner(kind, f(), f(tg=targets[:nw]), T, nw))
         elif kind == "floor":
             runners.append(
                 Runner(
@@ -610,6 +618,7 @@ def parse_args(argv=None):
     p.add_argument("--mem-targets", default="32", help="T values (<= --big-T) that also get a peak-memory subprocess (crp and floor, one image)")
     p.add_argument("--no-mem", action="store_true", help="no memory subprocesses at all (T > --big-T is then skipped)")
     p.add_argument("--host-copy", action="store_true", help="also time floor_host: the floor plus copying results to one numpy array as explain does")
+    p.add_argument("--device-output", action="store_true", help="also time <method>_dev: explain(..., to_host=False), relevance left on the device")
     p.add_argument("--per-layer", action="store_true", help="per-conv-layer timing of forward, rule backward and autodiff backward (SSD300)")
     p.add_argument("--child-timeout", type=float, default=None, help="seconds before a subprocess is abandoned")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -776,6 +785,8 @@ def main(argv=None) -> int:
                 if T > args.big_T:
                     continue
                 kinds = methods + ["gradient", "floor"] + (["floor_host"] if args.host_copy else [])
+                if args.device_output:
+                    kinds += [m + "_dev" for m in methods]
                 if T <= args.naive_max_T:
                     kinds.append("naive")
                 if zrunner is not None and B == 1 and T <= args.zennit_max_T:

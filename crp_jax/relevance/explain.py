@@ -33,9 +33,10 @@ def explain(
     targets: Sequence[Target],
     method: str | Composite = "crp",
     meta=None,
-    chunk_size: int = 8,
+    chunk_size: int | None = None,
     layers: bool = False,
     mesh=None,
+    to_host: bool = True,
 ):
     """Relevance at the input for every target.
 
@@ -47,15 +48,19 @@ def explain(
       method: preset name ("crp", "lrp_ab", "lrp_eps", "gradient", "gradient_x_input")
         or a :class:`Composite`.
       meta: weights' meta (pixel bounds for z^B; required by "crp" and "lrp_ab").
-      chunk_size: targets per vmapped backward; bounds memory (about 310 MiB per target
-        on SSD300, DESIGN §6).
+      chunk_size: targets per vmapped backward; bounds memory (SSD300: about 45 MiB of
+        scratch per target, benchmarks/RESULTS.md). Default (None): 8 on a CPU, 32 on an
+        accelerator, where a wider vmap keeps the device busier.
       layers: also return per-layer relevance totals.
       mesh: a ``jax.sharding.Mesh`` (its first axis shards the image batch), or "auto"
         for all devices: images and their targets are then spread across devices, one
         SPMD program per chunk (see :func:`_explain_sharded`).
+      to_host: False keeps ``R`` on the device as a ``jax.Array`` (no device-to-host copy,
+        which on a GPU costs more than the propagation itself: 1 MiB per SSD300 target).
 
     Returns:
-      ``R`` as numpy ``[T, S, S, 3]`` float32 in target order; with ``layers=True``,
+      ``R`` as numpy ``[T, S, S, 3]`` float32 in target order (a ``jax.Array`` on the
+      default device with ``to_host=False``); with ``layers=True``,
       ``(R, flow)`` where ``flow`` maps each layer path (forward order) to ``[T, 2]``:
       total and absolute relevance at that layer's output.
     """
@@ -65,19 +70,24 @@ def explain(
     bad = np.flatnonzero(~np.isfinite(xs).reshape(xs.shape[0], -1).all(axis=1))
     if bad.size:
         raise InputError(f"images {bad.tolist()} contain NaN or Inf pixels")
+    if chunk_size is None:
+        chunk_size = default_chunk_size()
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise InputError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if not isinstance(to_host, bool):
+        raise InputError(f"to_host must be True or False, got {to_host!r}")
     comp = get_composite(method, meta)
     images, anchors, cls_coef, loc_coef = encode_targets(
         targets, xs.shape[0], cfg.num_anchors(), cfg.num_classes, comp.contrast
     )
     T = len(images)
     if mesh is not None:
-        if layers:
-            raise ConfigError("layers=True is not supported together with mesh=...")
+        if layers or not to_host:
+            raise ConfigError("layers=True and to_host=False are not supported together with mesh=...")
         return _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, comp, chunk_size, mesh)
     # Every row is written below; np.empty avoids touching 1 MiB per target twice.
-    out = np.empty((T,) + xs.shape[1:], np.float32)
+    out = np.empty((T,) + xs.shape[1:], np.float32) if to_host else None
+    on_device: list = []  # to_host=False: (target indices, [n, S, S, 3] jax.Array) per chunk
     flow: dict[str, np.ndarray] = {}
     pending = None  # one-deep pipeline: copy chunk k to the host while chunk k+1 runs
 
@@ -89,7 +99,10 @@ def explain(
                 flow.setdefault(k, np.zeros((T, 2), np.float32))[idx] = np.asarray(v)[: len(idx)]
         else:
             r = res
-        out[idx] = np.asarray(r)[: len(idx)]
+        if to_host:
+            out[idx] = np.asarray(r)[: len(idx)]
+        else:
+            on_device.append((idx, r[: len(idx)]))
 
     for b in np.unique(images):
         sel = np.flatnonzero(images == b)
@@ -104,13 +117,15 @@ def explain(
             c = np.pad(cls_coef[idx], ((0, pad), (0, 0)))
             l = np.pad(loc_coef[idx], ((0, pad), (0, 0)))
             res = backward(vjp_fn, xb, a, c, l)
-            # On an accelerator, start the device-to-host copy now so it overlaps the next chunk.
-            jax.tree.map(lambda v: v.copy_to_host_async(), res)
+            if to_host:  # start the device-to-host copy now so it overlaps the next chunk
+                jax.tree.map(lambda v: v.copy_to_host_async(), res)
             if pending is not None:
                 drain()
             pending = (idx, res)
     if pending is not None:
         drain()
+    if not to_host:
+        out = _gather_chunks(on_device, T, xs.shape[1:])
     if layers:
         order = _layer_order(model, variables, xs[:1], comp)
         return out, {k: flow[k] for k in order if k in flow}
@@ -119,17 +134,37 @@ def explain(
 
 def heatmap(R, reduce: str = "sum") -> np.ndarray:
     """Channel-reduced heatmap: ``[..., H, W, C] -> [..., H, W]`` ("sum" keeps the sign,
-    "abs" sums magnitudes, "max_abs" the largest magnitude)."""
-    R = np.asarray(R)
+    "abs" sums magnitudes, "max_abs" the largest magnitude). numpy in, numpy out; a
+    ``jax.Array`` (``explain(..., to_host=False)``) is reduced on its device."""
+    xp = jnp if isinstance(R, jax.Array) else np  # a jax.Array stays on its device
+    R = xp.asarray(R)
     if R.ndim < 3:
         raise InputError(f"heatmap needs relevance [..., H, W, C], got shape {R.shape}")
     if reduce == "sum":
         return R.sum(-1)
     if reduce == "abs":
-        return np.abs(R).sum(-1)
+        return xp.abs(R).sum(-1)
     if reduce == "max_abs":
-        return np.abs(R).max(-1)
+        return xp.abs(R).max(-1)
     raise InputError(f"reduce {reduce!r} unknown; use 'sum', 'abs' or 'max_abs'")
+
+
+def default_chunk_size() -> int:
+    """``explain``'s default targets per vmapped backward: 8 on a CPU (memory), 32 on an
+    accelerator (throughput; SSD300 on an H200 runs the backward 1.7x faster per target at
+    32 than at 8, benchmarks/RESULTS.md)."""
+    return 8 if jax.default_backend() == "cpu" else 32
+
+
+def _gather_chunks(parts, T: int, shape) -> jax.Array:
+    """Chunks ``(target indices, [n, ...])`` -> ``[T, ...]`` in target order, on the device."""
+    if not parts:
+        return jnp.zeros((0,) + tuple(shape), jnp.float32)
+    order = np.concatenate([idx for idx, _ in parts])
+    R = jnp.concatenate([r for _, r in parts]) if len(parts) > 1 else parts[0][1]
+    if np.array_equal(order, np.arange(T)):
+        return R
+    return R[jnp.asarray(np.argsort(order))]
 
 
 def _next_pow2(n: int) -> int:
