@@ -15,7 +15,7 @@ run() { local name=$1 limit=$2; shift 2; echo "=== $name: python3 benchmarks/spe
 # SSD300, chunk 8: T=32 with zennit on the same GPU and the relevance left on the device
 # (<method>_dev) or copied to the host (explain's default); T=1024 in a subprocess
 run c8 150 --model ssd300 --targets 32,1024 --images 1 --methods crp,lrp_ab --repeats 3 --mem-targets "" --naive-max-T 0 --host-copy --device-output
-# SSD300, chunk 32 (explain's default on an accelerator)
+# SSD300, chunk 32
 run c32 120 --model ssd300 --targets 32,1024 --images 1 --methods crp --repeats 3 --no-zennit --mem-targets "" --naive-max-T 0 --host-copy --device-output --chunk 32
 # the shipped model, chunk 32
 run shipped 90 --model shipped --targets 32,1024 --images 1,4 --methods crp --repeats 3 --no-zennit --mem-targets "" --naive-max-T 0 --device-output --chunk 32

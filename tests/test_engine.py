@@ -224,7 +224,7 @@ def test_device_output_equals_host_output_in_target_order(tiny):
     hm = cj.heatmap(dev, "abs")
     assert isinstance(hm, jax.Array)
     np.testing.assert_allclose(np.asarray(hm), np.abs(host).sum(-1), rtol=1e-6)
-    # the default chunk (8 on this CPU backend) gives the same relevance
+    # the default chunk (8) gives the same relevance
     np.testing.assert_allclose(cj.explain(model, variables, x, t, method="crp", meta=meta), host, atol=1e-6)
     with pytest.raises(InputError, match="to_host"):
         cj.explain(model, variables, x, t, method="crp", meta=meta, to_host="no")

@@ -86,9 +86,13 @@ def test_jvp_picks_the_winners_tangent(H, W, k, s, p, ceil):
     np.testing.assert_allclose(np.asarray(dy)[0], want, atol=1e-6)
 
 
-def test_matches_jax_reduce_window_gradient_and_vmaps_over_cotangents():
+@pytest.mark.parametrize("ties", [False, True])
+def test_matches_jax_reduce_window_gradient_and_vmaps_over_cotangents(ties):
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(2, 20, 20, 5)).astype(np.float32))  # no ties
+    x = rng.normal(size=(2, 20, 20, 5)).astype(np.float32)
+    if ties:  # e.g. all-zero windows after a ReLU: same winner as select_and_scatter
+        x = np.maximum(np.round(x), 0)
+    x = jnp.asarray(x)
     for k, s, p in [(2, 2, 0), (3, 1, 1)]:
         pads = ((p, p), (p, p))
         ours = jax.vjp(lambda x: max_pool(x, k, s, p), x)

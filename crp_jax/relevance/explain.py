@@ -33,7 +33,7 @@ def explain(
     targets: Sequence[Target],
     method: str | Composite = "crp",
     meta=None,
-    chunk_size: int | None = None,
+    chunk_size: int = 8,
     layers: bool = False,
     mesh=None,
     to_host: bool = True,
@@ -49,8 +49,8 @@ def explain(
         or a :class:`Composite`.
       meta: weights' meta (pixel bounds for z^B; required by "crp" and "lrp_ab").
       chunk_size: targets per vmapped backward; bounds memory (SSD300: about 45 MiB of
-        scratch per target, benchmarks/RESULTS.md). Default (None): 8 on a CPU, 32 on an
-        accelerator, where a wider vmap keeps the device busier.
+        scratch per target on a CPU, benchmarks/RESULTS.md). 8 is also the fastest end to
+        end on an H200 with ``to_host=True``; with ``to_host=False``, 32 is slightly faster.
       layers: also return per-layer relevance totals.
       mesh: a ``jax.sharding.Mesh`` (its first axis shards the image batch), or "auto"
         for all devices: images and their targets are then spread across devices, one
@@ -70,8 +70,6 @@ def explain(
     bad = np.flatnonzero(~np.isfinite(xs).reshape(xs.shape[0], -1).all(axis=1))
     if bad.size:
         raise InputError(f"images {bad.tolist()} contain NaN or Inf pixels")
-    if chunk_size is None:
-        chunk_size = default_chunk_size()
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise InputError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if not isinstance(to_host, bool):
@@ -147,13 +145,6 @@ def heatmap(R, reduce: str = "sum") -> np.ndarray:
     if reduce == "max_abs":
         return xp.abs(R).max(-1)
     raise InputError(f"reduce {reduce!r} unknown; use 'sum', 'abs' or 'max_abs'")
-
-
-def default_chunk_size() -> int:
-    """``explain``'s default targets per vmapped backward: 8 on a CPU (memory), 32 on an
-    accelerator (throughput; SSD300 on an H200 runs the backward 1.7x faster per target at
-    32 than at 8, benchmarks/RESULTS.md)."""
-    return 8 if jax.default_backend() == "cpu" else 32
 
 
 def _gather_chunks(parts, T: int, shape) -> jax.Array:
