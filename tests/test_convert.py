@@ -485,3 +485,17 @@ def test_ssdpytorch_equivalence():
     # The input matters: feeding our model BGR (no flip) is far off.
     w_conf, _ = (np.asarray(a) for a in apply(variables, np.ascontiguousarray(ours_in[..., ::-1])))
     assert _rel(w_conf, t_conf) > 1e-2
+
+
+def test_coco_class_names_for_91_classes():
+    from crp_jax.ssd.meta import default_class_names
+
+    names = default_class_names(91)
+    assert len(names) == 91 and names[0] == "__background__"
+    # COCO ids (instances_*.json categories): 1 person, 17 cat, 18 dog, 90 toothbrush; 12 unused
+    assert (names[1], names[17], names[18], names[90], names[12]) == ("person", "cat", "dog", "toothbrush", "N/A")
+    assert sum(n == "N/A" for n in names) == 10  # 80 real categories
+    torchvision = pytest.importorskip("torchvision")
+    from torchvision.models.detection import SSD300_VGG16_Weights
+
+    assert list(names) == list(SSD300_VGG16_Weights.COCO_V1.meta["categories"])

@@ -32,6 +32,22 @@ VOC_CLASSES = (
     "sheep", "sofa", "train", "tvmonitor",
 )
 
+# torchvision's COCO_V1 detection categories (91 = the original COCO ids 0..90; ids that
+# COCO left unused are "N/A"), the label space of torchvision's ssd300_vgg16 weights.
+COCO_CLASSES = (
+    "__background__", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train",
+    "truck", "boat", "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter",
+    "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra",
+    "giraffe", "N/A", "backpack", "umbrella", "N/A", "N/A", "handbag", "tie", "suitcase",
+    "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove",
+    "skateboard", "surfboard", "tennis racket", "bottle", "N/A", "wine glass", "cup", "fork",
+    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot",
+    "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "N/A",
+    "dining table", "N/A", "N/A", "toilet", "N/A", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "N/A",
+    "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)
+
 
 @dataclass(frozen=True)
 class Meta:
@@ -109,7 +125,10 @@ class Meta:
 
 
 def default_class_names(num_classes: int) -> tuple[str, ...]:
-    """VOC names at 21 classes, else ``class_1`` ... (index 0 background)."""
+    """VOC names at 21 classes, torchvision's COCO names at 91, else ``class_1`` ...
+    (index 0 background)."""
     if num_classes == len(VOC_CLASSES):
         return VOC_CLASSES
+    if num_classes == len(COCO_CLASSES):
+        return COCO_CLASSES
     return ("__background__",) + tuple(f"class_{i}" for i in range(1, num_classes))
