@@ -5,11 +5,17 @@ and alpha1beta1 localization targets to 0 (relative to sum |R|).
     python benchmarks/conservation_ssd300.py
 """
 
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-import crp_jax as cj
+try:  # run from a checkout without installing: python benchmarks/conservation_ssd300.py
+    import crp_jax as cj
+except ImportError:  # pragma: no cover
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import crp_jax as cj
 from crp_jax.ssd import SSD, Meta, SSDConfig
 from crp_jax.ssd.meta import TORCHVISION_MEAN, TORCHVISION_STD, default_class_names
 
