@@ -23,21 +23,17 @@ except ImportError:  # pragma: no cover
 
 import jax  # noqa: E402
 
-from crp_jax.ssd.config import SSDConfig  # noqa: E402
-from crp_jax.ssd.meta import TORCHVISION_MEAN, TORCHVISION_STD, Meta, default_class_names  # noqa: E402
-from crp_jax.ssd.model import SSD, init_variables  # noqa: E402
+from speed import build_model  # noqa: E402  (benchmarks/speed.py, beside this script)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--targets", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--small", action="store_true", help="SSDConfig.small(7) instead of SSD300 (smoke test)")
+    p.add_argument("--small", action="store_true", help="the shipped model instead of SSD300 (smoke test)")
     args = p.parse_args(argv)
-    cfg = SSDConfig.small(7) if args.small else SSDConfig.ssd300_vgg16(21)
-    model = SSD(cfg)
-    variables = init_variables(model, seed=0)
-    meta = Meta(cfg, default_class_names(cfg.num_classes), mean=TORCHVISION_MEAN, std=TORCHVISION_STD)
+    _, model, variables, meta = build_model("shipped" if args.small else "ssd300")
+    cfg = model.config
     S = cfg.image_size
     x = np.random.default_rng(0).normal(size=(1, S, S, 3)).astype(np.float32)
     rng = np.random.default_rng(1)

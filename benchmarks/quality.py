@@ -95,11 +95,12 @@ from crp_jax import viz
 from crp_jax.data import CLASS_NAMES, LARGER, SceneSpec, generate_scene, partner_label
 from crp_jax.errors import CRPError, CheckpointError, ConfigError
 from crp_jax.evaluate import HELDOUT_SEED
+from crp_jax.relevance.composite import PRESETS
 from crp_jax.relevance.targets import ClassTarget, LocTarget
 from crp_jax.ssd.anchors import default_boxes_xyxy
 from crp_jax.ssd.boxes import box_iou, decode, xyxy_to_cxcywh
 
-DEFAULT_METHODS = ("crp", "lrp_ab", "lrp_eps", "gradient", "gradient_x_input")
+DEFAULT_METHODS = PRESETS
 METHOD_LABELS = {
     "crp": "crp",
     "crp_pair": "crp (pair)",

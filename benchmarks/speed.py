@@ -67,7 +67,7 @@ import crp_jax as cj  # noqa: E402
 import importlib  # noqa: E402
 from crp_jax.errors import CRPError  # noqa: E402
 from crp_jax.relevance import rules as _rules  # noqa: E402
-from crp_jax.relevance.composite import get_composite  # noqa: E402
+from crp_jax.relevance.composite import PRESETS, get_composite  # noqa: E402
 from crp_jax.relevance.linear import conv_op_from_module  # noqa: E402
 from crp_jax.relevance.targets import ClassTarget, encode_targets  # noqa: E402
 from crp_jax.ssd.config import SSDConfig  # noqa: E402
@@ -75,7 +75,7 @@ from crp_jax.ssd.meta import TORCHVISION_MEAN, TORCHVISION_STD, Meta, default_cl
 from crp_jax.ssd.model import SSD, init_variables  # noqa: E402
 
 _explain_mod = importlib.import_module("crp_jax.relevance.explain")  # the module (the package re-exports the function)
-EXPLAIN_METHODS = ("crp", "lrp_ab", "lrp_eps", "gradient", "gradient_x_input")
+EXPLAIN_METHODS = PRESETS
 GiB = 1024.0**3
 
 
@@ -381,18 +381,16 @@ def make_runners(kinds, model, variables, meta, x, targets, chunk, zrunner, B):
     runners = []
     floor = get_floor(model, chunk)
     for kind in kinds:
-        if kind in EXPLAIN_METHODS:
+        if kind.removesuffix("_dev") in EXPLAIN_METHODS:
+            # "<method>_dev": explain(..., to_host=False), timed until the device is done
+            on_device = kind.endswith("_dev")
 
-            def f(k=kind, tg=targets):
-                return lambda: cj.explain(model, variables, x, tg, method=k, meta=meta, chunk_size=chunk)
+            def f(k=kind.removesuffix("_dev"), tg=targets, dev=on_device):
+                def call():
+                    R = cj.explain(model, variables, x, tg, method=k, meta=meta, chunk_size=chunk, to_host=not dev)
+                    return R.block_until_ready() if dev else R
 
-            runners.append(Runner(kind, f(), f(tg=targets[:nw]), T, nw))
-        elif kind.endswith("_dev") and kind[:-4] in EXPLAIN_METHODS:
-
-            def f(k=kind[:-4], tg=targets):
-                return lambda: cj.explain(
-                    model, variables, x, tg, method=k, meta=meta, chunk_size=chunk, to_host=False
-                ).block_until_ready()
+                return call
 
             runners.append(Runner(kind, f(), f(tg=targets[:nw]), T, nw))
         elif kind == "floor":

@@ -26,9 +26,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from crp_jax.relevance.composite import get_composite  # noqa: E402
-from crp_jax.ssd.config import SSDConfig  # noqa: E402
-from crp_jax.ssd.meta import TORCHVISION_MEAN, TORCHVISION_STD, Meta, default_class_names  # noqa: E402
-from crp_jax.ssd.model import SSD, init_variables  # noqa: E402
+from speed import build_model  # noqa: E402  (benchmarks/speed.py, beside this script)
 
 _explain = importlib.import_module("crp_jax.relevance.explain")
 MiB = 2.0**20
@@ -39,10 +37,8 @@ def main(argv=None) -> None:
     p.add_argument("--chunks", default="8,32")
     p.add_argument("--methods", default="crp,gradient")
     args = p.parse_args(argv)
-    cfg = SSDConfig.ssd300_vgg16(num_classes=21)
-    model = SSD(cfg)
-    variables = init_variables(model, seed=0)
-    meta = Meta(cfg, default_class_names(21), mean=TORCHVISION_MEAN, std=TORCHVISION_STD)
+    _, model, variables, meta = build_model("ssd300")
+    cfg = model.config
     x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 300, 300, 3)).astype(np.float32))
     print(f"SSD300, one image, jax {jax.__version__} on {jax.devices()[0].device_kind}")
     print(f"{'method':>9} {'chunk':>5} {'residuals MiB':>14} {'backward temp MiB':>18} {'per target':>11}")

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 PROG = "crp-jax"
+# = crp_jax.relevance.composite.PRESETS, spelled out so that `crp-jax --help` needs no jax
+# import (tests/test_cli.py checks that the two agree).
 METHODS = ("crp", "lrp_ab", "lrp_eps", "gradient", "gradient_x_input")
 METHOD_TITLES = {
     "crp": "CRP",

@@ -53,7 +53,7 @@ from flax import serialization
 from crp_jax.errors import CRPError, CheckpointError, ConfigError, one_line
 from crp_jax.ssd.anchors import default_boxes_xyxy
 from crp_jax.ssd.boxes import box_iou, encode, xyxy_to_cxcywh
-from crp_jax.ssd.config import SSDConfig
+from crp_jax.ssd.config import SSDConfig, reject_unknown_fields
 from crp_jax.ssd.meta import Meta
 from crp_jax.ssd.model import SSD
 
@@ -226,10 +226,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown TrainConfig fields {sorted(unknown)}")
+        reject_unknown_fields(cls, d)
         return cls(**d)
 
 

@@ -265,6 +265,9 @@ def test_demo_with_the_shipped_model(tmp_path, capsys):
 
 def test_methods_are_the_documented_five():
     assert METHODS == ("crp", "lrp_ab", "lrp_eps", "gradient", "gradient_x_input")
+    from crp_jax.relevance.composite import PRESETS, composite_names
+
+    assert METHODS == PRESETS and set(PRESETS) <= set(composite_names())
 
 
 def test_progress_bar_without_tqdm(monkeypatch, capsys):

@@ -15,7 +15,7 @@ from crp_jax.relevance import Composite, relevance_vjp, rules
 from crp_jax.relevance.composite import get_composite
 from crp_jax.ssd import SSD, Meta, SSDConfig
 from crp_jax.ssd.meta import TORCHVISION_MEAN, TORCHVISION_STD, default_class_names
-from crp_jax.ssd.model import init_variables, max_pool
+from crp_jax.ssd.model import init_variables
 
 K_TINY = 5
 
@@ -255,45 +255,6 @@ def test_layer_flow_conserved_through_layers(tiny):
         assert flow[name][0, 0] == pytest.approx(1.0, rel=1e-3), name
         assert abs(flow[name][1, 0]) < 1e-3 * flow[name][1, 1], name
     assert flow["conv5_1"][0, 1] == 0.0  # nothing flows through layers above the source
-
-
-# ---- max-pooling ------------------------------------------------------------------------
-
-
-def _pool_reference(x, R, window, stride, pad):
-    """Relevance of each output goes to the argmax of its window (first on ties)."""
-    H, W = x.shape
-    out = np.zeros_like(x)
-    for i in range(R.shape[0]):
-        for j in range(R.shape[1]):
-            r0, c0 = i * stride - pad, j * stride - pad
-            rs = [r for r in range(r0, r0 + window) if 0 <= r < H]
-            cs = [c for c in range(c0, c0 + window) if 0 <= c < W]
-            win = x[np.ix_(rs, cs)]
-            a, b = np.unravel_index(np.argmax(win), win.shape)
-            out[rs[a], cs[b]] += R[i, j]
-    return out
-
-
-@pytest.mark.parametrize("window,stride,pad", [(3, 1, 1), (2, 2, 0)])
-def test_maxpool_routes_to_winner_and_overlaps_add(window, stride, pad):
-    rng = np.random.default_rng(3)
-    x = rng.permutation(49).reshape(7, 7).astype(np.float32)
-    x[3, 3] = 100.0  # one winner shared by all nine overlapping 3x3 windows around it
-    apply_fn = lambda v, x: max_pool(x, window, stride, padding=pad)
-    xin = jnp.asarray(x)[None, :, :, None]
-    out, efn = relevance_vjp(apply_fn, {}, xin, Composite(rules=((nn.Conv, rules.WPlus()),)))
-    R = rng.normal(size=out.shape[1:3]).astype(np.float32)
-    got = np.asarray(efn(jnp.asarray(R)[None, :, :, None]))[0, :, :, 0]
-    np.testing.assert_allclose(got, _pool_reference(x, R, window, stride, pad), atol=1e-6)
-    if window == 3:
-        assert got[3, 3] == pytest.approx(R[2:5, 2:5].sum(), abs=1e-5)
-
-
-def test_ceil_mode_pool_shape():
-    x = jnp.zeros((1, 75, 75, 1))
-    assert max_pool(x, 2, 2, ceil_mode=True).shape == (1, 38, 38, 1)
-    assert max_pool(x, 2, 2).shape == (1, 37, 37, 1)
 
 
 # ---- targets ----------------------------------------------------------------------------

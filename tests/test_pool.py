@@ -1,6 +1,6 @@
 """Max-pool with precomputed winner masks (crp_jax/ssd/pool.py) against independent references:
 a numpy loop over windows (first maximum in row-major order), torch-style output sizes,
-and jax's own reduce_window derivative."""
+and jax's own reduce_window derivative; and relevance routing through it in the engine."""
 
 import numpy as np
 import pytest
@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from crp_jax.relevance import Composite, relevance_vjp, rules
 from crp_jax.ssd.pool import max_pool
 
 CASES = [  # (H, W, window, stride, padding, ceil_mode)
@@ -40,19 +41,28 @@ def _windows(H, W, k, s, p, ho, wo):
             yield i, j, rows, cols
 
 
-def _reference(x, g, k, s, p, ceil):
-    """Forward max and the routed cotangent, ``x [H, W, C]``, ``g [ho, wo, C]``."""
+def _winners(x, k, s, p, ceil):
+    """``(ho, wo)`` and, per output ``(i, j, c)``, the ``(row, col)`` of its window's first
+    maximum in row-major order; ``x [H, W, C]``."""
     H, W, C = x.shape
     ho, wo = _torch_size(H, k, s, p, ceil), _torch_size(W, k, s, p, ceil)
-    y = np.zeros((ho, wo, C), x.dtype)
-    dx = np.zeros_like(x)
+    won = {}
     for i, j, rows, cols in _windows(H, W, k, s, p, ho, wo):
         for c in range(C):
             win = x[np.ix_(rows, cols, [c])][:, :, 0]
-            a, b = np.unravel_index(np.argmax(win), win.shape)  # first maximum, row-major
-            y[i, j, c] = win[a, b]
-            if g is not None:
-                dx[rows[a], cols[b], c] += g[i, j, c]
+            a, b = np.unravel_index(np.argmax(win), win.shape)
+            won[i, j, c] = rows[a], cols[b]
+    return (ho, wo), won
+
+
+def _reference(x, g, k, s, p, ceil):
+    """Forward max and the routed cotangent, ``x [H, W, C]``, ``g [ho, wo, C]``."""
+    (ho, wo), won = _winners(x, k, s, p, ceil)
+    y = np.zeros((ho, wo, x.shape[2]), x.dtype)
+    dx = np.zeros_like(x)
+    for (i, j, c), (r, q) in won.items():
+        y[i, j, c] = x[r, q, c]
+        dx[r, q, c] += g[i, j, c]
     return y, dx
 
 
@@ -74,15 +84,11 @@ def test_jvp_picks_the_winners_tangent(H, W, k, s, p, ceil):
     x = rng.integers(0, 3, size=(H, W, 3)).astype(np.float32)
     t = rng.normal(size=x.shape).astype(np.float32)
     _, dy = jax.jvp(lambda x: max_pool(x, k, s, p, ceil), (jnp.asarray(x)[None],), (jnp.asarray(t)[None],))
-    # The JVP is the adjoint of the reference VJP: <dy, g> == <t, vjp(g)> for all g,
-    # i.e. dy[o] = t[winner(o)]; check on the basis of unit cotangents at once via the loop.
-    H_, W_ = _torch_size(H, k, s, p, ceil), _torch_size(W, k, s, p, ceil)
-    want = np.zeros((H_, W_, 3), np.float32)
-    for i, j, rows, cols in _windows(H, W, k, s, p, H_, W_):
-        for c in range(3):
-            win = x[np.ix_(rows, cols, [c])][:, :, 0]
-            a, b = np.unravel_index(np.argmax(win), win.shape)
-            want[i, j, c] = t[rows[a], cols[b], c]
+    # The JVP is the adjoint of the reference VJP: dy[o] = t[winner(o)].
+    (ho, wo), won = _winners(x, k, s, p, ceil)
+    want = np.zeros((ho, wo, 3), np.float32)
+    for (i, j, c), (r, q) in won.items():
+        want[i, j, c] = t[r, q, c]
     np.testing.assert_allclose(np.asarray(dy)[0], want, atol=1e-6)
 
 
@@ -114,3 +120,28 @@ def test_second_order_and_non_finite_inputs():
     xi = x.at[0, 0, 0, 0].set(jnp.inf).at[0, 2, 2, 1].set(-jnp.inf)
     dx = jax.grad(lambda x: jnp.sum(max_pool(x, 2, 2)))(xi)
     assert np.isfinite(np.asarray(dx)).all() and float(dx.sum()) == 18.0  # one winner per output
+
+
+# ---- through the engine (relevance passes max-pooling as the gradient does) -------------
+
+
+@pytest.mark.parametrize("window,stride,pad", [(3, 1, 1), (2, 2, 0)])
+def test_maxpool_routes_to_winner_and_overlaps_add(window, stride, pad):
+    rng = np.random.default_rng(3)
+    x = rng.permutation(49).reshape(7, 7).astype(np.float32)
+    x[3, 3] = 100.0  # one winner shared by all nine overlapping 3x3 windows around it
+    apply_fn = lambda v, x: max_pool(x, window, stride, padding=pad)
+    xin = jnp.asarray(x)[None, :, :, None]
+    out, efn = relevance_vjp(apply_fn, {}, xin, Composite(rules=((nn.Conv, rules.WPlus()),)))
+    R = rng.normal(size=out.shape[1:3]).astype(np.float32)
+    got = np.asarray(efn(jnp.asarray(R)[None, :, :, None]))[0, :, :, 0]
+    want = _reference(x[:, :, None], R[:, :, None], window, stride, pad, False)[1][:, :, 0]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    if window == 3:
+        assert got[3, 3] == pytest.approx(R[2:5, 2:5].sum(), abs=1e-5)
+
+
+def test_ceil_mode_pool_shape():
+    x = jnp.zeros((1, 75, 75, 1))
+    assert max_pool(x, 2, 2, ceil_mode=True).shape == (1, 38, 38, 1)
+    assert max_pool(x, 2, 2).shape == (1, 37, 37, 1)

@@ -93,6 +93,8 @@ def test_config_errors_and_round_trip():
         SSDConfig(aspect_ratios=((2,),))
     cfg = SSDConfig.ssd300_vgg16_ssdpytorch(5)
     assert SSDConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match=r"unknown SSDConfig fields \['widht'\]"):
+        SSDConfig.from_dict({**cfg.to_dict(), "widht": 0.5})
     assert SSDConfig.from_name("ssd300_vgg16", 4) == SSDConfig.ssd300_vgg16(4)
 
 

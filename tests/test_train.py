@@ -234,3 +234,9 @@ def test_train_main_exit_codes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "no checkpoint" in err
+
+
+def test_train_config_dict_round_trip_and_unknown_fields():
+    assert TrainConfig.from_dict(TINY.to_dict()) == TINY
+    with pytest.raises(ConfigError, match=r"unknown TrainConfig fields \['stpes'\]"):
+        TrainConfig.from_dict({**TINY.to_dict(), "stpes": 3})

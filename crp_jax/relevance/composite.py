@@ -185,3 +185,6 @@ register_composite("lrp_ab", _lrp_ab)
 register_composite("lrp_eps", _lrp_eps)
 register_composite("gradient", lambda meta: Composite(name="gradient"))
 register_composite("gradient_x_input", lambda meta: Composite(times_input=True, name="gradient_x_input"))
+
+# The built-in presets, in the order reports and the CLI list them.
+PRESETS = ("crp", "lrp_ab", "lrp_eps", "gradient", "gradient_x_input")

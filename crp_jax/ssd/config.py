@@ -208,10 +208,7 @@ class SSDConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SSDConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown SSDConfig fields {sorted(unknown)}")
+        reject_unknown_fields(cls, d)
         return cls(**{k: _to_tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -219,3 +216,11 @@ def _to_tuple(v):
     if isinstance(v, (list, tuple)):
         return tuple(_to_tuple(x) for x in v)
     return v
+
+
+def reject_unknown_fields(cls, d: dict[str, Any]) -> None:
+    """``ConfigError`` naming the keys of ``d`` that are not fields of the dataclass ``cls``
+    (e.g. a JSON config written by another version)."""
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} fields {sorted(unknown)}")
