@@ -22,7 +22,6 @@ except ImportError:  # pragma: no cover
     import crp_jax as cj
 
 import jax  # noqa: E402
-
 from speed import build_model  # noqa: E402  (benchmarks/speed.py, beside this script)
 
 
@@ -38,11 +37,18 @@ def main(argv=None) -> None:
     x = np.random.default_rng(0).normal(size=(1, S, S, 3)).astype(np.float32)
     rng = np.random.default_rng(1)
     A = cfg.num_anchors()
-    targets = [cj.ClassTarget(0, int(a), int(k)) for a, k in zip(rng.integers(0, A, args.targets), rng.integers(1, cfg.num_classes, args.targets))]
+    targets = [
+        cj.ClassTarget(0, int(a), int(k))
+        for a, k in zip(rng.integers(0, A, args.targets), rng.integers(1, cfg.num_classes, args.targets))
+    ]
     ways = {
         "per-chunk copies (default)": lambda: cj.explain(model, variables, x, targets, "crp", meta),
-        "to_host=False": lambda: cj.explain(model, variables, x, targets, "crp", meta, to_host=False).block_until_ready(),
-        "to_host=False + one np.asarray": lambda: np.asarray(cj.explain(model, variables, x, targets, "crp", meta, to_host=False)),
+        "to_host=False": lambda: cj.explain(
+            model, variables, x, targets, "crp", meta, to_host=False
+        ).block_until_ready(),
+        "to_host=False + one np.asarray": lambda: np.asarray(
+            cj.explain(model, variables, x, targets, "crp", meta, to_host=False)
+        ),
     }
     for f in ways.values():
         f()
@@ -54,7 +60,9 @@ def main(argv=None) -> None:
             ts[k].append(time.perf_counter() - t0)
     print(f"{jax.devices()[0].device_kind}, T={args.targets}, {args.targets * S * S * 12 / 2**20:.0f} MiB of relevance")
     for k, v in ts.items():
-        print(f"{k:>32}: {1e3 * statistics.median(v) / args.targets:.3f} ms/target  (repeats {[round(t, 3) for t in v]})")
+        print(
+            f"{k:>32}: {1e3 * statistics.median(v) / args.targets:.3f} ms/target  (repeats {[round(t, 3) for t in v]})"
+        )
 
 
 if __name__ == "__main__":

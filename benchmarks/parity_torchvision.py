@@ -130,8 +130,11 @@ def _detection_figures(ours, tv, cut_gap: float, box_atol: float, score_atol: fl
 def _detect_both(cj, net, model, variables, meta, x, image_sizes=None):
     """crp-jax detections with torchvision's settings, and the score gap at the final cut."""
     kw = dict(
-        meta=meta, score_threshold=net.score_thresh, nms_threshold=net.nms_thresh,
-        topk_candidates=net.topk_candidates, image_sizes=image_sizes,
+        meta=meta,
+        score_threshold=net.score_thresh,
+        nms_threshold=net.nms_thresh,
+        topk_candidates=net.topk_candidates,
+        image_sizes=image_sizes,
     )
     det = cj.detect(model, variables, x, max_detections=net.detections_per_img, **kw)[0]
     # How far the last kept detection is from the first one cut (near-ties there could
@@ -167,7 +170,9 @@ def run_parity(seed: int = 0, box_atol: float = 1e-3, score_atol: float = 1e-5) 
     captured = {}
     hooks = [
         net.backbone.register_forward_hook(lambda m, i, o: captured.__setitem__("x", i[0].detach().clone())),
-        net.head.register_forward_hook(lambda m, i, o: captured.__setitem__("head", {k: v.clone() for k, v in o.items()})),
+        net.head.register_forward_hook(
+            lambda m, i, o: captured.__setitem__("head", {k: v.clone() for k, v in o.items()})
+        ),
         net.anchor_generator.register_forward_hook(lambda m, i, o: captured.__setitem__("anchors", o[0].clone())),
     ]
     t = time.perf_counter()
@@ -219,7 +224,10 @@ def run_parity(seed: int = 0, box_atol: float = 1e-3, score_atol: float = 1e-5) 
     xb, sizes = preprocess_with_sizes(big, meta)
     xb = np.asarray(xb)
     ours, cut_gap = _detect_both(cj, net, model, variables, meta, xb, image_sizes=sizes)
-    resized = {"image_shape": big.shape, "input_max_abs_diff": float(np.max(np.abs(xb - captured["x"].numpy().transpose(0, 2, 3, 1))))}
+    resized = {
+        "image_shape": big.shape,
+        "input_max_abs_diff": float(np.max(np.abs(xb - captured["x"].numpy().transpose(0, 2, 3, 1)))),
+    }
     resized.update(_detection_figures(ours, tv, cut_gap, box_atol, score_atol))
     figures["resized"] = resized
     figures["timings"] = timings
@@ -227,12 +235,16 @@ def run_parity(seed: int = 0, box_atol: float = 1e-3, score_atol: float = 1e-5) 
 
 
 def _print_detections(f, indent="") -> None:
-    print(f"{indent}detections: ours {f['detections_ours']}, torchvision {f['detections_torchvision']}; "
-          f"same position/label/box/score: {f['detections_same_order']}; matched one-to-one: {f['detections_matched']} "
-          f"(box atol 1e-3 px, score atol 1e-5)")
-    print(f"{indent}  max box diff {f['det_box_max_abs_diff_px']:.3g} px, max score diff {f['det_score_max_abs_diff']:.3g} "
-          f"(same-position pairs); score gap at the 200-detection cut {f['det_cut_score_gap']:.3g}; "
-          f"smallest gap between neighbouring scores {f['det_min_neighbour_score_gap']:.3g}")
+    print(
+        f"{indent}detections: ours {f['detections_ours']}, torchvision {f['detections_torchvision']}; "
+        f"same position/label/box/score: {f['detections_same_order']}; matched one-to-one: {f['detections_matched']} "
+        f"(box atol 1e-3 px, score atol 1e-5)"
+    )
+    print(
+        f"{indent}  max box diff {f['det_box_max_abs_diff_px']:.3g} px, max score diff {f['det_score_max_abs_diff']:.3g} "
+        f"(same-position pairs); score gap at the 200-detection cut {f['det_cut_score_gap']:.3g}; "
+        f"smallest gap between neighbouring scores {f['det_min_neighbour_score_gap']:.3g}"
+    )
     print(f"{indent}  torchvision labels (label: count) {f['det_labels']}")
 
 
@@ -242,21 +254,31 @@ def main() -> int:
     import torchvision
 
     f = run_parity()
-    print(f"crp-jax vs torchvision ssd300_vgg16 (torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}); 21 classes, torch.manual_seed(0) + edited heads")
+    print(
+        f"crp-jax vs torchvision ssd300_vgg16 (torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}); 21 classes, torch.manual_seed(0) + edited heads"
+    )
     print("[1] 300x300 uint8 image")
     print(f"input (GeneralizedRCNNTransform vs cj.preprocess): max abs diff {f['input_max_abs_diff']:.3g}")
-    print(f"cls_logits:      max abs diff {f['cls_max_abs_diff']:.3g}  max rel diff {f['cls_max_rel_diff']:.3g}  (max |logit| {f['cls_max_abs']:.3g})")
-    print(f"bbox_regression: max abs diff {f['loc_max_abs_diff']:.3g}  max rel diff {f['loc_max_rel_diff']:.3g}  (max |offset| {f['loc_max_abs']:.3g})")
+    print(
+        f"cls_logits:      max abs diff {f['cls_max_abs_diff']:.3g}  max rel diff {f['cls_max_rel_diff']:.3g}  (max |logit| {f['cls_max_abs']:.3g})"
+    )
+    print(
+        f"bbox_regression: max abs diff {f['loc_max_abs_diff']:.3g}  max rel diff {f['loc_max_rel_diff']:.3g}  (max |offset| {f['loc_max_abs']:.3g})"
+    )
     print(f"default boxes {f['anchors_shape']}: max abs diff {f['anchors_max_abs_diff_px']:.3g} px")
     _print_detections(f)
     r = f["resized"]
-    print(f"[2] {r['image_shape'][0]}x{r['image_shape'][1]} uint8 image, end to end (resize in, boxes back to original pixels)")
+    print(
+        f"[2] {r['image_shape'][0]}x{r['image_shape'][1]} uint8 image, end to end (resize in, boxes back to original pixels)"
+    )
     print(f"input (GeneralizedRCNNTransform vs cj.preprocess): max abs diff {r['input_max_abs_diff']:.3g}")
     _print_detections(r)
     t = f["timings"]
-    print("timings [1] (s, 2-core CPU; 'with_compile' includes XLA compilation): "
-          + ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
+    print(
+        "timings [1] (s, 2-core CPU; 'with_compile' includes XLA compilation): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in t.items())
+    )
     return 0
 
 

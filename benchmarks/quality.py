@@ -73,9 +73,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -93,7 +93,7 @@ import crp_jax as cj
 from crp_jax import metrics as M
 from crp_jax import viz
 from crp_jax.data import CLASS_NAMES, LARGER, SceneSpec, generate_scene, partner_label
-from crp_jax.errors import CRPError, CheckpointError, ConfigError
+from crp_jax.errors import CheckpointError, ConfigError, CRPError
 from crp_jax.evaluate import HELDOUT_SEED
 from crp_jax.relevance.composite import PRESETS
 from crp_jax.relevance.targets import ClassTarget, LocTarget
@@ -150,7 +150,9 @@ def load_model(weights: str | None):
     try:
         record = serialization.msgpack_restore(p.read_bytes())
     except Exception as e:
-        raise CheckpointError(f"{p}: neither a weights file with a .json sidecar nor a training checkpoint ({type(e).__name__})") from None
+        raise CheckpointError(
+            f"{p}: neither a weights file with a .json sidecar nor a training checkpoint ({type(e).__name__})"
+        ) from None
     if not isinstance(record, dict) or record.get("format") != "crp-jax-train-checkpoint-1":
         raise CheckpointError(f"{p}: neither a weights file with a .json sidecar nor a training checkpoint")
     cfg = TrainConfig.from_dict(json.loads(record["train_config"]))
@@ -163,7 +165,7 @@ def load_model(weights: str | None):
 def _describe_file(path: Path, kind: str) -> str:
     try:
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
-        stamp = _dt.datetime.fromtimestamp(Path(path).stat().st_mtime, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        stamp = _dt.datetime.fromtimestamp(Path(path).stat().st_mtime, _dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         return f"{_rel(path)} ({kind}; sha256 {digest}…, written {stamp})"
     except OSError:
         return f"{_rel(path)} ({kind})"
@@ -210,8 +212,18 @@ def _source_of(config, anchor: int) -> int:
     return int(np.searchsorted(np.cumsum(counts), anchor, side="right"))
 
 
-def collect_cases(model, variables, meta, n: int, seed: int, *, score_threshold: float = 0.5,
-                  iou_threshold: float = 0.5, detector: str = "model", spec: SceneSpec | None = None):
+def collect_cases(
+    model,
+    variables,
+    meta,
+    n: int,
+    seed: int,
+    *,
+    score_threshold: float = 0.5,
+    iou_threshold: float = 0.5,
+    detector: str = "model",
+    spec: SceneSpec | None = None,
+):
     """Generate scenes ``0 .. n-1`` of data set ``seed``, detect, match.
 
     ``detector="oracle"`` skips the detector: each ground-truth object is explained at the
@@ -228,8 +240,15 @@ def collect_cases(model, variables, meta, n: int, seed: int, *, score_threshold:
         raise ConfigError(f"the weights' classes {meta.class_names} are not the glyph classes {CLASS_NAMES}")
     anchors_xyxy = default_boxes_xyxy(cfg)
     xs, shown, cases = [], [], []
-    stats = {"scenes": n, "objects": 0, "detections": 0, "matched": 0, "unmatched": 0,
-             "empty_part": 0, "per_class": {name: 0 for name in CLASS_NAMES[1:]}}
+    stats = {
+        "scenes": n,
+        "objects": 0,
+        "detections": 0,
+        "matched": 0,
+        "unmatched": 0,
+        "empty_part": 0,
+        "per_class": {name: 0 for name in CLASS_NAMES[1:]},
+    }
     for start in range(0, n, DETECT_BATCH):
         scenes = [generate_scene(int(seed), i, spec) for i in range(start, min(n, start + DETECT_BATCH))]
         imgs = np.stack([s.image for s in scenes])
@@ -262,24 +281,39 @@ def collect_cases(model, variables, meta, n: int, seed: int, *, score_threshold:
                     g = int(same[np.argmax(ious)])
                     if ious.max() >= iou_threshold and not taken[g]:
                         taken[g] = True
-                        found.append((int(d.anchors[k]), int(d.labels[k]), float(d.scores[k]), d.boxes[k].astype(np.float64), g))
+                        found.append(
+                            (int(d.anchors[k]), int(d.labels[k]), float(d.scores[k]), d.boxes[k].astype(np.float64), g)
+                        )
                     else:
                         stats["unmatched"] += 1
             if not found:
                 continue
             img_idx = len(xs)
             xs.append(x[j])
-            shown.append(np.asarray(Image.fromarray(sc.image).resize((S, S), Image.Resampling.BILINEAR))
-                         if sc.image.shape[0] != S else sc.image)
+            shown.append(
+                np.asarray(Image.fromarray(sc.image).resize((S, S), Image.Resampling.BILINEAR))
+                if sc.image.shape[0] != S
+                else sc.image
+            )
             for anchor, label, score, box, g in found:
                 part = _resize_mask(sc.part_masks[g], S)
                 if not part.any():
                     stats["empty_part"] += 1
-                cases.append(Case(
-                    image=img_idx, scene=start + j, anchor=anchor, label=label, partner=partner_label(label),
-                    score=score, det_box=np.asarray(box, np.float64), gt_box=gt_boxes[g],
-                    obj_mask=_resize_mask(sc.masks[g], S), part_mask=part, source=_source_of(cfg, anchor),
-                ))
+                cases.append(
+                    Case(
+                        image=img_idx,
+                        scene=start + j,
+                        anchor=anchor,
+                        label=label,
+                        partner=partner_label(label),
+                        score=score,
+                        det_box=np.asarray(box, np.float64),
+                        gt_box=gt_boxes[g],
+                        obj_mask=_resize_mask(sc.masks[g], S),
+                        part_mask=part,
+                        source=_source_of(cfg, anchor),
+                    )
+                )
                 stats["matched"] += 1
                 stats["per_class"][CLASS_NAMES[label]] += 1
     x_all = np.stack(xs) if xs else np.zeros((0, S, S, 3), np.float32)
@@ -401,7 +435,7 @@ def _explain_method(model, variables, meta, x, cases, method, layers):
     for i, c in enumerate(cases):
         by_image.setdefault(c.image, []).append(i)
     targets, keys = [], []
-    for img, ids in by_image.items():
+    for _img, ids in by_image.items():
         start = len(targets)
         for i in ids:
             for role, tg in _targets_for(method, cases[i]):
@@ -457,11 +491,14 @@ def run_quality(
         if m not in DEFAULT_METHODS:
             raise ConfigError(f"unknown method {m!r}; choose from {DEFAULT_METHODS}")
     timings: dict[str, float] = {}
-    x, shown, cases, stats = collect_cases(model, variables, meta, n, seed, score_threshold=score_threshold,
-                                           iou_threshold=iou_threshold, detector=detector)
+    x, shown, cases, stats = collect_cases(
+        model, variables, meta, n, seed, score_threshold=score_threshold, iou_threshold=iou_threshold, detector=detector
+    )
     timings["scenes + detection"] = time.time() - t0
-    log(f"{n} scenes, {stats['objects']} objects, {stats['detections']} detections, "
-        f"{stats['matched']} matched ({detector}) in {timings['scenes + detection']:.1f}s")
+    log(
+        f"{n} scenes, {stats['objects']} objects, {stats['detections']} detections, "
+        f"{stats['matched']} matched ({detector}) in {timings['scenes + detection']:.1f}s"
+    )
     rows = _rows(methods)
     values = {r: {} for r in rows}  # row -> metric -> list over cases
     S = model.config.image_size
@@ -479,12 +516,16 @@ def run_quality(
         for i, c in enumerate(cases):
             base_idx[i] = probe.add(x[c.image], c.anchor)
             rng = np.random.default_rng([int(seed), c.scene, c.anchor])
-            noise[i] = (np.asarray(low) + rng.random((S, S, 3)) * (np.asarray(high) - np.asarray(low))).astype(np.float32)
+            noise[i] = (np.asarray(low) + rng.random((S, S, 3)) * (np.asarray(high) - np.asarray(low))).astype(
+                np.float32
+            )
             # method-independent controls: random region order, random pixel removal
             kw = dict(patch=patch, steps=steps, order="random", baseline=noise[i], rng=rng)
             pending.append(("random", i, "aopc", _capture(kw, x[c.image], rng.random((S, S)), probe, c.anchor)))
             rnd = rng.random((S, S)) + 1e-3  # all positive: removes ceil(fraction * S * S) random pixels
-            pending.append(("random", i, "loc", probe.add(M.remove_positive_evidence(x[c.image], rnd, fraction, "mean"), c.anchor)))
+            pending.append(
+                ("random", i, "loc", probe.add(M.remove_positive_evidence(x[c.image], rnd, fraction, "mean"), c.anchor))
+            )
     for m in methods if cases else []:
         tm = time.time()
         layers = m in FLOW_METHODS
@@ -501,7 +542,9 @@ def run_quality(
                 v.setdefault("epg", []).append(M.energy_pointing_game(h, c.gt_box))
                 if row == "crp_pair":
                     r = M.class_discriminativeness(h, heat[(i, "pair_partner")])
-                    linearity.append(float(np.max(np.abs(h + heat[(i, "pair_partner")])) / max(np.max(np.abs(h)), 1e-30)))
+                    linearity.append(
+                        float(np.max(np.abs(h + heat[(i, "pair_partner")])) / max(np.max(np.abs(h)), 1e-30))
+                    )
                 else:
                     r = M.class_discriminativeness(h_cls, h_partner)
                 v.setdefault("class_r", []).append(r)
@@ -526,8 +569,10 @@ def run_quality(
                 R_in = {role: sums[(i, role)] for role in ("cls", "cls_partner", "pair") if (i, role) in sums}
                 flows.setdefault(i, {})[m] = {role: (per_layer[(i, role)], R_in[role]) for role in R_in}
         timings[f"metrics + perturbation passes {m}"] = time.time() - tp
-        log(f"  {m}: explain {timings[f'explain {m}']:.1f}s, metrics + perturbation forward passes "
-            f"{timings[f'metrics + perturbation passes {m}']:.1f}s")
+        log(
+            f"  {m}: explain {timings[f'explain {m}']:.1f}s, metrics + perturbation forward passes "
+            f"{timings[f'metrics + perturbation passes {m}']:.1f}s"
+        )
     tp = time.time()
     logits, loc = probe.results()
     timings["last perturbation batch"] = time.time() - tp
@@ -582,10 +627,24 @@ def run_quality(
             v["aopc_pair_delta"] = [a - random_aopc[i][1] for a, i in zip(v["aopc_pair"], ids)]
     table = summarise(values, rows, n_boot)
     result = {
-        "rows": rows, "values": values, "table": table, "stats": stats, "n": n, "seed": seed,
-        "methods": methods, "timings": timings, "linearity": max(linearity) if linearity else None,
-        "settings": dict(score_threshold=score_threshold, iou_threshold=iou_threshold, patch=patch, steps=steps,
-                         fraction=fraction, n_boot=n_boot, detector=detector),
+        "rows": rows,
+        "values": values,
+        "table": table,
+        "stats": stats,
+        "n": n,
+        "seed": seed,
+        "methods": methods,
+        "timings": timings,
+        "linearity": max(linearity) if linearity else None,
+        "settings": dict(
+            score_threshold=score_threshold,
+            iou_threshold=iou_threshold,
+            patch=patch,
+            steps=steps,
+            fraction=fraction,
+            n_boot=n_boot,
+            detector=detector,
+        ),
         "figures": [],
     }
     if out_dir is not None and cases:
@@ -672,7 +731,10 @@ def format_tables(result: dict) -> str:
     lines = []
     sections = (
         ("Class decision", COLUMNS_CLASS),
-        ("Region perturbation (margin = logit[det] − max other logit; pair margin = logit[det] − logit[partner])", COLUMNS_PERT),
+        (
+            "Region perturbation (margin = logit[det] − max other logit; pair margin = logit[det] − logit[partner])",
+            COLUMNS_PERT,
+        ),
         ("Localization direction and conservation", COLUMNS_LOC),
     )
     for title, cols in sections:
@@ -707,25 +769,33 @@ def format_report(result: dict, *, weights_desc: str = "", command: str = "") ->
         "",
         f"- command: `{command or 'run_quality(...)'}`",
         f"- weights: {weights_desc or 'in-memory model'}",
-        f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {platform.platform()}, {_cpu_name()}, {os.cpu_count()} CPU cores (shared with other jobs), "
         f"python {platform.python_version()}, "
         f"jax {jax.__version__} on {dev.platform} ({getattr(dev, 'device_kind', '')})",
         f"- runtime: {result['seconds']:.0f} s ("
-        + ", ".join(f"{k} {v:.0f} s" for k, v in result["timings"].items()) + ")",
+        + ", ".join(f"{k} {v:.0f} s" for k, v in result["timings"].items())
+        + ")",
         f"- data: {result['n']} held-out scenes of data set seed {result['seed']} (`crp_jax.evaluate.HELDOUT_SEED` = "
         f"{HELDOUT_SEED}; training refuses it), {st['objects']} objects; detector "
-        + ("**oracle anchors (not the model's detections)**" if s["detector"] == "oracle"
-           else f"score threshold {s['score_threshold']}: {st['detections']} detections, "
-                f"**{st['matched']} matched** (same label, IoU >= {s['iou_threshold']}), {st['unmatched']} unmatched (left out)"),
-        f"- matched per class: " + ", ".join(f"{k} {v}" for k, v in st["per_class"].items())
+        + (
+            "**oracle anchors (not the model's detections)**"
+            if s["detector"] == "oracle"
+            else f"score threshold {s['score_threshold']}: {st['detections']} detections, "
+            f"**{st['matched']} matched** (same label, IoU >= {s['iou_threshold']}), {st['unmatched']} unmatched (left out)"
+        ),
+        "- matched per class: "
+        + ", ".join(f"{k} {v}" for k, v in st["per_class"].items())
         + (f"; {st['empty_part']} with an empty part mask (no part enrichment)" if st["empty_part"] else ""),
         f"- settings: region perturbation patch {s['patch']} px, {s['steps']} steps, uniform-noise baseline; "
         f"loc direction removes the top {s['fraction']:.0%} positive pixels (mean baseline); {s['n_boot']} bootstrap resamples",
         "",
     ]
     if st["matched"] == 0:
-        lines += ["**0 detections counted**: no detection matched a ground-truth object, so there is nothing to score.", ""]
+        lines += [
+            "**0 detections counted**: no detection matched a ground-truth object, so there is nothing to score.",
+            "",
+        ]
         return "\n".join(lines)
     lines.append(format_tables(result))
     notes = [
@@ -734,9 +804,13 @@ def format_report(result: dict, *, weights_desc: str = "", command: str = "") ->
         "- class r: Pearson over the whole image between the detected class's and the partner class's heatmaps "
         "(same box, same contrast type). For crp (pair) it compares (det vs partner) with (partner vs det), "
         "which is −1 by construction (one linear propagation of opposite initial relevance)"
-        + (f"; measured max |R_a + R_b| / max |R_a| = {result['linearity']:.1e}." if result.get("linearity") is not None else "."),
+        + (
+            f"; measured max |R_a + R_b| / max |R_a| = {result['linearity']:.1e}."
+            if result.get("linearity") is not None
+            else "."
+        ),
         "- part enrichment: 1 = no better than uniform over object ∪ part; the pairwise question "
-        "\"why det and not partner\" is the crp (pair) row; the one-hot rows answer \"why det\".",
+        '"why det and not partner" is the crp (pair) row; the one-hot rows answer "why det".',
         "- AOPC: score = logit margin (logit of the class − max other logit, background included) at the detection's "
         "anchor; pair AOPC: score = logit[det] − logit[partner] on the same perturbed images (the question crp (pair) "
         "answers). Regions ranked by each row's class heatmap; random = one random region order per detection, "
@@ -798,22 +872,30 @@ def _reading(result: dict) -> list[str]:
         if pe:
             above = "well above 1 (lower bound > 1.5)" if pe[1] > 1.5 else ("above 1" if pe[1] > 1 else "not above 1")
             comp = f"; LRP-ab {ci(lr)}" if lr else ""
-            split = ", ".join(f"{lab} {ci(c)}" for lab, c in (("E/Q/R", cell(row, "part_larger")), ("F/O/P", cell(row, "part_smaller"))) if c)
+            split = ", ".join(
+                f"{lab} {ci(c)}"
+                for lab, c in (("E/Q/R", cell(row, "part_larger")), ("F/O/P", cell(row, "part_smaller")))
+                if c
+            )
             out.append(f"- Part enrichment, {what}: {ci(pe)}, {above}{comp}. By glyph: {split}.")
             break
     flow = result.get("flow_numbers")
     if flow:
-        out.append(f"- Class-specific share of LRP-ab relevance, ‖R(det) − R(partner)‖₁ / ‖R(det)‖₁ (median, source "
-                   f"{flow['source']}): {flow['head']:.2f} at the class head, {flow['source_value']:.3g} at the source "
-                   f"feature map, {flow['input']:.3g} at the input, a factor {flow['head'] / max(flow['input'], 1e-30):.0f} "
-                   "overall; the decline per layer is not uniform (see the flow table).")
+        out.append(
+            f"- Class-specific share of LRP-ab relevance, ‖R(det) − R(partner)‖₁ / ‖R(det)‖₁ (median, source "
+            f"{flow['source']}): {flow['head']:.2f} at the class head, {flow['source_value']:.3g} at the source "
+            f"feature map, {flow['input']:.3g} at the input, a factor {flow['head'] / max(flow['input'], 1e-30):.0f} "
+            "overall; the decline per layer is not uniform (see the flow table)."
+        )
     lc, ctl = cell("crp", "loc_cx"), cell("random", "loc_cx")
     if lc and ctl:
         out.append(f"- Localization direction (cx): CRP {ci(lc)} vs removing random pixels {ci(ctl)}.")
     c1, c2 = cell("lrp_ab", "sum_R"), cell("crp", "cons_rel_err")
     if c1 and c2:
-        out.append(f"- Conservation: LRP-ab input relevance sums to {ci(c1)} of 1; CRP's contrast to 0 up to "
-                   f"{c2[0]:.3f} of its total |R| (relevance of bias-driven units is dropped by the bias-free rules).")
+        out.append(
+            f"- Conservation: LRP-ab input relevance sums to {ci(c1)} of 1; CRP's contrast to 0 up to "
+            f"{c2[0]:.3f} of its total |R| (relevance of bias-driven units is dropped by the bias-free rules)."
+        )
     return out
 
 
@@ -878,10 +960,16 @@ def class_swap_figure(shown, cases, ids, swap_heat, cell: int = 150) -> Image.Im
             vmax = max(viz.robust_max(h_det), viz.robust_max(h_par))  # shared: magnitudes comparable
             rr = M.class_discriminativeness(*swap_heat[(i, m)])
             if m == "lrp_ab":
-                images.append(viz.overlay(crop, np.zeros(crop.shape[:2]), box=box, label=f"{det} {c.score:.2f}", scale=scale, alpha=0.0))
+                images.append(
+                    viz.overlay(
+                        crop, np.zeros(crop.shape[:2]), box=box, label=f"{det} {c.score:.2f}", scale=scale, alpha=0.0
+                    )
+                )
                 titles.append(f"scene {c.scene}: {det} (pair {det}/{par})")
             else:
-                images.append(viz.overlay(crop, c.part_mask[t:b, l:r].astype(np.float32), vmax=1.0, scale=scale, alpha=0.5))
+                images.append(
+                    viz.overlay(crop, c.part_mask[t:b, l:r].astype(np.float32), vmax=1.0, scale=scale, alpha=0.5)
+                )
                 titles.append(f"discriminative part ({'E/Q/R' if det in LARGER else 'F/O/P'} side)")
             suffix = "" if m == "lrp_ab" else " vs others"
             images.append(viz.overlay(crop, h_det, box=box, vmax=vmax, scale=scale))
@@ -895,8 +983,12 @@ def class_swap_figure(shown, cases, ids, swap_heat, cell: int = 150) -> Image.Im
     g = viz.grid(images, titles, ncols=3, font_size=11)
     head = Image.new("RGB", (g.width, 34), "white")
     ImageDraw.Draw(head).text(
-        (6, 4), "Class swap: same box, detected class (middle) vs its confusable partner (right).\n"
-        "Red = for the class, blue = against; each row shares one colour scale.", fill="black", font=viz.font(11))
+        (6, 4),
+        "Class swap: same box, detected class (middle) vs its confusable partner (right).\n"
+        "Red = for the class, blue = against; each row shares one colour scale.",
+        fill="black",
+        font=viz.font(11),
+    )
     out = Image.new("RGB", (g.width, g.height + head.height), "white")
     out.paste(head, (0, 0))
     out.paste(g, (0, head.height))
@@ -907,7 +999,7 @@ def _layer_axis(flows: dict) -> list[str]:
     """Layers on some detection's path (abs relevance > 0 for LRP-ab), input first, all
     classification heads merged into one "cls head" point, localization heads left out."""
     order: list[str] = ["input"]
-    for i, per in flows.items():
+    for _i, per in flows.items():
         layers, _ = per["lrp_ab"]["cls"]
         for name, (_, a) in layers.items():
             if name.startswith("loc_"):
@@ -929,7 +1021,7 @@ def _layer_axis(flows: dict) -> list[str]:
 def _series(flows: dict, axis: list[str], method: str, role: str, what: str) -> np.ndarray:
     """``[cases, layers]`` of total (what="total") or abs relevance; NaN off the path."""
     out = np.full((len(flows), len(axis)), np.nan)
-    for r, (i, per) in enumerate(flows.items()):
+    for r, (_i, per) in enumerate(flows.items()):
         if method not in per or role not in per[method]:
             continue
         layers, (tot_in, abs_in) = per[method][role]
@@ -979,31 +1071,51 @@ def relevance_flow_figure(flows: dict, cases: Sequence[Case], model) -> tuple[Im
 
     RED, BLUE, ORANGE = (200, 30, 40), (30, 90, 180), (230, 120, 0)
     panels = [
-        dict(title="absolute relevance at each layer's output, sum |R_l| (log scale)", log=True, series=[
-            ("LRP-ab, one-hot det", BLUE, stats(lrp_abs)),
-            ("CRP, det vs others", RED, stats(crp_abs)),
-            ("CRP, det vs partner = LRP-ab(det) - LRP-ab(partner)", ORANGE, stats(pair_abs)),
-        ]),
-        dict(title="total relevance at each layer's output, sum R_l (initial: 1 one-hot, 0 contrast)", log=False,
-             ylim=(-0.1, 1.1), series=[
-            ("LRP-ab, one-hot det", BLUE, stats(lrp_tot)),
-            ("CRP, det vs others", RED, stats(crp_tot)),
-            ("CRP, det vs partner", ORANGE, stats(pair_tot)),
-        ]),
+        dict(
+            title="absolute relevance at each layer's output, sum |R_l| (log scale)",
+            log=True,
+            series=[
+                ("LRP-ab, one-hot det", BLUE, stats(lrp_abs)),
+                ("CRP, det vs others", RED, stats(crp_abs)),
+                ("CRP, det vs partner = LRP-ab(det) - LRP-ab(partner)", ORANGE, stats(pair_abs)),
+            ],
+        ),
+        dict(
+            title="total relevance at each layer's output, sum R_l (initial: 1 one-hot, 0 contrast)",
+            log=False,
+            ylim=(-0.1, 1.1),
+            series=[
+                ("LRP-ab, one-hot det", BLUE, stats(lrp_tot)),
+                ("CRP, det vs others", RED, stats(crp_tot)),
+                ("CRP, det vs partner", ORANGE, stats(pair_tot)),
+            ],
+        ),
     ]
-    img = line_chart(panels, axis, f"Relevance flow, input -> source {src} ({f}x{f} cells) -> class head: "
-                                   f"median (band: quartiles) over its {len(flows)} detections")
+    img = line_chart(
+        panels,
+        axis,
+        f"Relevance flow, input -> source {src} ({f}x{f} cells) -> class head: "
+        f"median (band: quartiles) over its {len(flows)} detections",
+    )
     med = stats(share)[0]
     tl, tc, tp = stats(lrp_tot)[0], stats(crp_tot)[0], stats(pair_tot)[0]
     la, ca, pa = stats(lrp_abs)[0], stats(crp_abs)[0], stats(pair_abs)[0]
-    lines = [f"{len(flows)} detections of source {src} ({f}x{f} cells), the most common source among the matched ones.", "",
-             "| layer | Σ R LRP-ab | Σ|R| LRP-ab | Σ R CRP | Σ|R| CRP (others) | Σ R CRP (pair) | Σ|R| CRP (pair) | class-specific share of LRP-ab |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{len(flows)} detections of source {src} ({f}x{f} cells), the most common source among the matched ones.",
+        "",
+        "| layer | Σ R LRP-ab | Σ|R| LRP-ab | Σ R CRP | Σ|R| CRP (others) | Σ R CRP (pair) | Σ|R| CRP (pair) | class-specific share of LRP-ab |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for j, name in enumerate(axis):
-        lines.append(f"| {name} | {tl[j]:.3g} | {la[j]:.3g} | {tc[j]:.1e} | {ca[j]:.3g} | {tp[j]:.1e} | {pa[j]:.3g} | {med[j]:.3g} |")
-    lines += ["", "class-specific share = ‖R_l(det) − R_l(partner)‖₁ / ‖R_l(det)‖₁ under LRP-ab, i.e. Σ|R| of CRP (pair) "
-              "over Σ|R| of LRP-ab (the class path of both uses the same rules, so CRP (pair) is exactly the difference "
-              "of the two LRP-ab relevances at every layer)."]
+        lines.append(
+            f"| {name} | {tl[j]:.3g} | {la[j]:.3g} | {tc[j]:.1e} | {ca[j]:.3g} | {tp[j]:.1e} | {pa[j]:.3g} | {med[j]:.3g} |"
+        )
+    lines += [
+        "",
+        "class-specific share = ‖R_l(det) − R_l(partner)‖₁ / ‖R_l(det)‖₁ under LRP-ab, i.e. Σ|R| of CRP (pair) "
+        "over Σ|R| of LRP-ab (the class path of both uses the same rules, so CRP (pair) is exactly the difference "
+        "of the two LRP-ab relevances at every layer).",
+    ]
     src_j = max(j for j, name in enumerate(axis) if name not in ("cls head",) and not name.startswith("cls_"))
     numbers = {"source": src, "head": float(med[-1]), "source_value": float(med[src_j]), "input": float(med[0])}
     return img, ("\n".join(lines), numbers)
@@ -1054,16 +1166,25 @@ def line_chart(panels, xlabels, title, width: int = 980, panel_h: int = 230) -> 
         for x in xs:
             d.line([x, y1, x, y1 + 3], fill=(0, 0, 0))
         ly = y0 + 4
-        for name, colour, (med, q1, q3) in p["series"]:
+        for _name, colour, (_med, q1, q3) in p["series"]:
             band = tuple(int(255 - 0.25 * (255 - c)) for c in colour)
             for j in range(n - 1):
                 pts = [(q1[j], q3[j]), (q1[j + 1], q3[j + 1])]
-                ts = [(tf(a), tf(b)) if np.isfinite(a) and np.isfinite(b) and tf(a) is not None and tf(b) is not None else None for a, b in pts]
+                ts = [
+                    (tf(a), tf(b))
+                    if np.isfinite(a) and np.isfinite(b) and tf(a) is not None and tf(b) is not None
+                    else None
+                    for a, b in pts
+                ]
                 if ts[0] and ts[1]:
-                    poly = [(xs[j], ypix(_cl(ts[0][0]))), (xs[j + 1], ypix(_cl(ts[1][0]))),
-                            (xs[j + 1], ypix(_cl(ts[1][1]))), (xs[j], ypix(_cl(ts[0][1])))]
+                    poly = [
+                        (xs[j], ypix(_cl(ts[0][0]))),
+                        (xs[j + 1], ypix(_cl(ts[1][0]))),
+                        (xs[j + 1], ypix(_cl(ts[1][1]))),
+                        (xs[j], ypix(_cl(ts[0][1]))),
+                    ]
                     d.polygon(poly, fill=band)
-        for name, colour, (med, q1, q3) in p["series"]:
+        for name, colour, (med, _q1, _q3) in p["series"]:
             prev = None
             for j in range(n):
                 t = tf(med[j]) if np.isfinite(med[j]) else None
@@ -1087,8 +1208,12 @@ def line_chart(panels, xlabels, title, width: int = 980, panel_h: int = 230) -> 
         ImageDraw.Draw(t).text((2, 0), lab, fill="black", font=fs)
         t = t.rotate(60, expand=True, fillcolor="white")
         img.paste(t, (int(x - t.width + 6), int(y + 2)))
-    d.text((left, H - 16), "layer (forward order): input -> VGG convs -> source feature map -> classification head conv",
-           fill=(90, 90, 90), font=fs)
+    d.text(
+        (left, H - 16),
+        "layer (forward order): input -> VGG convs -> source feature map -> classification head conv",
+        fill=(90, 90, 90),
+        font=fs,
+    )
     return img
 
 
@@ -1125,21 +1250,33 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default=None, help="weights file, training checkpoint or checkpoint dir (default: shipped weights)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--weights", default=None, help="weights file, training checkpoint or checkpoint dir (default: shipped weights)"
+    )
     p.add_argument("--n", type=int, default=40, help="held-out scenes (default 40)")
-    p.add_argument("--seed", type=int, default=HELDOUT_SEED, help=f"data-set seed (default HELDOUT_SEED = {HELDOUT_SEED})")
+    p.add_argument(
+        "--seed", type=int, default=HELDOUT_SEED, help=f"data-set seed (default HELDOUT_SEED = {HELDOUT_SEED})"
+    )
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated methods")
     p.add_argument("--out", default=str(HERE / "figures"), help="figure folder (default benchmarks/figures)")
-    p.add_argument("--md", default=str(HERE / "QUALITY_RESULTS.md"), help="markdown report (default benchmarks/QUALITY_RESULTS.md)")
+    p.add_argument(
+        "--md", default=str(HERE / "QUALITY_RESULTS.md"), help="markdown report (default benchmarks/QUALITY_RESULTS.md)"
+    )
     p.add_argument("--score-threshold", type=float, default=0.5)
     p.add_argument("--iou", type=float, default=0.5, help="IoU to match a detection to its ground truth")
     p.add_argument("--patch", type=int, default=8)
     p.add_argument("--steps", type=int, default=16, help="region perturbation steps")
     p.add_argument("--fraction", type=float, default=0.1, help="share of pixels removed for the loc-direction test")
     p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--detector", choices=("model", "oracle"), default="model",
-                   help="oracle: explain every ground-truth object at its best default box (debugging untrained models)")
+    p.add_argument(
+        "--detector",
+        choices=("model", "oracle"),
+        default="model",
+        help="oracle: explain every ground-truth object at its best default box (debugging untrained models)",
+    )
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--no-md", action="store_true")
     return p
@@ -1157,10 +1294,23 @@ def main(argv=None) -> int:
         model, variables, meta, desc = load_model(args.weights)
         print(f"weights: {desc}")
         res = run_quality(
-            model, variables, meta, n=args.n, seed=args.seed, methods=methods,
-            out_dir=None if args.no_figures else args.out, md_path=None if args.no_md else args.md,
-            score_threshold=args.score_threshold, iou_threshold=args.iou, patch=args.patch, steps=args.steps,
-            fraction=args.fraction, n_boot=args.n_boot, detector=args.detector, weights_desc=desc, command=command,
+            model,
+            variables,
+            meta,
+            n=args.n,
+            seed=args.seed,
+            methods=methods,
+            out_dir=None if args.no_figures else args.out,
+            md_path=None if args.no_md else args.md,
+            score_threshold=args.score_threshold,
+            iou_threshold=args.iou,
+            patch=args.patch,
+            steps=args.steps,
+            fraction=args.fraction,
+            n_boot=args.n_boot,
+            detector=args.detector,
+            weights_desc=desc,
+            command=command,
         )
     except (CRPError, OSError) as e:
         print(f"quality.py: error: {e}", file=sys.stderr)

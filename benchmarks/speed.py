@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -59,12 +58,13 @@ except ImportError:  # pragma: no cover
     sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+import importlib  # noqa: E402
+
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import flax.linen as nn  # noqa: E402
 
 import crp_jax as cj  # noqa: E402
-import importlib  # noqa: E402
 from crp_jax.errors import CRPError  # noqa: E402
 from crp_jax.relevance import rules as _rules  # noqa: E402
 from crp_jax.relevance.composite import PRESETS, get_composite  # noqa: E402
@@ -273,14 +273,14 @@ _FLOORS: dict = {}
 _NAIVES: dict = {}
 
 
-def get_floor(model, chunk: int) -> "Floor":
+def get_floor(model, chunk: int) -> Floor:
     """One Floor (its jitted functions) per (model, chunk), reused like explain's cache."""
     if (model, chunk) not in _FLOORS:
         _FLOORS[model, chunk] = Floor(model, chunk)
     return _FLOORS[model, chunk]
 
 
-def get_naive(model) -> "Naive":
+def get_naive(model) -> Naive:
     if model not in _NAIVES:
         _NAIVES[model] = Naive(model)
     return _NAIVES[model]
@@ -385,7 +385,7 @@ def make_runners(kinds, model, variables, meta, x, targets, chunk, zrunner, B):
             # "<method>_dev": explain(..., to_host=False), timed until the device is done
             on_device = kind.endswith("_dev")
 
-            def f(k=kind.removesuffix("_dev"), tg=targets, dev=on_device):
+            def f(k=kind.removesuffix("_dev"), tg=targets, dev=on_device):  # noqa: B008 (bound per loop)
                 def call():
                     R = cj.explain(model, variables, x, tg, method=k, meta=meta, chunk_size=chunk, to_host=not dev)
                     return R.block_until_ready() if dev else R
@@ -599,25 +599,56 @@ def per_layer(layers, chunk: int, repeats: int, method: str = "crp") -> list[dic
 # main
 # ---------------------------------------------------------------------------------------
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", choices=("ssd300", "shipped", "both"), default="both")
-    p.add_argument("--targets", default="1,8,32,128,1024", help="comma-separated target counts T (in total, round-robin over the images)")
+    p.add_argument(
+        "--targets",
+        default="1,8,32,128,1024",
+        help="comma-separated target counts T (in total, round-robin over the images)",
+    )
     p.add_argument("--images", default="1,4", help="comma-separated image counts B")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per configuration (median reported)")
     p.add_argument("--chunk", type=int, default=8, help="targets per vmapped backward (explain's chunk_size)")
     p.add_argument("--methods", default="crp,lrp_ab,lrp_eps", help="explain methods to time besides gradient")
     p.add_argument("--no-zennit", action="store_true", help="skip the torch/zennit comparison")
-    p.add_argument("--quick", action="store_true", help="small T only (T <= 8 plus 32 on the shipped model), 2 repeats, one image count")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small T only (T <= 8 plus 32 on the shipped model), 2 repeats, one image count",
+    )
     p.add_argument("--json", metavar="OUT", help="write all results as JSON")
-    p.add_argument("--big-T", type=int, default=128, help="T above this runs only in a subprocess (timing + peak memory), methods --big-methods, one repeat")
+    p.add_argument(
+        "--big-T",
+        type=int,
+        default=128,
+        help="T above this runs only in a subprocess (timing + peak memory), methods --big-methods, one repeat",
+    )
     p.add_argument("--big-methods", default="crp", help="methods run for T > --big-T")
     p.add_argument("--naive-max-T", type=int, default=8, help="largest T for the naive per-target loop")
     p.add_argument("--zennit-max-T", type=int, default=32, help="largest T for zennit/torch (one image)")
-    p.add_argument("--mem-targets", default="32", help="T values (<= --big-T) that also get a peak-memory subprocess (crp and floor, one image)")
+    p.add_argument(
+        "--mem-targets",
+        default="32",
+        help="T values (<= --big-T) that also get a peak-memory subprocess (crp and floor, one image)",
+    )
     p.add_argument("--no-mem", action="store_true", help="no memory subprocesses at all (T > --big-T is then skipped)")
-    p.add_argument("--host-copy", action="store_true", help="also time floor_host: the floor plus copying results to one numpy array as explain does")
-    p.add_argument("--device-output", action="store_true", help="also time <method>_dev: explain(..., to_host=False), relevance left on the device")
-    p.add_argument("--per-layer", action="store_true", help="per-conv-layer timing of forward, rule backward and autodiff backward (SSD300)")
+    p.add_argument(
+        "--host-copy",
+        action="store_true",
+        help="also time floor_host: the floor plus copying results to one numpy array as explain does",
+    )
+    p.add_argument(
+        "--device-output",
+        action="store_true",
+        help="also time <method>_dev: explain(..., to_host=False), relevance left on the device",
+    )
+    p.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="per-conv-layer timing of forward, rule backward and autodiff backward (SSD300)",
+    )
     p.add_argument("--child-timeout", type=float, default=None, help="seconds before a subprocess is abandoned")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -648,8 +679,10 @@ def main(argv=None) -> int:
 
     info = machine_info()
     info["command"] = "python " + " ".join([sys.argv[0]] + sys.argv[1:])
-    log(f"machine: {info['nproc']} cores, {info['cpu_model']}, load {info['loadavg']}; jax {info['jax']} "
-        f"on {info['jax_backend']} ({info['device_kind']})")
+    log(
+        f"machine: {info['nproc']} cores, {info['cpu_model']}, load {info['loadavg']}; jax {info['jax']} "
+        f"on {info['jax_backend']} ({info['device_kind']})"
+    )
     zok, zwhy = (False, "--no-zennit") if args.no_zennit else __import__("zennit_ssd").available()
     info["zennit"] = zwhy
     log(f"zennit: {zwhy}" if zok else f"zennit: skipped ({zwhy})")
@@ -687,8 +720,10 @@ def main(argv=None) -> int:
         xc = jnp.concatenate([x1] * chunk)
         for xx in (x1, xc):
             block(fwd(variables, xx))
-        log(f"conv FLOPs: forward {fwd_flops / 1e9:.2f} GFLOP/image; backward per target "
-            + ", ".join(f"{m} {v / 1e9:.2f}" for m, v in bwd_flops.items()))
+        log(
+            f"conv FLOPs: forward {fwd_flops / 1e9:.2f} GFLOP/image; backward per target "
+            + ", ".join(f"{m} {v / 1e9:.2f}" for m, v in bwd_flops.items())
+        )
 
         # --- decomposition: per-image forward and per-chunk backward (crp, floor) ---------
         comp = get_composite("crp", meta)
@@ -718,8 +753,10 @@ def main(argv=None) -> int:
         mres["forward_s_batch_chunk"] = med(tsc)
         mres["forward_gflops_batch1"] = fwd_flops / med(ts1) / 1e9
         mres["forward_gflops_batch_chunk"] = chunk * fwd_flops / med(tsc) / 1e9
-        log(f"XLA forward (jitted model.apply): batch 1 {med(ts1):.3f} s = {mres['forward_gflops_batch1']:.1f} GFLOP/s; "
-            f"batch {chunk} {med(tsc):.3f} s = {mres['forward_gflops_batch_chunk']:.1f} GFLOP/s")
+        log(
+            f"XLA forward (jitted model.apply): batch 1 {med(ts1):.3f} s = {mres['forward_gflops_batch1']:.1f} GFLOP/s; "
+            f"batch {chunk} {med(tsc):.3f} s = {mres['forward_gflops_batch_chunk']:.1f} GFLOP/s"
+        )
         dec = {k: med(v) for k, v in dts.items()}
         dec["compile_s"] = {k: first[k] - dec[k] for k in first}
         dec["crp_backward_per_target"] = dec["crp_backward_chunk"] / chunk
@@ -769,9 +806,11 @@ def main(argv=None) -> int:
             par["relevance_rel_l2_err"] = rel
             par["relevance_corr"] = cor
             results["zennit_parity"][mname] = par
-            log(f"torch vs jax forward max |diff|: cls {par['forward_max_abs_diff_cls']:.2e} "
+            log(
+                f"torch vs jax forward max |diff|: cls {par['forward_max_abs_diff_cls']:.2e} "
                 f"(max |cls| {par['forward_max_abs_cls']:.2e}), loc {par['forward_max_abs_diff_loc']:.2e}; "
-                f"zennit vs crp-jax relevance rel. L2 error {rel}, corr {cor}")
+                f"zennit vs crp-jax relevance rel. L2 error {rel}, corr {cor}"
+            )
 
         # --- timing grid -------------------------------------------------------------------
         for B in images_list:
@@ -798,9 +837,15 @@ def main(argv=None) -> int:
                 for r in runners:
                     pt = med(r.steady)
                     rec = {
-                        "model": mname, "images": B, "T": T, "method": r.name, "chunk": chunk,
-                        "per_target_s": pt, "repeats_s": r.steady,
-                        "first_call_s": r.first, "n_warm": r.n_warm,
+                        "model": mname,
+                        "images": B,
+                        "T": T,
+                        "method": r.name,
+                        "chunk": chunk,
+                        "per_target_s": pt,
+                        "repeats_s": r.steady,
+                        "first_call_s": r.first,
+                        "n_warm": r.n_warm,
                         "compile_s": r.first - pt * r.n_warm,
                         "vs_floor": pt / floor_pt,
                         "loadavg": f"{la0} -> {loadavg()}",
@@ -810,8 +855,10 @@ def main(argv=None) -> int:
                 log(f"-- {mname} B={B} T={T} ({time.perf_counter() - t0:.0f} s, load {la0} -> {loadavg()})")
                 for r in runners:
                     pt = med(r.steady)
-                    log(f"   {r.name:>10}: {pt:8.4f} s/target  x{pt / floor_pt:5.2f} floor  "
-                        f"compile {r.first - pt * r.n_warm:6.1f} s  repeats {[round(v, 4) for v in r.steady]}")
+                    log(
+                        f"   {r.name:>10}: {pt:8.4f} s/target  x{pt / floor_pt:5.2f} floor  "
+                        f"compile {r.first - pt * r.n_warm:6.1f} s  repeats {[round(v, 4) for v in r.steady]}"
+                    )
                 del runners
         if zrunner is not None:
             zrunner.close()
@@ -831,10 +878,12 @@ def main(argv=None) -> int:
             }
             summ["rule_bwd_fraction_of_fwd"] = summ["rule_bwd_gflops"] / summ["fwd_gflops"]
             results["per_layer"][mname] = {"layers": pl, "summary": summ}
-            log(f"  all convs: fwd {tot['fwd']:.3f} s ({summ['fwd_gflops']:.1f} GFLOP/s), crp rule-bwd convs "
+            log(
+                f"  all convs: fwd {tot['fwd']:.3f} s ({summ['fwd_gflops']:.1f} GFLOP/s), crp rule-bwd convs "
                 f"{tot['rule_bwd']:.3f} s ({summ['rule_bwd_gflops']:.1f} GFLOP/s = "
                 f"{100 * summ['rule_bwd_fraction_of_fwd']:.0f}% of fwd), autodiff-bwd {tot['autodiff_bwd']:.3f} s "
-                f"({summ['autodiff_bwd_gflops']:.1f} GFLOP/s)")
+                f"({summ['autodiff_bwd_gflops']:.1f} GFLOP/s)"
+            )
             save()
         for L in layers:
             L.pop("op", None)
@@ -846,11 +895,15 @@ def main(argv=None) -> int:
             for T in targets_list:
                 if T > args.big_T:
                     for B in images_list:
-                        specs += [{"model": mname, "images": B, "T": T, "chunk": chunk, "method": m} for m in big_methods]
+                        specs += [
+                            {"model": mname, "images": B, "T": T, "chunk": chunk, "method": m} for m in big_methods
+                        ]
             if not args.quick:
                 for T in ints(args.mem_targets):
                     if T <= args.big_T:
-                        specs += [{"model": mname, "images": 1, "T": T, "chunk": chunk, "method": m} for m in ("crp", "floor")]
+                        specs += [
+                            {"model": mname, "images": 1, "T": T, "chunk": chunk, "method": m} for m in ("crp", "floor")
+                        ]
             for spec in specs:
                 log(f"subprocess {spec} ...")
                 res = run_child(spec, args.child_timeout)
@@ -860,9 +913,11 @@ def main(argv=None) -> int:
                     log(f"   error: {res['error']}")
                 else:
                     dp = res.get("device_peak_bytes")
-                    log(f"   {res['per_target_s']:.4f} s/target (compile {res['compile_s']:.1f} s), peak RSS "
+                    log(
+                        f"   {res['per_target_s']:.4f} s/target (compile {res['compile_s']:.1f} s), peak RSS "
                         f"{res['peak_rss_bytes'] / GiB:.2f} GiB (after warm-up {res['peak_rss_after_warmup_bytes'] / GiB:.2f}, "
-                        f"base {res['rss_base_bytes'] / GiB:.2f})" + (f", device peak {dp / GiB:.2f} GiB" if dp else ""))
+                        f"base {res['rss_base_bytes'] / GiB:.2f})" + (f", device peak {dp / GiB:.2f} GiB" if dp else "")
+                    )
         if mname == "ssd300":
             del model, variables
 
@@ -892,7 +947,9 @@ def headlines(results, chunk) -> list[str]:
         out.append(f"crp / floor per target, SSD300, T=32, 1 image: {crp32['vs_floor']:.2f}x (target <= 1.15x)")
         z = _find(results, model="ssd300", images=1, T=32, method="zennit")
         if z:
-            out.append(f"zennit / crp per target, SSD300, T=32: {z['per_target_s'] / crp32['per_target_s']:.2f}x (target >= 3x)")
+            out.append(
+                f"zennit / crp per target, SSD300, T=32: {z['per_target_s'] / crp32['per_target_s']:.2f}x (target >= 3x)"
+            )
         else:
             out.append("zennit / crp per target, SSD300, T=32: not measured")
     else:
@@ -928,11 +985,15 @@ def headlines(results, chunk) -> list[str]:
 def report(results, methods, chunk) -> None:
     log("\n" + "=" * 100)
     mi = results["machine"]
-    log(f"{mi['nproc']} cores, {mi['cpu_model']}, {mi['device_kind']} ({mi['jax_backend']}); load {mi['loadavg']} -> {mi.get('loadavg_end')}")
+    log(
+        f"{mi['nproc']} cores, {mi['cpu_model']}, {mi['device_kind']} ({mi['jax_backend']}); load {mi['loadavg']} -> {mi.get('loadavg_end')}"
+    )
     log(f"\n{'model':>8} {'B':>2} {'T':>5} {'method':>11} {'s/target':>9} {'x floor':>8} {'compile s':>9}")
     for r in results["timing"]:
-        log(f"{r['model']:>8} {r['images']:>2} {r['T']:>5} {r['method']:>11} {r['per_target_s']:9.4f} "
-            f"{r['vs_floor']:8.2f} {r['compile_s']:9.1f}")
+        log(
+            f"{r['model']:>8} {r['images']:>2} {r['T']:>5} {r['method']:>11} {r['per_target_s']:9.4f} "
+            f"{r['vs_floor']:8.2f} {r['compile_s']:9.1f}"
+        )
     if results["memory"]:
         log(f"\n{'model':>8} {'B':>2} {'T':>5} {'method':>8} {'s/target':>9} {'peak RSS GiB':>12} {'device GiB':>10}")
         for r in results["memory"]:
@@ -940,8 +1001,10 @@ def report(results, methods, chunk) -> None:
                 log(f"{r['model']:>8} {r['images']:>2} {r['T']:>5} {r['method']:>8}  error")
                 continue
             dp = r.get("device_peak_bytes")
-            log(f"{r['model']:>8} {r['images']:>2} {r['T']:>5} {r['method']:>8} {r['per_target_s']:9.4f} "
-                f"{r['peak_rss_bytes'] / GiB:12.2f} {dp / GiB if dp else float('nan'):10.2f}")
+            log(
+                f"{r['model']:>8} {r['images']:>2} {r['T']:>5} {r['method']:>8} {r['per_target_s']:9.4f} "
+                f"{r['peak_rss_bytes'] / GiB:12.2f} {dp / GiB if dp else float('nan'):10.2f}"
+            )
     log("\nheadlines:")
     for h in headlines(results, chunk):
         log("  " + h)

@@ -24,9 +24,9 @@ except ImportError:  # pragma: no cover
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from speed import build_model  # noqa: E402  (benchmarks/speed.py, beside this script)
 
 from crp_jax.relevance.composite import get_composite  # noqa: E402
-from speed import build_model  # noqa: E402  (benchmarks/speed.py, beside this script)
 
 _explain = importlib.import_module("crp_jax.relevance.explain")
 MiB = 2.0**20

@@ -177,9 +177,9 @@ class ZennitRunner:
         self.config = config
         self.plain = build_torch_ssd(config, variables).to(self.device)
         self.net = build_torch_ssd(config, variables).to(self.device)
-        self.x = torch.from_numpy(
-            np.ascontiguousarray(np.asarray(x_nhwc, np.float32).transpose(0, 3, 1, 2))
-        ).to(self.device)
+        self.x = torch.from_numpy(np.ascontiguousarray(np.asarray(x_nhwc, np.float32).transpose(0, 3, 1, 2))).to(
+            self.device
+        )
         low, high = meta.pixel_bounds
         shape = (1, 3, config.image_size, config.image_size)
         lo = torch.tensor(low, dtype=torch.float32, device=self.device).view(1, 3, 1, 1).expand(shape).contiguous()

@@ -33,9 +33,9 @@ import argparse
 import math
 import re
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 PROG = "crp-jax"
 # = crp_jax.relevance.composite.PRESETS, spelled out so that `crp-jax --help` needs no jax
@@ -167,15 +167,23 @@ _nonneg_int = _int_at_least(0)
 
 def _add_model_options(p: argparse.ArgumentParser, threshold: float = 0.5) -> None:
     p.add_argument(
-        "--weights", metavar="FILE", default=None,
+        "--weights",
+        metavar="FILE",
+        default=None,
         help="weights NAME.msgpack (with its NAME.json sidecar); default: the shipped model in weights/",
     )
     p.add_argument(
-        "--score-threshold", type=_threshold, default=threshold, metavar="P",
+        "--score-threshold",
+        type=_threshold,
+        default=threshold,
+        metavar="P",
         help=f"report detections with a class probability above P (default {threshold})",
     )
     p.add_argument(
-        "--max-detections", type=_positive_int, default=20, metavar="N",
+        "--max-detections",
+        type=_positive_int,
+        default=20,
+        metavar="N",
         help="at most N detections per image, best first (default 20)",
     )
 
@@ -210,15 +218,22 @@ def build_parser() -> argparse.ArgumentParser:
             "and its partner; CRP contrasts the two ('why E and not F', 'why F and not E')."
         ),
     )
-    p.add_argument("--out", default=DEFAULT_DEMO_DIR, metavar="DIR", help=f"output folder (default ./{DEFAULT_DEMO_DIR})")
     p.add_argument(
-        "--seed", type=_nonneg_int, default=None, metavar="N",
+        "--out", default=DEFAULT_DEMO_DIR, metavar="DIR", help=f"output folder (default ./{DEFAULT_DEMO_DIR})"
+    )
+    p.add_argument(
+        "--seed",
+        type=_nonneg_int,
+        default=None,
+        metavar="N",
         help="data-set seed of the generated scene (default: the held-out test seed, never trained on)",
     )
     p.add_argument(
-        "--index", type=_nonneg_int, default=0, metavar="I",
-        help=f"scene number in that data set (default 0; if it has no detection the next "
-        f"{_DEMO_SCAN} are tried)",
+        "--index",
+        type=_nonneg_int,
+        default=0,
+        metavar="I",
+        help=f"scene number in that data set (default 0; if it has no detection the next {_DEMO_SCAN} are tried)",
     )
     _add_model_options(p)
     p.set_defaults(func=cmd_demo, parser=p)
@@ -257,30 +272,43 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
-    p.add_argument("--method", choices=METHODS, default="crp", help="method of the per-detection overlays (default crp)")
     p.add_argument(
-        "--target", choices=TARGETS, default="cls",
+        "--method", choices=METHODS, default="crp", help="method of the per-detection overlays (default crp)"
+    )
+    p.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="cls",
         help="what to explain: the class decision (cls, default) or a box coordinate (cx, cy, w, h)",
     )
     p.add_argument(
-        "--sign", choices=("+", "-"), default=None,
+        "--sign",
+        choices=("+", "-"),
+        default=None,
         help="box coordinates only: '+' explains what pushes the box right/down/wider/taller "
         "(default), '-' the opposite",
     )
     p.add_argument(
-        "--contrast", nargs="+", default=None, metavar="C",
+        "--contrast",
+        nargs="+",
+        default=None,
+        metavar="C",
         help="class targets only: contrast set: 'others' (all other classes), 'foreground' (other "
         "foreground classes) or class names ('--contrast F': why E and not F). Default: each "
         "method's own (others for crp, none for the rest)",
     )
     p.add_argument(
-        "--compare", choices=("methods", "classes", "none"), default="methods",
+        "--compare",
+        choices=("methods", "classes", "none"),
+        default="methods",
         help="per-image grid: all five methods (default), the detected class against other classes "
         "with --method (cls target only), or no grid",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _add_model_options(p)
-    p.add_argument("--alpha", type=_threshold, default=0.6, metavar="A", help="heatmap opacity over the image (default 0.6)")
+    p.add_argument(
+        "--alpha", type=_threshold, default=0.6, metavar="A", help="heatmap opacity over the image (default 0.6)"
+    )
     _add_progress_option(p)
     p.set_defaults(func=cmd_explain, parser=p)
 
@@ -417,8 +445,13 @@ def _detect_one(model, variables, meta, path: str, stem: str, args) -> _Image:
     pixels = viz.load_image(path)
     x, sizes = preprocess_with_sizes([pixels], meta)
     det = detect(
-        model, variables, x, meta,
-        score_threshold=args.score_threshold, max_detections=args.max_detections, image_sizes=sizes,
+        model,
+        variables,
+        x,
+        meta,
+        score_threshold=args.score_threshold,
+        max_detections=args.max_detections,
+        image_sizes=sizes,
     )[0]
     return _Image(path, stem, pixels, x, det)
 
@@ -583,9 +616,7 @@ def explain_image(model, variables, meta, im: _Image, ask: _Ask, method: str, co
             own = int(d.labels[i])
             if isinstance(ask.contrast, tuple):
                 others = [k for k in ask.contrast if k != own]
-                per_det[i] = [(own, tuple(others))] + [
-                    (k, tuple(j for j in [own] + others if j != k)) for k in others
-                ]
+                per_det[i] = [(own, tuple(others))] + [(k, tuple(j for j in [own] + others if j != k)) for k in others]
             else:
                 fg = [k for k in range(1, meta.num_classes) if k != own]
                 per_det[i] = [(k, "default") for k in [own] + fg]
@@ -643,7 +674,9 @@ def cmd_explain(args) -> int:
             written.append(file)
         if columns:
             written.append(_save_grid(out / f"{stem}_grid.png", im, meta, dets, columns, args.alpha))
-        lines = [f"{path} ({W}x{H}): {len(d)} detection{'s' if len(d) != 1 else ''}, wrote {len(written)} files to {out}"]
+        lines = [
+            f"{path} ({W}x{H}): {len(d)} detection{'s' if len(d) != 1 else ''}, wrote {len(written)} files to {out}"
+        ]
         lines += [f"  {f.name}" for f in written]
         bar.write("\n".join(lines))
 
@@ -661,8 +694,9 @@ def _save_grid(file: Path, im: _Image, meta, dets, columns, alpha: float) -> Pat
     for i in dets:
         name = _class_name(meta, int(d.labels[i]))
         box = d.boxes[i] * f
-        cells.append(viz.draw_detections(pixels, box[None], d.labels[i : i + 1], d.scores[i : i + 1],
-                                         meta.class_names, scale=s))
+        cells.append(
+            viz.draw_detections(pixels, box[None], d.labels[i : i + 1], d.scores[i : i + 1], meta.class_names, scale=s)
+        )
         titles.append(f"det {i}: {name} {float(d.scores[i]):.2f}\ninput")
         for _, method, col in columns:
             if i not in col:
@@ -710,8 +744,15 @@ def cmd_demo(args) -> int:
     for index in range(args.index, args.index + _DEMO_SCAN + 1):
         scene = generate_scene(seed, index)
         x, sizes = preprocess_with_sizes([scene.image], meta)
-        det = detect(model, variables, x, meta, score_threshold=args.score_threshold,
-                     max_detections=args.max_detections, image_sizes=sizes)[0]
+        det = detect(
+            model,
+            variables,
+            x,
+            meta,
+            score_threshold=args.score_threshold,
+            max_detections=args.max_detections,
+            image_sizes=sizes,
+        )[0]
         if len(det):
             im = _Image(f"scene {index} of data set {seed}", "scene", scene.image, x, det)
             break
@@ -744,13 +785,18 @@ def cmd_demo(args) -> int:
         for i in range(len(d)):
             name = _class_name(meta, int(d.labels[i]))
             label = f"{name} {float(d.scores[i]):.2f} | {_describe(meta, targets[i], m)}"
-            save(viz.overlay(im.pixels, per_method[m][i], box=d.boxes[i], label=label, scale=s),
-                 f"det{i:02d}_{_safe(name)}_{m}.png")
+            save(
+                viz.overlay(im.pixels, per_method[m][i], box=d.boxes[i], label=label, scale=s),
+                f"det{i:02d}_{_safe(name)}_{m}.png",
+            )
     cells, titles = [], []
     for i in range(len(d)):
         name = _class_name(meta, int(d.labels[i]))
-        cells.append(viz.draw_detections(im.pixels, d.boxes[i : i + 1], d.labels[i : i + 1], d.scores[i : i + 1],
-                                         meta.class_names, scale=s))
+        cells.append(
+            viz.draw_detections(
+                im.pixels, d.boxes[i : i + 1], d.labels[i : i + 1], d.scores[i : i + 1], meta.class_names, scale=s
+            )
+        )
         titles.append(f"det {i}: {name} {float(d.scores[i]):.2f}")
         for m, desc in (("crp", f"CRP: why {name} (vs all others)"), ("lrp_ab", f"LRP-ab: {name}")):
             cells.append(viz.overlay(im.pixels, per_method[m][i], box=d.boxes[i], scale=s))
@@ -759,8 +805,10 @@ def cmd_demo(args) -> int:
 
     swap = next((i for i in range(len(d)) if _partner(meta, int(d.labels[i])) is not None), None)
     if swap is None:
-        print(f"{PROG} demo: note: no detection of a confusable pair class (E/F, O/Q, P/R); no class-swap grid",
-              file=sys.stderr)
+        print(
+            f"{PROG} demo: note: no detection of a confusable pair class (E/F, O/Q, P/R); no class-swap grid",
+            file=sys.stderr,
+        )
     else:
         written.append(_class_swap(out, model, variables, meta, im, swap, s))
     print(f"{im.path}: {len(d)} detection{'s' if len(d) != 1 else ''}")
@@ -786,8 +834,11 @@ def _class_swap(out: Path, model, variables, meta, im: _Image, i: int, s: int) -
     kn, pn = _class_name(meta, k), _class_name(meta, p)
     rows = [
         ("lrp_ab", [ClassTarget(0, a, k), ClassTarget(0, a, p)], [f"LRP-ab: {kn}", f"LRP-ab: {pn}"]),
-        ("crp", [ClassTarget(0, a, k, (p,)), ClassTarget(0, a, p, (k,))],
-         [f"CRP: why {kn} and not {pn}", f"CRP: why {pn} and not {kn}"]),
+        (
+            "crp",
+            [ClassTarget(0, a, k, (p,)), ClassTarget(0, a, p, (k,))],
+            [f"CRP: why {kn} and not {pn}", f"CRP: why {pn} and not {kn}"],
+        ),
     ]
     cells, titles = [], []
     for method, targets, names in rows:

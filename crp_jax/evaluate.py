@@ -29,7 +29,7 @@ import argparse
 import math
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -176,8 +176,11 @@ def _det_fields(det):
         b, s, l = det.boxes, det.scores, det.labels
     else:
         b, s, l = det
-    return (np.asarray(b, np.float64).reshape(-1, 4), np.asarray(s, np.float64).reshape(-1),
-            np.asarray(l).reshape(-1).astype(np.int64))
+    return (
+        np.asarray(b, np.float64).reshape(-1, 4),
+        np.asarray(s, np.float64).reshape(-1),
+        np.asarray(l).reshape(-1).astype(np.int64),
+    )
 
 
 def _gt_fields(gt):
@@ -251,7 +254,9 @@ def format_table(result: dict) -> str:
         lines.append(f"{name:<8}{ap:>9.4f}{result['num_gt'][name]:>7d}{result['num_det'][name]:>8d}")
     lines.append(f"{'mAP':<8}{result['map']:>9.4f}")
     if "n" in result:
-        lines.append(f"({result['n']} held-out scenes of data set seed {result['seed']}, {result.get('seconds', 0):.0f}s)")
+        lines.append(
+            f"({result['n']} held-out scenes of data set seed {result['seed']}, {result.get('seconds', 0):.0f}s)"
+        )
     return "\n".join(lines)
 
 
@@ -260,9 +265,16 @@ def build_parser(prog: str = "crp-jax evaluate") -> argparse.ArgumentParser:
         prog=prog,
         description="VOC-style AP per class and mAP@0.5 of a detector on held-out generated glyph scenes.",
     )
-    p.add_argument("--weights", default=None, help="weights file (NAME.msgpack + NAME.json); default: the shipped model")
+    p.add_argument(
+        "--weights", default=None, help="weights file (NAME.msgpack + NAME.json); default: the shipped model"
+    )
     p.add_argument("--n", type=int, default=500, help="number of held-out scenes (default 500)")
-    p.add_argument("--seed", type=int, default=HELDOUT_SEED, help=f"data-set seed of the scenes (default {HELDOUT_SEED}, never trained on)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=HELDOUT_SEED,
+        help=f"data-set seed of the scenes (default {HELDOUT_SEED}, never trained on)",
+    )
     p.add_argument("--batch-size", type=int, default=50, help="scenes per forward pass (default 50)")
     p.add_argument("--iou", type=float, default=0.5, help="IoU threshold for a true positive (default 0.5)")
     return p
@@ -291,8 +303,9 @@ def evaluate_main(argv=None, prog: str = "crp-jax evaluate") -> int:
         from crp_jax.ssd.io import load_pretrained, load_weights
 
         model, variables, meta = load_weights(args.weights) if args.weights else load_pretrained()
-        res = evaluate(model, variables, meta, seed=args.seed, n=args.n, batch_size=args.batch_size,
-                       iou_threshold=args.iou)
+        res = evaluate(
+            model, variables, meta, seed=args.seed, n=args.n, batch_size=args.batch_size, iou_threshold=args.iou
+        )
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 1

@@ -27,7 +27,8 @@ Errors
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -64,9 +65,7 @@ def _as_float(x: Any, name: str) -> np.ndarray:
         arr = np.asarray(x)
     except Exception as e:  # pragma: no cover - exotic inputs
         raise InputError(f"{name} could not be converted to an array: {e}") from None
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
-    ):
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)):
         raise InputError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):
         raise InputError(f"{name} must be real, got dtype {arr.dtype}")
@@ -85,9 +84,7 @@ def _as_heatmap(x: Any, name: str = "heatmap") -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] in (1, 3):
         arr = arr.sum(axis=-1)
     elif arr.ndim != 2:
-        raise InputError(
-            f"{name} must have shape [H, W] or [H, W, 3], got shape {tuple(np.shape(x))}"
-        )
+        raise InputError(f"{name} must have shape [H, W] or [H, W, 3], got shape {tuple(np.shape(x))}")
     if arr.size == 0:
         raise InputError(f"{name} is empty (shape {tuple(np.shape(x))})")
     _check_finite(arr, name)
@@ -337,9 +334,7 @@ def _baseline_image(
             hi = image.reshape(-1, c).max(axis=0) if high is None else _as_float(high, "high")
             for v, nm in ((lo, "low"), (hi, "high")):
                 if v.shape not in ((), (c,)):
-                    raise InputError(
-                        f"{nm} must be a scalar or have {c} entries, got shape {v.shape}"
-                    )
+                    raise InputError(f"{nm} must be a scalar or have {c} entries, got shape {v.shape}")
                 _check_finite(v, nm)
             if np.any(hi < lo):
                 raise InputError(f"high {hi.tolist()} is below low {lo.tolist()}")
@@ -349,15 +344,14 @@ def _baseline_image(
             return np.broadcast_to(image.reshape(-1, c).mean(axis=0), image.shape)
         if baseline == "blur":
             return _box_blur(image, blur_size)
-        raise InputError(f"unknown baseline {baseline!r}; expected one of {BASELINES}, a number, "
-                         "an array or a callable")
+        raise InputError(
+            f"unknown baseline {baseline!r}; expected one of {BASELINES}, a number, an array or a callable"
+        )
     arr = _as_float(baseline, "baseline")
     try:
         arr = np.broadcast_to(arr, image.shape)
     except ValueError:
-        raise InputError(
-            f"baseline has shape {arr.shape}, not broadcastable to the image's {image.shape}"
-        ) from None
+        raise InputError(f"baseline has shape {arr.shape}, not broadcastable to the image's {image.shape}") from None
     _check_finite(arr, "baseline")
     return arr
 
@@ -470,8 +464,7 @@ def region_perturbation(
     if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, (int, np.integer)):
         raise InputError(f"steps must be an int or None, got {steps!r}")
     if not 1 <= steps <= n_regions:
-        raise InputError(f"steps={steps} must lie in [1, {n_regions}] (the number of "
-                         f"{patch}x{patch} regions)")
+        raise InputError(f"steps={steps} must lie in [1, {n_regions}] (the number of {patch}x{patch} regions)")
     steps = int(steps)
 
     # Summed relevance per region (pad with zeros so the edge regions sum what they hold).
@@ -495,8 +488,7 @@ def region_perturbation(
         s = np.asarray(score_fn(arr))
         if s.size != len(batch) or (s.ndim > 1 and s.shape[0] != len(batch)):
             raise InputError(
-                f"score_fn returned shape {s.shape} for a batch of {len(batch)} images; "
-                f"expected [{len(batch)}]"
+                f"score_fn returned shape {s.shape} for a batch of {len(batch)} images; expected [{len(batch)}]"
             )
         s = _as_float(s, "score_fn output").reshape(-1)
         _check_finite(s, "score_fn output")
@@ -557,8 +549,7 @@ def localization_direction(center_before: Any, center_after: Any, sign: int) -> 
     a = _as_float(center_after, "center_after")
     if b.shape != () or a.shape != ():
         raise InputError(
-            f"centres must be scalars, got shapes {b.shape} and {a.shape}; "
-            "use localization_direction_share for arrays"
+            f"centres must be scalars, got shapes {b.shape} and {a.shape}; use localization_direction_share for arrays"
         )
     _check_finite(b, "center_before")
     _check_finite(a, "center_after")
@@ -604,8 +595,11 @@ def top_positive_mask(heatmap: Any, fraction: float = 0.1) -> np.ndarray:
       InputError: ``fraction`` not in (0, 1], or an invalid heatmap.
     """
     r = _as_heatmap(heatmap)
-    if isinstance(fraction, (bool, np.bool_)) or not isinstance(fraction, (int, float, np.number)) \
-            or not 0.0 < float(fraction) <= 1.0:
+    if (
+        isinstance(fraction, (bool, np.bool_))
+        or not isinstance(fraction, (int, float, np.number))
+        or not 0.0 < float(fraction) <= 1.0
+    ):
         raise InputError(f"fraction must lie in (0, 1], got {fraction!r}")
     k = int(math.ceil(float(fraction) * r.size))
     flat = r.ravel()
@@ -651,9 +645,7 @@ def remove_positive_evidence(
     img = _as_image(image)
     r = _as_heatmap(heatmap)
     if r.shape != img.shape[:2]:
-        raise InputError(
-            f"heatmap has shape {r.shape} but the image is {img.shape[0]}x{img.shape[1]}"
-        )
+        raise InputError(f"heatmap has shape {r.shape} but the image is {img.shape[0]}x{img.shape[1]}")
     mask = top_positive_mask(r, fraction)
     fill = _baseline_image(img, baseline, low, high, _make_rng(rng), 9)
     out = np.where(mask[..., None], fill, img)

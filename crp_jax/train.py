@@ -39,10 +39,11 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +51,7 @@ import numpy as np
 import optax
 from flax import serialization
 
-from crp_jax.errors import CRPError, CheckpointError, ConfigError, one_line
+from crp_jax.errors import CheckpointError, ConfigError, CRPError, one_line
 from crp_jax.ssd.anchors import default_boxes_xyxy
 from crp_jax.ssd.boxes import box_iou, encode, xyxy_to_cxcywh
 from crp_jax.ssd.config import SSDConfig, reject_unknown_fields
@@ -170,20 +171,38 @@ class TrainConfig:
             f"validation {VALIDATION_SEED}); train on another data set",
         )
         need(is_int(self.steps) and self.steps >= 1, f"steps must be an integer >= 1, got {self.steps!r}")
-        need(is_int(self.batch_size) and self.batch_size >= 1, f"batch size must be an integer >= 1, got {self.batch_size!r}")
+        need(
+            is_int(self.batch_size) and self.batch_size >= 1,
+            f"batch size must be an integer >= 1, got {self.batch_size!r}",
+        )
         need(math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr!r}")
-        need(is_int(self.warmup_steps) and self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        need(
+            is_int(self.warmup_steps) and self.warmup_steps >= 0,
+            f"warmup_steps must be >= 0, got {self.warmup_steps!r}",
+        )
         need(0.0 <= self.final_lr_frac <= 1.0, f"final_lr_frac must be in [0, 1], got {self.final_lr_frac!r}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
         need(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip!r}")
         need(self.std > 0, f"std must be > 0, got {self.std!r}")
         need(0.0 < self.match_threshold <= 1.0, f"match_threshold must be in (0, 1], got {self.match_threshold!r}")
         need(self.neg_pos_ratio >= 0, f"neg_pos_ratio must be >= 0, got {self.neg_pos_ratio!r}")
-        need(is_int(self.ckpt_interval) and self.ckpt_interval >= 1, f"ckpt_interval must be >= 1, got {self.ckpt_interval!r}")
-        need(is_int(self.keep_checkpoints) and self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}")
-        need(is_int(self.eval_interval) and self.eval_interval >= 0, f"eval_interval must be >= 0, got {self.eval_interval!r}")
+        need(
+            is_int(self.ckpt_interval) and self.ckpt_interval >= 1,
+            f"ckpt_interval must be >= 1, got {self.ckpt_interval!r}",
+        )
+        need(
+            is_int(self.keep_checkpoints) and self.keep_checkpoints >= 1,
+            f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}",
+        )
+        need(
+            is_int(self.eval_interval) and self.eval_interval >= 0,
+            f"eval_interval must be >= 0, got {self.eval_interval!r}",
+        )
         need(is_int(self.eval_scenes) and self.eval_scenes >= 1, f"eval_scenes must be >= 1, got {self.eval_scenes!r}")
-        need(is_int(self.log_interval) and self.log_interval >= 1, f"log_interval must be >= 1, got {self.log_interval!r}")
+        need(
+            is_int(self.log_interval) and self.log_interval >= 1,
+            f"log_interval must be >= 1, got {self.log_interval!r}",
+        )
         self.model_config()  # architecture errors surface here, not in the middle of a run
 
     # ---- derived objects ---------------------------------------------------------------
@@ -225,7 +244,7 @@ class TrainConfig:
         return {k: v for k, v in self.to_dict().items() if k not in _BOOKKEEPING_FIELDS}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         reject_unknown_fields(cls, d)
         return cls(**d)
 
@@ -297,7 +316,9 @@ def assign_targets(
     return labels, jax.lax.stop_gradient(loc.astype(jnp.float32))
 
 
-def assign_targets_batch(gt_boxes, gt_labels, gt_valid, anchors_xyxy, anchors_cxcywh=None, *, iou_threshold=0.5, variances=VARIANCES):
+def assign_targets_batch(
+    gt_boxes, gt_labels, gt_valid, anchors_xyxy, anchors_cxcywh=None, *, iou_threshold=0.5, variances=VARIANCES
+):
     """:func:`assign_targets` over a batch: ``[B, M, 4]``, ``[B, M]``, ``[B, M]`` ->
     ``([B, A], [B, A, 4])``."""
     anchors_xyxy = jnp.asarray(anchors_xyxy, jnp.float32)
@@ -486,7 +507,11 @@ def make_train_step(cfg: TrainConfig, model: SSD, tx) -> Callable:
         step = state["step"]
         x = _augment(batch["x"], jax.random.fold_in(base_key, step), cfg)
         cls_t, loc_t = assign_targets_batch(
-            batch["boxes"], batch["labels"], batch["valid"], anchors_xyxy, anchors_cxcywh,
+            batch["boxes"],
+            batch["labels"],
+            batch["valid"],
+            anchors_xyxy,
+            anchors_cxcywh,
             iou_threshold=cfg.match_threshold,
         )
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], x, cls_t, loc_t)
@@ -597,7 +622,9 @@ def load_checkpoint(path, template: dict, cfg: TrainConfig | None = None) -> dic
         diff = sorted(k for k in a if a[k] != b.get(k))
         if diff:
             detail = ", ".join(f"{k}: checkpoint {a[k]!r} vs now {b[k]!r}" for k in diff)
-            raise CheckpointError(f"{path}: checkpoint was made with other settings ({detail}); resume with the same settings or another --ckpt-dir")
+            raise CheckpointError(
+                f"{path}: checkpoint was made with other settings ({detail}); resume with the same settings or another --ckpt-dir"
+            )
     try:
         params = serialization.from_state_dict(template["params"], record["params"])
         opt_state = serialization.from_state_dict(template["opt_state"], record["opt_state"])
@@ -626,7 +653,9 @@ class _Progress:
         try:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
+            self.bar = tqdm(
+                total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0
+            )
         except ImportError:
             self.bar = None
 
@@ -645,7 +674,12 @@ class _Progress:
             self.last_print = now
             frac = self.n / max(self.total, 1)
             filled = int(30 * frac)
-            print(f"\rtrain [{'#' * filled}{'.' * (30 - filled)}] {self.n}/{self.total} {self.postfix}", end="", file=sys.stderr, flush=True)
+            print(
+                f"\rtrain [{'#' * filled}{'.' * (30 - filled)}] {self.n}/{self.total} {self.postfix}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def write(self, msg: str) -> None:
         if self.bar is not None:
@@ -705,8 +739,10 @@ def train(
     elif cfg.progress:
         emit = bar.write
     else:
+
         def emit(msg: str) -> None:
             print(msg, flush=True)
+
     pool = ThreadPoolExecutor(max_workers=1)
     pending = {}
 
@@ -735,13 +771,21 @@ def train(
                 m = {key: float(np.mean([w[key] for w in got])) for key in ("loss", "cls_loss", "loc_loss")}
                 if not all(math.isfinite(v) for v in m.values()):
                     raise CRPError(f"training diverged by step {done}: loss {m['loss']} (lower --lr?)")
-                last = dict(step=done, loss=m["loss"], cls_loss=m["cls_loss"], loc_loss=m["loc_loss"],
-                            step_loss=float(got[-1]["loss"]), lr=float(schedule(k)),
-                            seconds=round(time.time() - t0, 1))
+                last = dict(
+                    step=done,
+                    loss=m["loss"],
+                    cls_loss=m["cls_loss"],
+                    loc_loss=m["loc_loss"],
+                    step_loss=float(got[-1]["loss"]),
+                    lr=float(schedule(k)),
+                    seconds=round(time.time() - t0, 1),
+                )
                 if history is not None:
                     history.append(last)
-                emit(f"step {done:6d}  loss {m['loss']:.4f}  cls {m['cls_loss']:.4f}  loc {m['loc_loss']:.4f}  "
-                     f"(mean of {len(got)} steps)  lr {last['lr']:.2e}  {last['seconds']:.0f}s")
+                emit(
+                    f"step {done:6d}  loss {m['loss']:.4f}  cls {m['cls_loss']:.4f}  loc {m['loc_loss']:.4f}  "
+                    f"(mean of {len(got)} steps)  lr {last['lr']:.2e}  {last['seconds']:.0f}s"
+                )
                 bar.update(0, f"loss {m['loss']:.3f}")
             bar.update(1)
             if cfg.ckpt_dir is not None and (done % cfg.ckpt_interval == 0 or done == stop):
@@ -780,12 +824,27 @@ def build_parser(prog: str = "crp-jax train") -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"scenes per step (default {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"data set and initialisation seed (default {d.seed})")
-    p.add_argument("--out", default="trained.msgpack", help="weights path to write (NAME.msgpack + NAME.json; default trained.msgpack)")
-    p.add_argument("--ckpt-dir", default=None, help="checkpoint directory (default: ~/.cache/crp-jax/train/<hash of the settings>)")
-    p.add_argument("--ckpt-interval", type=int, default=d.ckpt_interval, help=f"steps between checkpoints (default {d.ckpt_interval})")
+    p.add_argument(
+        "--out",
+        default="trained.msgpack",
+        help="weights path to write (NAME.msgpack + NAME.json; default trained.msgpack)",
+    )
+    p.add_argument(
+        "--ckpt-dir", default=None, help="checkpoint directory (default: ~/.cache/crp-jax/train/<hash of the settings>)"
+    )
+    p.add_argument(
+        "--ckpt-interval",
+        type=int,
+        default=d.ckpt_interval,
+        help=f"steps between checkpoints (default {d.ckpt_interval})",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --ckpt-dir")
-    p.add_argument("--eval-interval", type=int, default=d.eval_interval, help="steps between validation mAPs (0 = never)")
-    p.add_argument("--log-interval", type=int, default=d.log_interval, help=f"steps between loss lines (default {d.log_interval})")
+    p.add_argument(
+        "--eval-interval", type=int, default=d.eval_interval, help="steps between validation mAPs (0 = never)"
+    )
+    p.add_argument(
+        "--log-interval", type=int, default=d.log_interval, help=f"steps between loss lines (default {d.log_interval})"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (plain log lines only)")
     return p
 
@@ -803,9 +862,14 @@ def train_main(argv=None, prog: str = "crp-jax train") -> int:
         return 2
     try:
         cfg = TrainConfig(
-            seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-            ckpt_interval=args.ckpt_interval, eval_interval=args.eval_interval,
-            log_interval=args.log_interval, progress=not args.no_progress,
+            seed=args.seed,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            ckpt_interval=args.ckpt_interval,
+            eval_interval=args.eval_interval,
+            log_interval=args.log_interval,
+            progress=not args.no_progress,
         )
         ckpt_dir = args.ckpt_dir or str(default_ckpt_dir(cfg))
         cfg = dataclasses.replace(cfg, ckpt_dir=ckpt_dir)

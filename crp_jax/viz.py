@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -56,8 +56,16 @@ BOX_COLOR = (0, 170, 60)
 
 #: Per-class box colours for :func:`draw_detections` (index = label mod len).
 _PALETTE = (
-    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40),
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (0, 128, 128),
+    (170, 110, 40),
 )
 
 
@@ -230,8 +238,10 @@ def _draw_box(draw: ImageDraw.ImageDraw, box, label, color, f, width: int, size:
     y1, y2 = sorted((y1, y2))
     # pixel edges -> the last pixel inside; keep the outline within the image
     r = [
-        min(max(round(x1), 0), W - 1), min(max(round(y1), 0), H - 1),
-        min(max(round(x2) - 1, 0), W - 1), min(max(round(y2) - 1, 0), H - 1),
+        min(max(round(x1), 0), W - 1),
+        min(max(round(y1), 0), H - 1),
+        min(max(round(x2) - 1, 0), W - 1),
+        min(max(round(y2) - 1, 0), H - 1),
     ]
     r[2], r[3] = max(r[2], r[0]), max(r[3], r[1])
     draw.rectangle(r, outline=tuple(color), width=width)

@@ -74,9 +74,11 @@ def test_decode_matches_torchvision_boxcoder():
     anchors_xyxy = _random_boxes(rng, 300, size=300.0)
     loc = rng.normal(0, 2, (300, 4)).astype(np.float32)
     loc[:5, 2:] = 40.0  # exercises the clamp
-    want = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)).decode_single(
-        torch.from_numpy(loc), torch.from_numpy(anchors_xyxy)
-    ).numpy()
+    want = (
+        BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
+        .decode_single(torch.from_numpy(loc), torch.from_numpy(anchors_xyxy))
+        .numpy()
+    )
     got = decode(loc, xyxy_to_cxcywh(anchors_xyxy))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-4)
 

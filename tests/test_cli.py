@@ -205,20 +205,48 @@ def test_explain_class_contrast_and_box_coordinates(tmp_path, weights, images, c
     big = tmp_path / "big.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (700, 900, 3), dtype=np.uint8)).save(big)
     out = tmp_path / "swap"
-    rc = main([
-        "explain", str(big), "--weights", weights, "--out", str(out), "--max-detections", "2",
-        "--contrast", "F", "--compare", "classes",
-    ])
+    rc = main(
+        [
+            "explain",
+            str(big),
+            "--weights",
+            weights,
+            "--out",
+            str(out),
+            "--max-detections",
+            "2",
+            "--contrast",
+            "F",
+            "--compare",
+            "classes",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     overlays = sorted(out.glob("big_det*_E_cls_crp.png"))
     assert len(overlays) == 2 and all(_size_hw(f) == (700, 900) for f in overlays)
     gh, gw = _size_hw(out / "big_grid.png")  # input, "E not F", "F not E" for 2 detections
     assert 3 * 400 <= gw < 3 * 400 + 100 and 2 * 311 <= gh < 2 * 311 + 150
     path, hw = next(iter(images.items()))
-    rc = main([
-        "explain", str(path), "--weights", weights, "--out", str(out), "--max-detections", "2",
-        "--target", "cx", "--sign", "-", "--method", "gradient", "--compare", "none",
-    ])
+    rc = main(
+        [
+            "explain",
+            str(path),
+            "--weights",
+            weights,
+            "--out",
+            str(out),
+            "--max-detections",
+            "2",
+            "--target",
+            "cx",
+            "--sign",
+            "-",
+            "--method",
+            "gradient",
+            "--compare",
+            "none",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     files = sorted(out.glob("*_cx-_gradient.png"))
     assert len(files) == 2 and all(_size_hw(f) == hw for f in files)

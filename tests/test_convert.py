@@ -356,7 +356,9 @@ def test_convert_main(tmp_path, capsys):
     assert "3 classes" in capsys.readouterr().out
     model, variables, meta = io.load_weights(out)
     assert meta.class_names == ("__background__", "cat", "dog") and meta.source == "torchvision"
-    np.testing.assert_array_equal(variables["params"]["conv5_2"]["kernel"], sd["backbone.extra.0.3.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        variables["params"]["conv5_2"]["kernel"], sd["backbone.extra.0.3.weight"].transpose(2, 3, 1, 0)
+    )
     # runtime errors: 1 and one line, no traceback
     assert convert.convert_main([str(tmp_path / "nope.pth"), str(out)]) == 1
     err = capsys.readouterr().err
@@ -408,10 +410,14 @@ def _ssdpytorch_module(torch, num_classes: int):
 
     def extras():
         return [
-            nn.Conv2d(1024, 256, 1), nn.Conv2d(256, 512, 3, stride=2, padding=1),
-            nn.Conv2d(512, 128, 1), nn.Conv2d(128, 256, 3, stride=2, padding=1),
-            nn.Conv2d(256, 128, 1), nn.Conv2d(128, 256, 3),
-            nn.Conv2d(256, 128, 1), nn.Conv2d(128, 256, 3),
+            nn.Conv2d(1024, 256, 1),
+            nn.Conv2d(256, 512, 3, stride=2, padding=1),
+            nn.Conv2d(512, 128, 1),
+            nn.Conv2d(128, 256, 3, stride=2, padding=1),
+            nn.Conv2d(256, 128, 1),
+            nn.Conv2d(128, 256, 3),
+            nn.Conv2d(256, 128, 1),
+            nn.Conv2d(128, 256, 3),
         ]
 
     class SSD300(nn.Module):
@@ -495,7 +501,7 @@ def test_coco_class_names_for_91_classes():
     # COCO ids (instances_*.json categories): 1 person, 17 cat, 18 dog, 90 toothbrush; 12 unused
     assert (names[1], names[17], names[18], names[90], names[12]) == ("person", "cat", "dog", "toothbrush", "N/A")
     assert sum(n == "N/A" for n in names) == 10  # 80 real categories
-    torchvision = pytest.importorskip("torchvision")
+    pytest.importorskip("torchvision")
     from torchvision.models.detection import SSD300_VGG16_Weights
 
     assert list(names) == list(SSD300_VGG16_Weights.COCO_V1.meta["categories"])

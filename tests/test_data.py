@@ -120,8 +120,13 @@ def test_render_glyph_matches_drawing_at_an_offset():
         canvas = Image.new("L", (3 * size, 3 * size), 0)
         X, Y = size, 2 * size
         ImageDraw.Draw(canvas).text(
-            (X, Y), ch, font=ImageFont.load_default(size=size), fill=255, anchor="ls",
-            stroke_width=stroke, stroke_fill=255,
+            (X, Y),
+            ch,
+            font=ImageFont.load_default(size=size),
+            fill=255,
+            anchor="ls",
+            stroke_width=stroke,
+            stroke_fill=255,
         )
         ref = np.zeros_like(np.asarray(canvas))
         ref[Y + g.y0 : Y + g.y0 + g.alpha.shape[0], X + g.x0 : X + g.x0 + g.alpha.shape[1]] = g.alpha
@@ -240,7 +245,7 @@ def test_masks_disjoint_and_parts_consistent(scenes):
     for sc in scenes:
         assert (sc.masks.sum(0) <= 1).all()  # visible ink of different objects never shared
         union = sc.masks.any(0)
-        for i, (lab, m, p) in enumerate(zip(sc.labels, sc.masks, sc.part_masks)):
+        for _i, (lab, m, p) in enumerate(zip(sc.labels, sc.masks, sc.part_masks)):
             name = CLASS_NAMES[lab]
             others = union & ~m
             assert not (p & others).any()

@@ -117,8 +117,11 @@ def test_matches_torchvision_postprocess_detections():
     settings = dict(score_threshold=0.2, nms_threshold=0.45, max_detections=50, topk_candidates=60)
     # postprocess_detections reads only these attributes of the SSD module
     fake_self = SimpleNamespace(
-        box_coder=BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)), score_thresh=0.2, nms_thresh=0.45,
-        detections_per_img=50, topk_candidates=60,
+        box_coder=BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)),
+        score_thresh=0.2,
+        nms_thresh=0.45,
+        detections_per_img=50,
+        topk_candidates=60,
     )
     anchors = torch.from_numpy(np.array(default_boxes_xyxy(CFG)))
     want = tv_ssd.SSD.postprocess_detections(
@@ -160,7 +163,9 @@ def test_real_small_model_end_to_end():
     for d, (h, w) in zip(dets, sizes):
         assert 0 < len(d) <= 200
         assert np.all((d.labels >= 1) & (d.labels < 3)) and np.all((d.anchors >= 0) & (d.anchors < A))
-        assert np.all(d.boxes >= 0) and np.all(d.boxes[:, [0, 2]] <= w + 1e-3) and np.all(d.boxes[:, [1, 3]] <= h + 1e-3)
+        assert (
+            np.all(d.boxes >= 0) and np.all(d.boxes[:, [0, 2]] <= w + 1e-3) and np.all(d.boxes[:, [1, 3]] <= h + 1e-3)
+        )
 
 
 def test_detect_rejects_bad_input():
@@ -261,13 +266,19 @@ def test_resize_matches_torch_interpolate_and_torchvision_transform():
     rng = np.random.default_rng(0)
     for h, w in ((100, 80), (20, 30), (64, 17)):
         img = rng.uniform(0, 1, (h, w, 3)).astype(np.float32)
-        want = torch.nn.functional.interpolate(
-            torch.from_numpy(img).permute(2, 0, 1)[None], size=(S, S), mode="bilinear", align_corners=False
-        )[0].permute(1, 2, 0).numpy()
+        want = (
+            torch.nn.functional.interpolate(
+                torch.from_numpy(img).permute(2, 0, 1)[None], size=(S, S), mode="bilinear", align_corners=False
+            )[0]
+            .permute(1, 2, 0)
+            .numpy()
+        )
         np.testing.assert_allclose(resize_bilinear(img, S), want, atol=1e-6)
 
     # the whole input pipeline of torchvision's SSD (normalise, then resize to the fixed size)
-    tf = GeneralizedRCNNTransform(S, S, list(TORCHVISION_MEAN), list(TORCHVISION_STD), size_divisible=1, fixed_size=(S, S))
+    tf = GeneralizedRCNNTransform(
+        S, S, list(TORCHVISION_MEAN), list(TORCHVISION_STD), size_divisible=1, fixed_size=(S, S)
+    )
     tf.eval()
     img = rng.integers(0, 256, (45, 70, 3), dtype=np.uint8)
     want = tf([torch.from_numpy(img).permute(2, 0, 1).float() / 255])[0].tensors[0].permute(1, 2, 0).numpy()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 
 import crp_jax as cj
 from crp_jax.errors import ConfigError, InputError, TargetError
-from crp_jax.relevance import Composite, relevance_vjp, rules
+from crp_jax.relevance import Composite, relevance_vjp
 from crp_jax.relevance.composite import get_composite
 from crp_jax.ssd import SSD, Meta, SSDConfig
 from crp_jax.ssd.meta import TORCHVISION_MEAN, TORCHVISION_STD, default_class_names
@@ -26,9 +25,7 @@ def tiny():
     model = SSD(cfg)
     variables = init_variables(model, seed=0)
     # non-zero biases so that the epsilon rule differs from the bias-free rules
-    variables = jax.tree_util.tree_map_with_path(
-        lambda p, v: v + 0.01 if p[-1].key == "bias" else v, variables
-    )
+    variables = jax.tree_util.tree_map_with_path(lambda p, v: v + 0.01 if p[-1].key == "bias" else v, variables)
     meta = Meta(cfg, default_class_names(K_TINY), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     low, high = meta.pixel_bounds
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, 64, 64, 3), minval=low[0], maxval=high[0])
@@ -88,14 +85,20 @@ def test_contrast_equals_difference_of_one_hot_passes(tiny, contrast):
     anchor, k_star = 37, 2
     K = model.config.num_classes
     one_hot = cj.explain(
-        model, variables, x, [cj.ClassTarget(1, anchor, k, contrast="none") for k in range(K)],
-        method="crp", meta=meta,
+        model,
+        variables,
+        x,
+        [cj.ClassTarget(1, anchor, k, contrast="none") for k in range(K)],
+        method="crp",
+        meta=meta,
     )
-    C = {"others": [k for k in range(K) if k != k_star],
-         "foreground": [k for k in range(1, K) if k != k_star]}.get(contrast, list(contrast))
+    C = {"others": [k for k in range(K) if k != k_star], "foreground": [k for k in range(1, K) if k != k_star]}.get(
+        contrast, list(contrast)
+    )
     expected = one_hot[k_star] - one_hot[C].mean(0)
-    got = cj.explain(model, variables, x, [cj.ClassTarget(1, anchor, k_star, contrast=contrast)],
-                     method="crp", meta=meta)[0]
+    got = cj.explain(
+        model, variables, x, [cj.ClassTarget(1, anchor, k_star, contrast=contrast)], method="crp", meta=meta
+    )[0]
     np.testing.assert_allclose(got, expected, atol=1e-6 * np.abs(one_hot).max())
 
 
@@ -190,9 +193,7 @@ def test_batch_equals_image_by_image(tiny):
     # explain over a batch with targets in mixed order == one image at a time
     t = [cj.ClassTarget(1, 9, 2), cj.ClassTarget(0, 3, 1), cj.LocTarget(1, 30, "cy", -1)]
     both = cj.explain(model, variables, x, t, method="crp", meta=meta)
-    singles = [
-        cj.ClassTarget(0, 9, 2), cj.ClassTarget(0, 3, 1), cj.LocTarget(0, 30, "cy", -1)
-    ]
+    singles = [cj.ClassTarget(0, 9, 2), cj.ClassTarget(0, 3, 1), cj.LocTarget(0, 30, "cy", -1)]
     for i, (tg, single) in enumerate(zip(t, singles)):
         alone = cj.explain(model, variables, x[tg.image : tg.image + 1], [single], method="crp", meta=meta)
         np.testing.assert_allclose(both[i], alone[0], atol=1e-6)
@@ -272,7 +273,10 @@ def test_targets_from_detections():
     assert t[1] == cj.LocTarget(0, 4, "cx", 1) and t[2] == cj.LocTarget(0, 4, "cx", -1)
     assert t[-1] == cj.LocTarget(1, 7, "h", -1)
     assert cj.targets_from_detections(dets, what="cy") == [
-        cj.LocTarget(0, 4, "cy", 1), cj.LocTarget(0, 9, "cy", 1), cj.LocTarget(1, 7, "cy", 1)]
+        cj.LocTarget(0, 4, "cy", 1),
+        cj.LocTarget(0, 9, "cy", 1),
+        cj.LocTarget(1, 7, "cy", 1),
+    ]
     with pytest.raises(TargetError, match="'size'"):
         cj.targets_from_detections(dets, what="size")
 
@@ -351,6 +355,7 @@ def test_second_call_does_not_recompile(tiny):
     sizes = (forward._cache_size(), backward._cache_size())
     # other target counts that fill whole or partial chunks of 8, on either image
     cj.explain(model, variables, x, [cj.ClassTarget(1, a, 2) for a in range(13)], method="crp", meta=meta)
-    cj.explain(model, variables, x, [cj.LocTarget(i % 2, a, "w", 1) for i, a in enumerate(range(30))],
-               method="crp", meta=meta)
+    cj.explain(
+        model, variables, x, [cj.LocTarget(i % 2, a, "w", 1) for i, a in enumerate(range(30))], method="crp", meta=meta
+    )
     assert (forward._cache_size(), backward._cache_size()) == sizes == (1, 1)

@@ -25,8 +25,10 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "default.msgpack"
 
 
 def test_perfect_detections_give_ap_one():
-    gts = [(np.array([[0, 0, 10, 10], [20, 20, 40, 40]]), np.array([1, 2])),
-           (np.array([[5, 5, 15, 25]]), np.array([1]))]
+    gts = [
+        (np.array([[0, 0, 10, 10], [20, 20, 40, 40]]), np.array([1, 2])),
+        (np.array([[5, 5, 15, 25]]), np.array([1])),
+    ]
     dets = [(gts[0][0], np.array([0.9, 0.8]), gts[0][1]), (gts[1][0], np.array([0.7]), gts[1][1])]
     res = evaluate_detections(dets, gts, NAMES)
     assert res["ap"] == {"A": 1.0, "B": 1.0} and res["map"] == 1.0
@@ -96,7 +98,10 @@ def test_evaluate_main_usage_and_runtime_errors(tmp_path, capsys):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(not WEIGHTS.is_file(), reason="weights/default.msgpack is absent (train it with `crp-jax train --out weights/default.msgpack`)")
+@pytest.mark.skipif(
+    not WEIGHTS.is_file(),
+    reason="weights/default.msgpack is absent (train it with `crp-jax train --out weights/default.msgpack`)",
+)
 def test_shipped_weights_detect_held_out_scenes():
     from crp_jax.ssd.io import load_pretrained
 

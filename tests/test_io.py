@@ -148,7 +148,13 @@ def test_missing_file_and_sidecar(small, tmp_path):
 
 @pytest.mark.parametrize(
     "sidecar",
-    ["{not json", '"a string"', "[1, 2]", '{"config": {"num_classes": 5}}', '{"config": {"bogus": 1}, "class_names": []}'],
+    [
+        "{not json",
+        '"a string"',
+        "[1, 2]",
+        '{"config": {"num_classes": 5}}',
+        '{"config": {"bogus": 1}, "class_names": []}',
+    ],
 )
 def test_bad_sidecar(small, tmp_path, sidecar):
     _, variables, meta = small

@@ -91,7 +91,12 @@ def test_conv_transpose_is_adjoint_of_apply(case):
 
     def ref_conv(x):
         return lax.conv_general_dilated(
-            x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=_DN,
+            x,
+            w,
+            strides,
+            padding,
+            rhs_dilation=dilation,
+            dimension_numbers=_DN,
             precision=lax.Precision.HIGHEST,
         )
 
@@ -270,7 +275,8 @@ def _net_and_vars():
 
 
 @pytest.mark.parametrize(
-    "rule", [rules.Gradient(), rules.WPlus(), rules.AlphaBeta(2.0, 1.0), rules.ZBox(-1.0, 2.0)],
+    "rule",
+    [rules.Gradient(), rules.WPlus(), rules.AlphaBeta(2.0, 1.0), rules.ZBox(-1.0, 2.0)],
     ids=lambda r: type(r).__name__,
 )
 def test_intercepted_conv_forward_equals_plain(rule):

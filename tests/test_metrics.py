@@ -8,7 +8,6 @@ import pytest
 from crp_jax import metrics as M
 from crp_jax.errors import InputError
 
-
 # ------------------------------------------------------------------------------------------
 # box_mask
 # ------------------------------------------------------------------------------------------
@@ -85,9 +84,7 @@ def test_energy_pointing_game_no_positive_relevance_is_zero():
 def test_energy_pointing_game_accepts_jax_arrays():
     import jax.numpy as jnp
 
-    assert M.energy_pointing_game(jnp.asarray(_epg_heatmap()), jnp.array([0.0, 0, 5, 5])) == (
-        pytest.approx(0.75)
-    )
+    assert M.energy_pointing_game(jnp.asarray(_epg_heatmap()), jnp.array([0.0, 0, 5, 5])) == (pytest.approx(0.75))
 
 
 def test_energy_pointing_game_errors():
@@ -259,8 +256,7 @@ def test_region_perturbation_morf_lerf_hand_values():
     np.testing.assert_allclose(res["region_relevance"], [[4, 1], [3, 2]])
     assert res["steps"] == 4 and res["patch"] == 4
 
-    lerf = M.region_perturbation(score_fn, image, heatmap, patch=4, steps=4, baseline=0.0,
-                                 order="least_relevant_first")
+    lerf = M.region_perturbation(score_fn, image, heatmap, patch=4, steps=4, baseline=0.0, order="least_relevant_first")
     # remove 1, 2, 3, 4 -> scores 10, 9, 7, 4, 0; drops 0, 1, 3, 6, 10 -> AOPC 4
     np.testing.assert_allclose(lerf["curve"], [10, 9, 7, 4, 0], atol=1e-9)
     assert lerf["aopc"] == pytest.approx(4.0)
@@ -270,8 +266,9 @@ def test_region_perturbation_morf_beats_random():
     score_fn, image, heatmap = _linear_setup()
     morf = M.region_perturbation(score_fn, image, heatmap, patch=4, steps=3, baseline=0.0)
     randoms = [
-        M.region_perturbation(score_fn, image, heatmap, patch=4, steps=3, baseline=0.0,
-                              order="random", rng=seed)["aopc"]
+        M.region_perturbation(score_fn, image, heatmap, patch=4, steps=3, baseline=0.0, order="random", rng=seed)[
+            "aopc"
+        ]
         for seed in range(12)
     ]
     # MoRF's partial sums dominate every other order, so no random order can beat it
@@ -288,8 +285,9 @@ def test_region_perturbation_batching_and_cumulative_images():
         seen.append(batch.copy())
         return batch.sum(axis=(1, 2, 3))
 
-    res = M.region_perturbation(score_fn, image.astype(np.float32), heatmap, patch=4, steps=4,
-                                baseline=-1.0, batch_size=2)
+    res = M.region_perturbation(
+        score_fn, image.astype(np.float32), heatmap, patch=4, steps=4, baseline=-1.0, batch_size=2
+    )
     assert [b.shape[0] for b in seen] == [2, 2, 1]
     assert all(b.dtype == np.float32 for b in seen)
     imgs = np.concatenate(seen)
@@ -314,16 +312,13 @@ def test_region_perturbation_uniform_noise_bounds_and_seed():
         return batch.mean(axis=(1, 2, 3))
 
     low, high = (-1.0, 0.0, 2.0), (1.0, 0.5, 3.0)
-    res = M.region_perturbation(score_fn, image, heatmap, patch=6, steps=4, low=low, high=high,
-                                rng=5)
+    res = M.region_perturbation(score_fn, image, heatmap, patch=6, steps=4, low=low, high=high, rng=5)
     last = np.concatenate(seen)[-1]  # every region replaced
     for c in range(3):
         assert low[c] <= last[..., c].min() and last[..., c].max() <= high[c]
         assert last[..., c].std() > 0.05  # noise, not a constant
-    again = M.region_perturbation(score_fn, image, heatmap, patch=6, steps=4, low=low,
-                                  high=high, rng=5)
-    other = M.region_perturbation(score_fn, image, heatmap, patch=6, steps=4, low=low,
-                                  high=high, rng=6)
+    again = M.region_perturbation(score_fn, image, heatmap, patch=6, steps=4, low=low, high=high, rng=5)
+    other = M.region_perturbation(score_fn, image, heatmap, patch=6, steps=4, low=low, high=high, rng=6)
     np.testing.assert_array_equal(res["curve"], again["curve"])
     assert not np.allclose(res["curve"][1:], other["curve"][1:])
 
@@ -333,8 +328,7 @@ def test_region_perturbation_edge_regions_and_default_steps():
     heatmap = np.ones((10, 10))
     # blur and mean of a constant image change nothing
     for baseline in ("blur", "mean"):
-        res = M.region_perturbation(lambda b: b.sum(axis=(1, 2, 3)), image, heatmap, patch=4,
-                                    baseline=baseline)
+        res = M.region_perturbation(lambda b: b.sum(axis=(1, 2, 3)), image, heatmap, patch=4, baseline=baseline)
         assert res["steps"] == 9  # 3 x 3 regions (edge regions smaller), min(100, 9)
         np.testing.assert_allclose(res["curve"], np.full(10, 600.0))
         assert res["aopc"] == pytest.approx(0.0)
@@ -424,12 +418,14 @@ def test_localization_direction_share_errors():
 
 
 def test_top_positive_mask_and_remove_positive_evidence():
-    r = np.array([
-        [5.0, -1.0, 0.0, 0.0],
-        [0.0, 3.0, 0.0, -2.0],
-        [0.0, 0.0, 4.0, 0.0],
-        [0.0, 0.0, 0.0, 0.0],
-    ])
+    r = np.array(
+        [
+            [5.0, -1.0, 0.0, 0.0],
+            [0.0, 3.0, 0.0, -2.0],
+            [0.0, 0.0, 4.0, 0.0],
+            [0.0, 0.0, 0.0, 0.0],
+        ]
+    )
     # fraction 0.1 of 16 pixels -> ceil(1.6) = 2 pixels: 5 and 4
     expected = np.zeros((4, 4), bool)
     expected[0, 0] = expected[2, 2] = True

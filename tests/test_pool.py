@@ -2,11 +2,11 @@
 a numpy loop over windows (first maximum in row-major order), torch-style output sizes,
 and jax's own reduce_window derivative; and relevance routing through it in the engine."""
 
-import numpy as np
-import pytest
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
+import numpy as np
+import pytest
 
 from crp_jax.relevance import Composite, relevance_vjp, rules
 from crp_jax.ssd.pool import max_pool
@@ -112,7 +112,10 @@ def test_matches_jax_reduce_window_gradient_and_vmaps_over_cotangents(ties):
 
 def test_second_order_and_non_finite_inputs():
     x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 6, 6, 2)).astype(np.float32))
-    f = lambda x: jnp.sum(max_pool(x, 2, 2) ** 2)
+
+    def f(x):
+        return jnp.sum(max_pool(x, 2, 2) ** 2)
+
     # d/dx sum(y^2) = 2 y at the winners; its derivative again (Hessian-vector) = 2 t at winners.
     hv = jax.jvp(jax.grad(f), (x,), (jnp.ones_like(x),))[1]
     g = jax.grad(f)(x)
@@ -130,7 +133,10 @@ def test_maxpool_routes_to_winner_and_overlaps_add(window, stride, pad):
     rng = np.random.default_rng(3)
     x = rng.permutation(49).reshape(7, 7).astype(np.float32)
     x[3, 3] = 100.0  # one winner shared by all nine overlapping 3x3 windows around it
-    apply_fn = lambda v, x: max_pool(x, window, stride, padding=pad)
+
+    def apply_fn(v, x):
+        return max_pool(x, window, stride, padding=pad)
+
     xin = jnp.asarray(x)[None, :, :, None]
     out, efn = relevance_vjp(apply_fn, {}, xin, Composite(rules=((nn.Conv, rules.WPlus()),)))
     R = rng.normal(size=out.shape[1:3]).astype(np.float32)

@@ -48,8 +48,18 @@ def test_no_detections_are_reported_as_zero(tiny, tmp_path):
     q = _load_script()
     model, variables, meta = tiny
     md = tmp_path / "q.md"
-    res = q.run_quality(model, variables, meta, n=2, methods=("crp",), out_dir=tmp_path / "fig",
-                        md_path=md, score_threshold=0.99, n_boot=50, log=lambda s: None)
+    res = q.run_quality(
+        model,
+        variables,
+        meta,
+        n=2,
+        methods=("crp",),
+        out_dir=tmp_path / "fig",
+        md_path=md,
+        score_threshold=0.99,
+        n_boot=50,
+        log=lambda s: None,
+    )
     assert res["stats"]["matched"] == 0
     assert res["figures"] == []
     text = md.read_text()
@@ -60,8 +70,19 @@ def test_forced_detections_run_every_metric(tiny, tmp_path):
     q = _load_script()
     model, variables, meta = tiny
     md = tmp_path / "q.md"
-    res = q.run_quality(model, variables, meta, n=2, methods=("crp", "lrp_ab"), out_dir=tmp_path / "fig",
-                        md_path=md, detector="oracle", steps=4, n_boot=50, log=lambda s: None)
+    res = q.run_quality(
+        model,
+        variables,
+        meta,
+        n=2,
+        methods=("crp", "lrp_ab"),
+        out_dir=tmp_path / "fig",
+        md_path=md,
+        detector="oracle",
+        steps=4,
+        n_boot=50,
+        log=lambda s: None,
+    )
     k = res["stats"]["matched"]
     assert k >= 2
     assert res["rows"] == ["crp", "crp_pair", "lrp_ab"]

@@ -21,7 +21,6 @@ import math
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -198,9 +197,7 @@ RULES = {
     ),
     "zbox_scalar": (lambda c: rules.ZBox(-1.0, 2.0), ("zbox", dict(stabilizer=1e-9)), "box_scalar", 0.0),
     "zbox_channel": (_zbox_channel, ("zbox", dict(stabilizer=1e-9)), "box_channel", 0.0),
-    "zbox_channel_stab0.5": (
-        lambda c: _zbox_channel(c, 0.5), ("zbox", dict(stabilizer=0.5)), "box_channel", 0.0
-    ),
+    "zbox_channel_stab0.5": (lambda c: _zbox_channel(c, 0.5), ("zbox", dict(stabilizer=0.5)), "box_channel", 0.0),
     "flat": (lambda c: rules.Flat(), ("flat", dict(stabilizer=1e-9)), "relu", 0.0),
     "flat_stab0.5": (lambda c: rules.Flat(0.5), ("flat", dict(stabilizer=0.5)), "relu", 0.0),
     "wsquare": (lambda c: rules.WSquare(), ("wsquare", dict(stabilizer=1e-9)), "relu", 0.0),
@@ -218,7 +215,7 @@ def _bounds(name, cin):
     return None, None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _program(case):
     """One compiled program running every rule of RULES on layer ``case``:
     ``{name: (x, w, b, R)} -> {name: (y, R_in)}``."""
@@ -264,7 +261,7 @@ def _run(case, inputs):
     return {n: (np.asarray(y), np.asarray(r)) for n, (y, r) in out.items()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _random_run(case):
     inputs = _random_inputs(case, 0)
     return inputs, _run(case, inputs)
@@ -363,8 +360,15 @@ def test_rules_are_linear_in_relevance(case):
 
 # name -> factor: sum_i R_i = factor * sum_j R_j
 CONSERVATION = {
-    "wplus": 1.0, "ab_1_0": 1.0, "zbox_scalar": 1.0, "zbox_channel": 1.0, "flat": 1.0, "wsquare": 1.0,
-    "ab_2_1": 2.0 - 1.0, "ab_3_1": 3.0 - 1.0, "ab_1_1": 0.0,
+    "wplus": 1.0,
+    "ab_1_0": 1.0,
+    "zbox_scalar": 1.0,
+    "zbox_channel": 1.0,
+    "flat": 1.0,
+    "wsquare": 1.0,
+    "ab_2_1": 2.0 - 1.0,
+    "ab_3_1": 3.0 - 1.0,
+    "ab_1_1": 0.0,
 }
 
 
@@ -498,8 +502,13 @@ _FLOOR = rules.MIN_STABILIZER
 
 @pytest.mark.parametrize(
     "make",
-    [lambda e: rules.WPlus(e), lambda e: rules.Epsilon(e), lambda e: rules.AlphaBeta(1.0, 1.0, e),
-     lambda e: rules.WSquare(e), lambda e: rules.ZBox(0.0, 0.0, e)],
+    [
+        lambda e: rules.WPlus(e),
+        lambda e: rules.Epsilon(e),
+        lambda e: rules.AlphaBeta(1.0, 1.0, e),
+        lambda e: rules.WSquare(e),
+        lambda e: rules.ZBox(0.0, 0.0, e),
+    ],
     ids=["WPlus", "Epsilon", "AlphaBeta", "WSquare", "ZBox"],
 )
 def test_tiny_but_valid_stabilizer_stays_finite(make):
@@ -643,12 +652,16 @@ def test_pass_through_on_l2norm_inside_a_model():
     # the relevance at the conv's output (= L2Norm's input, ReLU passes it as its gradient)
     # is the relevance at the L2Norm output, unchanged where the conv is active
     np.testing.assert_array_equal(per_layer["l2norm"], R)
-    conv_out = np.einsum(  # the conv's pre-activation, by hand: 3x3, padding 1
-        "nhwabc,abcd->nhwd",
-        np.lib.stride_tricks.sliding_window_view(np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), axis=(1, 2))
-        .transpose(0, 1, 2, 4, 5, 3),
-        variables["params"]["conv"]["kernel"],
-    ) + variables["params"]["conv"]["bias"]
+    conv_out = (
+        np.einsum(  # the conv's pre-activation, by hand: 3x3, padding 1
+            "nhwabc,abcd->nhwd",
+            np.lib.stride_tricks.sliding_window_view(
+                np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), axis=(1, 2)
+            ).transpose(0, 1, 2, 4, 5, 3),
+            variables["params"]["conv"]["kernel"],
+        )
+        + variables["params"]["conv"]["bias"]
+    )
     active = conv_out > 0
     assert active.any() and (~active).any()
     np.testing.assert_array_equal(np.asarray(per_layer["conv"])[active], R[active])

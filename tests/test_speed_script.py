@@ -13,9 +13,28 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_speed_script_smoke(tmp_path):
     out = tmp_path / "speed.json"
     cmd = [
-        sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--model", "shipped", "--targets", "2",
-        "--images", "1", "--methods", "crp", "--repeats", "1", "--chunk", "2", "--no-zennit", "--no-mem",
-        "--naive-max-T", "2", "--host-copy", "--device-output", "--json", str(out),
+        sys.executable,
+        str(ROOT / "benchmarks" / "speed.py"),
+        "--model",
+        "shipped",
+        "--targets",
+        "2",
+        "--images",
+        "1",
+        "--methods",
+        "crp",
+        "--repeats",
+        "1",
+        "--chunk",
+        "2",
+        "--no-zennit",
+        "--no-mem",
+        "--naive-max-T",
+        "2",
+        "--host-copy",
+        "--device-output",
+        "--json",
+        str(out),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -23,8 +23,21 @@ def _conv(cin, cout, k=3):
 def test_ssd300_parameter_count_by_hand():
     """26,285,486 parameters at 21 classes (the torchvision ssd300_vgg16 count), rebuilt
     layer by layer from the paper's architecture."""
-    vgg = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
-           (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+    vgg = [
+        (3, 64),
+        (64, 64),
+        (64, 128),
+        (128, 128),
+        (128, 256),
+        (256, 256),
+        (256, 256),
+        (256, 512),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+    ]
     n = sum(_conv(a, b) for a, b in vgg)
     n += 512  # L2Norm scale
     n += _conv(512, 1024) + _conv(1024, 1024, 1)  # conv6 (dilated 3x3), conv7 (1x1)

@@ -15,16 +15,22 @@ from crp_jax.train import (
     TrainConfig,
     _compiled,
     _result_config,
-    assign_targets as _assign_targets,
-    assign_targets_batch as _assign_targets_batch,
     batch_for_step,
     init_state,
     latest_checkpoint,
     load_checkpoint,
-    multibox_loss as _multibox_loss,
     save_checkpoint,
     train,
     train_main,
+)
+from crp_jax.train import (
+    assign_targets as _assign_targets,
+)
+from crp_jax.train import (
+    assign_targets_batch as _assign_targets_batch,
+)
+from crp_jax.train import (
+    multibox_loss as _multibox_loss,
 )
 
 # jitted: one XLA program per case compiles faster than dispatching every op eagerly
@@ -153,8 +159,15 @@ def test_multibox_loss_without_positives_is_zero_and_finite():
 # optimisation, checkpoints, resume
 # ---------------------------------------------------------------------------------------
 TINY = TrainConfig(
-    image_size=64, width=0.125, batch_size=2, steps=6, lr=3e-3, warmup_steps=0,
-    ckpt_interval=2, progress=False, log_interval=1,
+    image_size=64,
+    width=0.125,
+    batch_size=2,
+    steps=6,
+    lr=3e-3,
+    warmup_steps=0,
+    ckpt_interval=2,
+    progress=False,
+    log_interval=1,
 )
 
 
@@ -230,7 +243,9 @@ def test_train_main_exit_codes(tmp_path, capsys):
     assert train_main(["--steps", "0"]) == 2
     assert train_main(["--out", str(tmp_path / "w.txt")]) == 2
     capsys.readouterr()
-    rc = train_main(["--resume", "--steps", "2", "--out", str(tmp_path / "w.msgpack"), "--ckpt-dir", str(tmp_path / "none")])
+    rc = train_main(
+        ["--resume", "--steps", "2", "--out", str(tmp_path / "w.msgpack"), "--ckpt-dir", str(tmp_path / "none")]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "no checkpoint" in err

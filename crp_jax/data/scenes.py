@@ -56,8 +56,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -135,9 +135,7 @@ class SceneSpec:
         if not isinstance(self.image_size, (int, np.integer)) or self.image_size < 32:
             raise _config_error(f"image_size must be an integer >= 32, got {self.image_size!r}")
         if not (1 <= self.min_objects <= self.max_objects):
-            raise _config_error(
-                f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}"
-            )
+            raise _config_error(f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
         if not 0.0 < self.max_object_frac <= 1.0:
             raise _config_error(f"max_object_frac must be in (0, 1], got {self.max_object_frac}")
         if not 10.0 <= self.min_object_size <= self.max_object_frac * self.image_size:
@@ -273,7 +271,7 @@ def _clutter(rng: np.random.Generator, spec: SceneSpec, img: np.ndarray) -> np.n
 # objects
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _extent_per_font_px(char: str) -> float:
     """Longer side of the pair footprint per unit font size (measured at size 200)."""
     p = render_pair(char, 200)
@@ -361,9 +359,11 @@ def _try_place(
                 if (q.vis & ~ink).sum() < (1.0 - spec.max_occlusion) * q.ink_n:
                     ok = False
                     break
-                if q.part_n and (q.part & ~ink & ~_covered_by_later(q, placed)).sum() < (
-                    1.0 - spec.max_part_occlusion
-                ) * q.part_n:
+                if (
+                    q.part_n
+                    and (q.part & ~ink & ~_covered_by_later(q, placed)).sum()
+                    < (1.0 - spec.max_part_occlusion) * q.part_n
+                ):
                     ok = False
                     break
                 covered_own_part += int((part & ~ink & q.vis).sum())
@@ -468,9 +468,7 @@ def generate_scene(seed: int, index: int, spec: SceneSpec = SceneSpec()) -> Scen
         # uniform, zero mean, standard deviation sigma (uniform draws are 4x cheaper than
         # Gaussian ones and look the same at this amplitude)
         sigma = spec.clutter * rng.uniform(2.0, 8.0)
-        img = img + (rng.random((S, S, 3), dtype=np.float32) - np.float32(0.5)) * np.float32(
-            sigma * math.sqrt(12.0)
-        )
+        img = img + (rng.random((S, S, 3), dtype=np.float32) - np.float32(0.5)) * np.float32(sigma * math.sqrt(12.0))
     image = np.rint(np.clip(img, 0.0, 255.0)).astype(np.uint8)
 
     N = len(placed)

@@ -7,6 +7,16 @@ from crp_jax.relevance.explain import explain, heatmap
 from crp_jax.relevance.targets import COORDS, ClassTarget, LocTarget, targets_from_detections
 
 __all__ = [
-    "rules", "Composite", "composite_names", "get_composite", "register_composite", "relevance_vjp",
-    "explain", "heatmap", "COORDS", "ClassTarget", "LocTarget", "targets_from_detections",
+    "rules",
+    "Composite",
+    "composite_names",
+    "get_composite",
+    "register_composite",
+    "relevance_vjp",
+    "explain",
+    "heatmap",
+    "COORDS",
+    "ClassTarget",
+    "LocTarget",
+    "targets_from_detections",
 ]

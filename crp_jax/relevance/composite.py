@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import flax.linen as nn
 import jax

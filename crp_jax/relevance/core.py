@@ -10,7 +10,8 @@ It works under ``jax.jit`` and ``jax.vmap`` (over initial relevances or images).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

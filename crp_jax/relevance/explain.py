@@ -10,7 +10,7 @@ bounded by the chunk, not by the number of targets; both functions are compiled 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ from crp_jax.relevance.core import finish, linearize
 from crp_jax.relevance.targets import Target, encode_targets
 from crp_jax.ssd.model import check_image_batch
 
-_COMPILED: "OrderedDict[tuple, tuple]" = OrderedDict()
+_COMPILED: OrderedDict[tuple, tuple] = OrderedDict()
 _MAX_CACHED = 16
 
 

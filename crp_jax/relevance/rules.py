@@ -30,8 +30,9 @@ backward is one forward-style convolution plus elementwise work (see ``linear.py
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -73,8 +74,9 @@ class LinearRule(Rule):
         return _rule_vjp(self, op, x.shape)(x, w, b)
 
     def apply(self, module, next_fun, args, kwargs):
-        from crp_jax.relevance.linear import DenseOp, conv_op_from_module
         import flax.linen as nn
+
+        from crp_jax.relevance.linear import DenseOp, conv_op_from_module
 
         if isinstance(module, nn.Conv):
             op = conv_op_from_module(module)
@@ -292,8 +294,7 @@ class PassThrough(Rule):
         y = next_fun(*args, **kwargs)
         if y.shape != x.shape:
             raise ConfigError(
-                f"PassThrough needs a shape-preserving layer; {'/'.join(module.path)} maps "
-                f"{x.shape} -> {y.shape}"
+                f"PassThrough needs a shape-preserving layer; {'/'.join(module.path)} maps {x.shape} -> {y.shape}"
             )
         return _pass_through(x, y)
 

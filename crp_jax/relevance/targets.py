@@ -11,8 +11,8 @@ A target names an image, an anchor (default box, torchvision order) and what is 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 

@@ -66,9 +66,7 @@ def _source_boxes(config: SSDConfig, k: int, cells: int, step: float) -> np.ndar
 @functools.lru_cache(maxsize=32)
 def _default_boxes_cached(config: SSDConfig) -> np.ndarray:
     steps = config.source_steps()
-    parts = [
-        _source_boxes(config, k, cells, steps[k]) for k, cells in enumerate(config.feature_sizes())
-    ]
+    parts = [_source_boxes(config, k, cells, steps[k]) for k, cells in enumerate(config.feature_sizes())]
     boxes = np.concatenate(parts, axis=0).astype(np.float32)
     if boxes.shape[0] != config.num_anchors():  # guards the layout contract with the model
         raise ConfigError(f"built {boxes.shape[0]} default boxes, config expects {config.num_anchors()}")

@@ -77,12 +77,12 @@ class SSDConfig:
 
     # ---- presets -------------------------------------------------------------------
     @classmethod
-    def ssd300_vgg16(cls, num_classes: int = 21) -> "SSDConfig":
+    def ssd300_vgg16(cls, num_classes: int = 21) -> SSDConfig:
         """The paper's SSD300-VGG16 with torchvision's default boxes (8732 anchors)."""
         return cls(num_classes=num_classes)
 
     @classmethod
-    def ssd300_vgg16_ssdpytorch(cls, num_classes: int = 21) -> "SSDConfig":
+    def ssd300_vgg16_ssdpytorch(cls, num_classes: int = 21) -> SSDConfig:
         """SSD300-VGG16 with ssd.pytorch's (amdegroot) VOC prior boxes."""
         return cls(
             num_classes=num_classes,
@@ -102,7 +102,7 @@ class SSDConfig:
         aspect_ratios: tuple[tuple[float, ...], ...] | None = None,
         fc_dilation: int = 2,
         scales: tuple[float, ...] | None = None,
-    ) -> "SSDConfig":
+    ) -> SSDConfig:
         """A reduced SSD keeping every CRP layer type (input conv, VGG convs, L2Norm source,
         dilated conv6, extras, cls/loc heads) at a fraction of the cost."""
         base = cls()
@@ -111,9 +111,7 @@ class SSDConfig:
         if scales is None:
             # SSD paper's linear spread of scales over the sources, plus one.
             lo, hi = 0.1, 0.9
-            scales = tuple(
-                round(lo + (hi - lo) * k / max(num_sources - 1, 1), 4) for k in range(num_sources)
-            ) + (1.05,)
+            scales = tuple(round(lo + (hi - lo) * k / max(num_sources - 1, 1), 4) for k in range(num_sources)) + (1.05,)
         return cls(
             num_classes=num_classes,
             image_size=image_size,
@@ -126,7 +124,7 @@ class SSDConfig:
         )
 
     @classmethod
-    def from_name(cls, name: str, num_classes: int = 21) -> "SSDConfig":
+    def from_name(cls, name: str, num_classes: int = 21) -> SSDConfig:
         presets = {
             "ssd300_vgg16": cls.ssd300_vgg16,
             "ssd300_vgg16_ssdpytorch": cls.ssd300_vgg16_ssdpytorch,
@@ -180,9 +178,7 @@ class SSDConfig:
         if not self.width > 0:
             raise ConfigError(f"width must be > 0, got {self.width!r}")
         if self.anchor_convention not in ANCHOR_CONVENTIONS:
-            raise ConfigError(
-                f"anchor_convention {self.anchor_convention!r} unknown; use one of {ANCHOR_CONVENTIONS}"
-            )
+            raise ConfigError(f"anchor_convention {self.anchor_convention!r} unknown; use one of {ANCHOR_CONVENTIONS}")
         ns = self.num_sources
         if len(self.aspect_ratios) != ns:
             raise ConfigError(f"aspect_ratios has {len(self.aspect_ratios)} entries, need one per source ({ns})")
@@ -190,7 +186,12 @@ class SSDConfig:
             if self.scales is None or len(self.scales) != ns + 1:
                 raise ConfigError(f"scales must have num_sources + 1 = {ns + 1} entries, got {self.scales!r}")
         else:
-            if self.min_sizes is None or self.max_sizes is None or len(self.min_sizes) != ns or len(self.max_sizes) != ns:
+            if (
+                self.min_sizes is None
+                or self.max_sizes is None
+                or len(self.min_sizes) != ns
+                or len(self.max_sizes) != ns
+            ):
                 raise ConfigError(
                     f"ssd.pytorch convention needs {ns} min_sizes and max_sizes, got {self.min_sizes!r}, {self.max_sizes!r}"
                 )
@@ -198,16 +199,14 @@ class SSDConfig:
             raise ConfigError(f"steps has {len(self.steps)} entries, need {ns}")
         sizes = self.feature_sizes()
         if min(sizes) < 1:
-            raise ConfigError(
-                f"image_size {self.image_size} is too small for {ns} sources (feature sizes {sizes})"
-            )
+            raise ConfigError(f"image_size {self.image_size} is too small for {ns} sources (feature sizes {sizes})")
 
     # ---- serialisation --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SSDConfig":
+    def from_dict(cls, d: dict[str, Any]) -> SSDConfig:
         reject_unknown_fields(cls, d)
         return cls(**{k: _to_tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 

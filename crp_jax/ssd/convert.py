@@ -40,8 +40,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,8 +64,19 @@ FORMATS = ("torchvision", "ssd.pytorch")
 # key layouts: (torch module prefix, our module name); "weight"/"bias" map to kernel/bias.
 # ---------------------------------------------------------------------------------------
 _VGG_NAMES = (
-    "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
-    "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3",
+    "conv1_1",
+    "conv1_2",
+    "conv2_1",
+    "conv2_2",
+    "conv3_1",
+    "conv3_2",
+    "conv3_3",
+    "conv4_1",
+    "conv4_2",
+    "conv4_3",
+    "conv5_1",
+    "conv5_2",
+    "conv5_3",
 )
 _EXTRA_NAMES = tuple(f"conv{n}_{i}" for n in (8, 9, 10, 11) for i in (1, 2))
 _NUM_SOURCES = 6
@@ -140,12 +152,12 @@ def to_numpy(value: Any, key: str = "?") -> np.ndarray:
 def _strip_module_prefix(state_dict: Mapping) -> dict:
     keys = list(state_dict)
     if keys and all(isinstance(k, str) and k.startswith("module.") for k in keys):
-        return {k[len("module."):]: v for k, v in state_dict.items()}
+        return {k[len("module.") :]: v for k, v in state_dict.items()}
     return dict(state_dict)
 
 
 def detect_format(state_dict: Mapping) -> str:
-    """"torchvision" or "ssd.pytorch" from the key names (CheckpointError if neither)."""
+    """ "torchvision" or "ssd.pytorch" from the key names (CheckpointError if neither)."""
     keys = set(_strip_module_prefix(_check_mapping(state_dict)))
     tv = sum(k in keys for k in torch_key_map("torchvision"))
     sp = sum(k in keys for k in torch_key_map("ssd.pytorch"))

@@ -55,9 +55,7 @@ def _to_rgb01(img: np.ndarray, index: int) -> np.ndarray:
     if img.ndim == 2:
         img = img[:, :, None]
     if img.ndim != 3 or img.shape[-1] not in (1, 3, 4):
-        raise InputError(
-            f"image {index} must be HxW (grey), HxWx1, HxWx3 (RGB) or HxWx4 (RGBA), got shape {img.shape}"
-        )
+        raise InputError(f"image {index} must be HxW (grey), HxWx1, HxWx3 (RGB) or HxWx4 (RGBA), got shape {img.shape}")
     if img.shape[0] == 0 or img.shape[1] == 0:
         raise InputError(f"image {index} is empty: shape {img.shape}")
     if img.dtype == np.bool_ or not (np.issubdtype(img.dtype, np.integer) or np.issubdtype(img.dtype, np.floating)):
@@ -95,9 +93,7 @@ def _as_image_list(images) -> list[np.ndarray]:
         return list(arr)
     if arr.ndim in (2, 3):
         return [arr]
-    raise InputError(
-        f"images must be HxW, HxWxC, a [B, H, W, C] batch or a list of images; got shape {arr.shape}"
-    )
+    raise InputError(f"images must be HxW, HxWxC, a [B, H, W, C] batch or a list of images; got shape {arr.shape}")
 
 
 def _linear_taps(n_in: int, n_out: int):
@@ -313,8 +309,7 @@ def detect(
     config = model.config
     if meta is not None and meta.config != config:
         raise ConfigError(
-            "meta describes a different architecture than the model "
-            f"(meta: {meta.config}, model: {config})"
+            f"meta describes a different architecture than the model (meta: {meta.config}, model: {config})"
         )
     settings = _check_settings(score_threshold, nms_threshold, max_detections, topk_candidates)
     check_image_batch(x, config.image_size)

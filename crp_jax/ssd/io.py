@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -218,8 +219,7 @@ def load_weights(path) -> tuple[SSD, dict, Meta]:
         tree = serialization.msgpack_restore(data)
     except Exception as e:  # msgpack raises many unrelated types on garbage
         raise CheckpointError(
-            f"{wpath}: not a crp-jax weights file (flax msgpack could not decode it: "
-            f"{type(e).__name__})"
+            f"{wpath}: not a crp-jax weights file (flax msgpack could not decode it: {type(e).__name__})"
         ) from None
     if not isinstance(tree, Mapping) or not tree:
         raise CheckpointError(

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from crp_jax.errors import InputError
 from crp_jax.ssd.config import SSDConfig
