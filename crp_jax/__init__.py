@@ -42,6 +42,8 @@ _LAZY = {
     # relevance engine
     "relevance_vjp": "crp_jax.relevance.core",
     "Composite": "crp_jax.relevance.composite",
+    "Kind": "crp_jax.relevance.composite",
+    "INPUT_LAYER": "crp_jax.relevance.composite",
     "get_composite": "crp_jax.relevance.composite",
     "register_composite": "crp_jax.relevance.composite",
     "ClassTarget": "crp_jax.relevance.targets",
@@ -58,13 +60,15 @@ _LAZY = {
     "TargetError": "crp_jax.errors",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = sorted([*_LAZY, "rules"])
 
 
 _SUBMODULES = ("ssd", "relevance", "metrics", "data", "viz", "cli", "train", "evaluate", "errors")
 
 
 def __getattr__(name: str):
+    if name == "rules":  # the rules module, as ``cj.rules.WPlus()``
+        return importlib.import_module("crp_jax.relevance.rules")
     if name in _SUBMODULES:
         return importlib.import_module(f"crp_jax.{name}")
     if name in _LAZY:

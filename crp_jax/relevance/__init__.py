@@ -1,7 +1,15 @@
 """The relevance engine: rules as custom_vjp functions, composites, relevance_vjp, explain."""
 
 from crp_jax.relevance import rules
-from crp_jax.relevance.composite import Composite, composite_names, get_composite, register_composite
+from crp_jax.relevance.composite import (
+    INPUT_LAYER,
+    LAYER_KINDS,
+    Composite,
+    Kind,
+    composite_names,
+    get_composite,
+    register_composite,
+)
 from crp_jax.relevance.core import relevance_vjp
 from crp_jax.relevance.explain import explain, heatmap
 from crp_jax.relevance.targets import COORDS, ClassTarget, LocTarget, targets_from_detections
@@ -9,6 +17,9 @@ from crp_jax.relevance.targets import COORDS, ClassTarget, LocTarget, targets_fr
 __all__ = [
     "rules",
     "Composite",
+    "Kind",
+    "INPUT_LAYER",
+    "LAYER_KINDS",
     "composite_names",
     "get_composite",
     "register_composite",

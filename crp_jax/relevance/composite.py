@@ -2,22 +2,29 @@
 
 A :class:`Composite` is an ordered tuple of ``(selector, rule)`` pairs; the first selector
 that matches a module decides its rule (like zennit's composites, or optax's
-``multi_transform`` labelling a pytree). A selector is a glob on the module path joined by
-``/`` (``"conv1_1"``, ``"cls_*"``) or a module type (``nn.Conv``). Layers no selector
-matches keep their gradient. The composite is applied with ``flax.linen.intercept_methods``,
-so the model is never edited to be explained.
+``multi_transform`` labelling a pytree). A selector is
+
+- a glob on the module path joined by ``/`` (``"conv1_1"``, ``"cls_*"``),
+- a module type (``nn.Conv``),
+- :class:`Kind` (``Kind("rescale")``): every module whose class declares that layer kind in a
+  ``relevance_kind`` class attribute. This is how a detector says which of its own modules
+  are which (SSD's ``L2Norm`` declares "rescale") without importing the engine, and how the
+  engine stays free of any detector (docs/design.md, "Architecture"),
+- :data:`INPUT_LAYER`: the linear layer that reads the model input itself (z^B's place).
+
+Layers no selector matches keep their gradient. The composite is applied with
+``flax.linen.intercept_methods``, so the model is never edited to be explained.
 
 Build your own in a few lines::
 
     import flax.linen as nn
-    from crp_jax.relevance import Composite, rules
-    from crp_jax.ssd import L2Norm
+    from crp_jax.relevance import Composite, Kind, INPUT_LAYER, rules
 
     mine = Composite(rules=(
-        ("conv1_1", rules.Flat()),            # input layer
-        ("loc_*", rules.AlphaBeta(2.0, 1.0)), # localization heads
-        (L2Norm, rules.PassThrough()),
-        (nn.Conv, rules.Epsilon(0.25)),       # everything else
+        (INPUT_LAYER, rules.Flat()),            # the conv that reads the pixels
+        ("loc_*", rules.AlphaBeta(2.0, 1.0)),   # localization heads
+        (Kind("rescale"), rules.PassThrough()), # e.g. SSD's L2Norm
+        (nn.Conv, rules.Epsilon(0.25)),         # everything else
     ))
     R = cj.explain(model, variables, x, targets, method=mine)
 """
@@ -34,9 +41,43 @@ import jax
 
 from crp_jax.errors import ConfigError
 from crp_jax.relevance import rules as R
-from crp_jax.ssd.model import L2Norm
 
 CONTRASTS = ("others", "foreground", "none")
+
+# Layer kinds a module may declare as ``relevance_kind: ClassVar[str]`` (zennit's layer
+# type groups, as plain strings so that a detector need not import the engine):
+#   "rescale":    shape-preserving per-position rescaling (SSD's L2Norm): pass-through.
+#   "activation": elementwise non-linearity other than ReLU (hardswish, ReLU6): pass-through.
+#   "add":        residual addition of its inputs: proportional split.
+#   "gate":       product of features and a gate computed from them (squeeze-excitation).
+LAYER_KINDS = ("rescale", "activation", "add", "gate")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Selector matching every module whose class declares ``relevance_kind == name``."""
+
+    name: str
+
+    def __post_init__(self):
+        if self.name not in LAYER_KINDS:
+            raise ConfigError(f"layer kind {self.name!r} unknown; use one of {LAYER_KINDS}")
+
+
+@dataclass(frozen=True)
+class _InputLayer:
+    """Selector matching the linear layer whose input is the model input itself."""
+
+    def __repr__(self) -> str:
+        return "INPUT_LAYER"
+
+
+INPUT_LAYER = _InputLayer()
+
+
+def layer_kind(module: nn.Module) -> str | None:
+    """The layer kind a module's class declares (``relevance_kind``), or None."""
+    return getattr(type(module), "relevance_kind", None)
 
 
 @dataclass(frozen=True)
@@ -63,37 +104,55 @@ class Composite:
             if len(pair) != 2:
                 raise ConfigError(f"composite rules must be (selector, rule) pairs, got {pair!r}")
             sel, rule = pair
-            if not isinstance(sel, (str, type)):
-                raise ConfigError(f"selector must be a path glob or a module type, got {sel!r}")
+            if not isinstance(sel, (str, type, Kind, _InputLayer)):
+                raise ConfigError(f"selector must be a path glob, a module type, a Kind or INPUT_LAYER, got {sel!r}")
             if not isinstance(rule, R.Rule):
                 raise ConfigError(f"{rule!r} (for {sel!r}) is not a crp_jax rule")
         if isinstance(self.contrast, str) and self.contrast not in CONTRASTS:
             raise ConfigError(f"contrast {self.contrast!r} unknown; use one of {CONTRASTS} or a tuple of classes")
 
-    def rule_for(self, module: nn.Module) -> R.Rule | None:
+    def rule_for(self, module: nn.Module, reads_input: bool = False) -> R.Rule | None:
+        """The rule of ``module``: the first matching selector's, or None (its gradient).
+        ``reads_input``: the module's input is the model input (matches INPUT_LAYER)."""
         path = "/".join(module.path)
         for sel, rule in self.rules:
             if isinstance(sel, str):
-                if fnmatch.fnmatchcase(path, sel):
-                    return rule
-            elif isinstance(module, sel):
+                hit = fnmatch.fnmatchcase(path, sel)
+            elif isinstance(sel, Kind):
+                hit = layer_kind(module) == sel.name
+            elif isinstance(sel, _InputLayer):
+                hit = reads_input and isinstance(module, _LINEAR_TYPES)
+            else:
+                hit = isinstance(module, sel)
+            if hit:
                 return rule
         return None
 
+    def _handles(self, module: nn.Module) -> bool:
+        """Whether the interceptor looks at ``module``: linear layers, modules declaring a
+        layer kind, and modules of a type this composite names. Containers (the detector
+        itself, blocks) are not handled: they run as they are and their submodules are."""
+        if isinstance(module, _LINEAR_TYPES) or layer_kind(module) is not None:
+            return True
+        return any(isinstance(sel, type) and isinstance(module, sel) for sel, _ in self.rules)
+
     @contextlib.contextmanager
-    def intercept(self, probes: dict | None = None, record: dict | None = None):
+    def intercept(self, probes: dict | None = None, record: dict | None = None, model_input=None):
         """Context in which every ``module.__call__`` runs under its rule.
 
         ``probes``: path -> zero array added to that layer's output, so that the cotangent
         of the probe is the relevance at the layer (per-layer relevance flow).
         ``record``: filled with path -> output shape of every probe-able layer.
+        ``model_input``: the array passed to the model; the layer that receives this very
+        object is the INPUT_LAYER.
         """
 
         def interceptor(next_fun, args, kwargs, context):
             module = context.module
-            if context.method_name != "__call__" or not isinstance(module, _LAYER_TYPES):
+            if context.method_name != "__call__" or not self._handles(module):
                 return next_fun(*args, **kwargs)
-            rule = self.rule_for(module)
+            reads_input = model_input is not None and bool(args) and args[0] is model_input
+            rule = self.rule_for(module, reads_input)
             y = next_fun(*args, **kwargs) if rule is None else rule.apply(module, next_fun, args, kwargs)
             path = "/".join(module.path)
             if record is not None:
@@ -106,7 +165,7 @@ class Composite:
             yield
 
 
-_LAYER_TYPES = (nn.Conv, nn.Dense, L2Norm)
+_LINEAR_TYPES = (nn.Conv, nn.Dense)
 
 # ---- presets ----------------------------------------------------------------------------
 
@@ -147,10 +206,10 @@ def _zbox(meta, who: str) -> R.ZBox:
 def _crp(meta) -> Composite:
     return Composite(
         rules=(
-            ("conv1_1", _zbox(meta, "crp")),
+            (INPUT_LAYER, _zbox(meta, "crp")),
             ("cls_*", R.WPlus()),
             ("loc_*", R.AlphaBeta(1.0, 1.0)),
-            (L2Norm, R.PassThrough()),
+            (Kind("rescale"), R.PassThrough()),
             (nn.Conv, R.WPlus()),
             (nn.Dense, R.WPlus()),
         ),
@@ -162,8 +221,8 @@ def _crp(meta) -> Composite:
 def _lrp_ab(meta) -> Composite:
     return Composite(
         rules=(
-            ("conv1_1", _zbox(meta, "lrp_ab")),
-            (L2Norm, R.PassThrough()),
+            (INPUT_LAYER, _zbox(meta, "lrp_ab")),
+            (Kind("rescale"), R.PassThrough()),
             (nn.Conv, R.WPlus()),
             (nn.Dense, R.WPlus()),
         ),
@@ -174,7 +233,7 @@ def _lrp_ab(meta) -> Composite:
 
 def _lrp_eps(meta) -> Composite:
     return Composite(
-        rules=((L2Norm, R.PassThrough()), (nn.Conv, R.Epsilon(1e-6)), (nn.Dense, R.Epsilon(1e-6))),
+        rules=((Kind("rescale"), R.PassThrough()), (nn.Conv, R.Epsilon(1e-6)), (nn.Dense, R.Epsilon(1e-6))),
         contrast="none",
         name="lrp_eps",
     )

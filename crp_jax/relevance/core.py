@@ -63,7 +63,7 @@ def linearize(apply_fn, variables, x, comp: Composite, layers: bool = False):
     if not layers:
 
         def f(x):
-            with comp.intercept():
+            with comp.intercept(model_input=x):
                 return apply_fn(variables, x)
 
         return jax.vjp(f, x)
@@ -71,14 +71,14 @@ def linearize(apply_fn, variables, x, comp: Composite, layers: bool = False):
     shapes: dict = {}
 
     def record(x):
-        with comp.intercept(record=shapes):
+        with comp.intercept(record=shapes, model_input=x):
             return apply_fn(variables, x)
 
     jax.eval_shape(record, x)
     probes = {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes.items()}
 
     def g(x, probes):
-        with comp.intercept(probes=probes):
+        with comp.intercept(probes=probes, model_input=x):
             return apply_fn(variables, x)
 
     return jax.vjp(g, x, probes)

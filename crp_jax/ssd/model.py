@@ -15,6 +15,7 @@ Max-pooling and ReLU are plain functions: relevance passes them as the gradient 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -45,6 +46,10 @@ class L2Norm(nn.Module):
     ``[B, H, W, C] -> [B, H, W, C]``: ``scale * x / max(||x||_2, eps)``, as torchvision's
     ``scale_weight * F.normalize(x)``. Its own module so that rules can address it.
     """
+
+    # Layer kind for relevance composites: relevance passes a per-position rescaling
+    # unchanged (a plain string, so the detector needs nothing from the engine).
+    relevance_kind: ClassVar[str] = "rescale"
 
     features: int
     scale_init: float = 20.0
