@@ -49,8 +49,9 @@ _LAZY = {
     "ClassTarget": "crp_jax.relevance.targets",
     "LocTarget": "crp_jax.relevance.targets",
     "targets_from_detections": "crp_jax.relevance.targets",
-    "explain": "crp_jax.relevance.explain",
-    "heatmap": "crp_jax.relevance.explain",
+    "explain": "crp_jax.relevance.batched",
+    "heatmap": "crp_jax.relevance.batched",
+    "NumericsError": "crp_jax.errors",
     "composite_names": "crp_jax.relevance.composite",
     # errors
     "CRPError": "crp_jax.errors",

@@ -23,7 +23,7 @@ bilinear resize of the heatmap), so every output PNG has the size of its input i
 demo's pictures are magnified for viewing).
 
 This module is only argument handling and file naming; the work is done by
-``crp_jax.ssd.detect``, ``crp_jax.relevance.explain`` and ``crp_jax.viz``. Heavy modules
+``crp_jax.ssd.detect``, ``crp_jax.relevance`` and ``crp_jax.viz``. Heavy modules
 (jax, flax) are imported inside the commands, so ``--help`` is fast.
 """
 
@@ -573,7 +573,7 @@ def _describe(meta, target, method: str) -> str:
 
 def _heatmaps(model, variables, meta, x, targets, method: str):
     """``[T, S, S]`` signed heatmaps (channels summed) for ``targets`` of one image."""
-    from crp_jax.relevance.explain import explain, heatmap
+    from crp_jax.relevance import explain, heatmap
 
     if not targets:
         return []

@@ -346,12 +346,12 @@ def test_bad_inputs(tiny):
 
 
 def test_second_call_does_not_recompile(tiny):
-    from crp_jax.relevance.explain import _compiled
+    from crp_jax.relevance import compiled_functions
 
     model, variables, meta, x = tiny
     comp = get_composite("crp", meta)
     cj.explain(model, variables, x, [cj.ClassTarget(0, a, 1) for a in range(9)], method="crp", meta=meta)
-    forward, backward = _compiled(model, comp, 8, False)
+    forward, backward = compiled_functions(model, comp, 8, model.config.num_anchors())
     sizes = (forward._cache_size(), backward._cache_size())
     # other target counts that fill whole or partial chunks of 8, on either image
     cj.explain(model, variables, x, [cj.ClassTarget(1, a, 2) for a in range(13)], method="crp", meta=meta)

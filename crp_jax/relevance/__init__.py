@@ -1,6 +1,7 @@
 """The relevance engine: rules as custom_vjp functions, composites, relevance_vjp, explain."""
 
 from crp_jax.relevance import rules
+from crp_jax.relevance.batched import compiled_functions, explain, heatmap, output_sizes
 from crp_jax.relevance.composite import (
     INPUT_LAYER,
     LAYER_KINDS,
@@ -11,7 +12,6 @@ from crp_jax.relevance.composite import (
     register_composite,
 )
 from crp_jax.relevance.core import relevance_vjp
-from crp_jax.relevance.explain import explain, heatmap
 from crp_jax.relevance.targets import COORDS, ClassTarget, LocTarget, targets_from_detections
 
 __all__ = [
@@ -25,6 +25,8 @@ __all__ = [
     "register_composite",
     "relevance_vjp",
     "explain",
+    "compiled_functions",
+    "output_sizes",
     "heatmap",
     "COORDS",
     "ClassTarget",

@@ -1,0 +1,424 @@
+"""``explain``: relevance heatmaps for many targets, batched and compiled (docs/design.md,
+"Batched explanation" and "Performance model").
+
+Per image: one jit-compiled forward pass under the composite, which returns the VJP's
+residuals (modified kernels, reciprocal denominators) as a pytree; then all of that image's
+targets go through one jit-compiled backward, vmapped over a chunk of ``chunk_size`` targets.
+Memory is bounded by the chunk, not by the number of targets; both functions are compiled
+once per (model, composite, chunk, shapes) and reused, so a second call does not recompile.
+
+The engine knows nothing of SSD: any Flax module whose ``apply(variables, x)`` returns
+``(cls [B, A, K], loc [B, A, 4])`` can be explained; A and K are read from the outputs'
+shapes (``jax.eval_shape``, no compilation).
+
+Sharding (``mesh=``): the forward runs on the whole image batch at once, sharded along the
+batch axis, and each backward takes one target slot of every image (a ``[B, A, K]``
+cotangent), vmapped over the slots of a chunk. The VJP's residuals then keep the model's
+kernels unbatched. (An earlier version vmapped a per-image forward over the images: every
+kernel residual came back broadcast to ``[B, ...]``, so the backward convolved with a
+*batched* kernel, which JAX lowers to a grouped convolution over the batch; XLA's SPMD
+partitioner splits that group dimension across devices incorrectly, and sharded relevance
+was wrong by up to 60% of max|R|. ``tests/test_sharding.py`` checks the compiled program
+has no such grouped convolution, and sharded == unsharded.)
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from crp_jax.errors import CheckpointError, ConfigError, InputError, NumericsError, TargetError
+from crp_jax.relevance.composite import Composite, get_composite
+from crp_jax.relevance.core import finish, linearize
+from crp_jax.relevance.targets import ClassTarget, LocTarget, Target, encode_targets
+
+_COMPILED: OrderedDict[tuple, tuple] = OrderedDict()
+_MAX_CACHED = 16
+
+
+def explain(
+    model,
+    variables,
+    x,
+    targets: Sequence[Target],
+    method: str | Composite = "crp",
+    meta=None,
+    chunk_size: int = 8,
+    layers: bool = False,
+    mesh=None,
+    to_host: bool = True,
+):
+    """Relevance at the input for every target.
+
+    Args:
+      model: a Flax module whose ``apply(variables, x)`` returns ``(cls [B, A, K],
+        loc [B, A, 4])`` (raw logits and box offsets), e.g. ``crp_jax.SSD``.
+      variables: its variables (a mapping with ``"params"``).
+      x: preprocessed images ``[B, H, W, C]`` float.
+      targets: ``ClassTarget``/``LocTarget`` list (e.g. ``targets_from_detections``).
+      method: preset name ("crp", "lrp_ab", "lrp_eps", "gradient", "gradient_x_input")
+        or a :class:`Composite`.
+      meta: weights' meta (pixel bounds for z^B; required by "crp" and "lrp_ab").
+      chunk_size: targets per vmapped backward; bounds memory (SSD300: about 45 MiB of
+        scratch per target on a CPU, benchmarks/RESULTS.md). 8 is also the fastest end to
+        end on an H200 with ``to_host=True``; with ``to_host=False``, 32 is slightly faster.
+      layers: also return per-layer relevance totals.
+      mesh: a ``jax.sharding.Mesh`` (its first axis shards the image batch), or "auto"
+        for all devices: images and their targets are then spread across devices, one
+        SPMD program per chunk (see :func:`_explain_sharded`). Works across processes
+        (``jax.distributed``): every process passes the same arguments and gets all of R.
+      to_host: False keeps ``R`` on the device as a ``jax.Array`` (no device-to-host copy,
+        which on a GPU costs more than the propagation itself: 1 MiB per SSD300 target).
+
+    Returns:
+      ``R`` as numpy ``[T, H, W, C]`` float32 in target order (a ``jax.Array`` on the
+      default device with ``to_host=False``); with ``layers=True``,
+      ``(R, flow)`` where ``flow`` maps each layer path (forward order) to ``[T, 2]``:
+      total and absolute relevance at that layer's output.
+
+    Raises:
+      InputError, TargetError, ConfigError, CheckpointError: bad arguments (named).
+      NumericsError: the model's forward pass is not finite for some image (names the
+        first layer whose output is not finite).
+    """
+    xs = _check_images(x)
+    layers = _check_flag("layers", layers)
+    to_host = _check_flag("to_host", to_host)
+    chunk_size = _check_count("chunk_size", chunk_size)
+    targets = _check_target_list(targets)
+    comp = get_composite(method, meta)
+    _check_meta_fits(model, meta)
+    A, K = output_sizes(model, variables, xs)
+    images, anchors, cls_coef, loc_coef = encode_targets(targets, xs.shape[0], A, K, comp.contrast)
+    T = len(images)
+    if mesh is not None:
+        if layers or not to_host:
+            raise ConfigError(
+                "layers=True and to_host=False are not supported together with mesh=... "
+                "(a mesh's devices may belong to other processes)"
+            )
+        return _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, comp, chunk_size, mesh, A)
+    # Every row is written below; np.empty avoids touching 1 MiB per target twice.
+    out = np.empty((T,) + xs.shape[1:], np.float32) if to_host else None
+    on_device: list = []  # to_host=False: (target indices, [n, H, W, C] jax.Array) per chunk
+    flow: dict[str, np.ndarray] = {}
+    finite: list = []  # per image: (index, device bool "forward outputs finite")
+    pending = None  # one-deep pipeline: copy chunk k to the host while chunk k+1 runs
+
+    def drain():
+        idx, res = pending
+        if layers:
+            r, per = res
+            for k, v in per.items():
+                flow.setdefault(k, np.zeros((T, 2), np.float32))[idx] = np.asarray(v)[0, : len(idx)]
+        else:
+            r = res
+        if to_host:
+            out[idx] = np.asarray(r)[0, : len(idx)]
+        else:
+            on_device.append((idx, r[0, : len(idx)]))
+
+    for b in np.unique(images):
+        sel = np.flatnonzero(images == b)
+        chunk = min(chunk_size, _next_pow2(len(sel)))
+        forward, backward = compiled_functions(model, comp, chunk, A, layers)
+        xb = jnp.asarray(xs[b : b + 1])
+        ok, vjp_fn = forward(variables, xb)
+        finite.append((int(b), ok))  # checked after dispatching everything (no sync here)
+        for start in range(0, len(sel), chunk):
+            idx = sel[start : start + chunk]
+            a, c, l = _pad_chunk(anchors[idx], cls_coef[idx], loc_coef[idx], chunk)
+            res = backward(vjp_fn, xb, a[None], c[None], l[None])
+            if to_host:  # start the device-to-host copy now so it overlaps the next chunk
+                jax.tree.map(lambda v: v.copy_to_host_async(), res)
+            if pending is not None:
+                drain()
+            pending = (idx, res)
+    if pending is not None:
+        drain()
+    for b, ok in finite:
+        if not bool(ok):
+            _raise_not_finite(model, variables, xs[b : b + 1], f"image {b}")
+    if not to_host:
+        out = _gather_chunks(on_device, T, xs.shape[1:])
+    if layers:
+        order = _layer_order(model, variables, xs[:1], comp)
+        return out, {k: flow[k] for k in order if k in flow}
+    return out
+
+
+def heatmap(R, reduce: str = "sum") -> np.ndarray:
+    """Channel-reduced heatmap: ``[..., H, W, C] -> [..., H, W]`` ("sum" keeps the sign,
+    "abs" sums magnitudes, "max_abs" the largest magnitude). numpy in, numpy out; a
+    ``jax.Array`` (``explain(..., to_host=False)``) is reduced on its device."""
+    xp = jnp if isinstance(R, jax.Array) else np  # a jax.Array stays on its device
+    R = xp.asarray(R)
+    if R.ndim < 3:
+        raise InputError(f"heatmap needs relevance [..., H, W, C], got shape {R.shape}")
+    if reduce == "sum":
+        return R.sum(-1)
+    if reduce == "abs":
+        return xp.abs(R).sum(-1)
+    if reduce == "max_abs":
+        return xp.abs(R).max(-1)
+    raise InputError(f"reduce {reduce!r} unknown; use 'sum', 'abs' or 'max_abs'")
+
+
+def output_sizes(model, variables, x) -> tuple[int, int]:
+    """``(A, K)``: boxes and classes of a detector whose ``apply(variables, x)`` returns
+    ``(cls [B, A, K], loc [B, A, 4])``; from shapes only (``jax.eval_shape``, nothing runs).
+    Variables that do not fit the model raise :class:`CheckpointError`."""
+    apply = getattr(model, "apply", None)
+    if not callable(apply):
+        raise ConfigError(f"model must be a Flax module with .apply(variables, x), got {type(model).__name__}")
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        keys = list(variables) if isinstance(variables, Mapping) else type(variables).__name__
+        raise CheckpointError(f"variables must be a mapping with 'params' (as load_pretrained returns), got {keys}")
+    import flax.errors
+
+    try:
+        out = jax.eval_shape(apply, variables, jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype))
+    except flax.errors.FlaxError as e:
+        raise CheckpointError(f"variables do not fit the model: {str(e).splitlines()[0]}") from None
+    shapes = [getattr(o, "shape", None) for o in out] if isinstance(out, (tuple, list)) else None
+    if not shapes or len(shapes) != 2 or any(s is None or len(s) != 3 for s in shapes) or shapes[1][-1] != 4:
+        raise ConfigError(
+            "explain needs a detector whose apply(variables, x) returns (cls [B, A, K], loc [B, A, 4]); "
+            f"this one returns {jax.tree.map(lambda o: getattr(o, 'shape', o), out)}"
+        )
+    (_, A, K), (_, A2, _) = shapes
+    if A != A2:
+        raise ConfigError(f"class and box outputs disagree on the number of boxes: {A} vs {A2}")
+    return int(A), int(K)
+
+
+def compiled_functions(model, comp: Composite, chunk: int, num_boxes: int, layers: bool = False):
+    """The jitted ``(forward, backward)`` that ``explain`` runs per image (public, for
+    benchmarks and for users who schedule their own work).
+
+    ``forward(variables, x [N, H, W, C]) -> (ok, vjp_fn)``: ``ok`` a device bool, True when
+    the outputs are finite; ``vjp_fn`` a pytree of residuals.
+    ``backward(vjp_fn, x, anchors [N, chunk], cls_coef [N, chunk, K], loc_coef [N, chunk, 4])
+    -> R [N, chunk, H, W, C]`` (and per-layer totals ``path -> [N, chunk, 2]`` with
+    ``layers=True``): slot ``c`` of image ``n`` is the target with initial relevance
+    ``cls_coef[n, c]`` / ``loc_coef[n, c]`` at box ``anchors[n, c]``. Compiled once per
+    (model, composite, chunk, layers) and shapes; ``num_boxes`` is A (:func:`output_sizes`).
+    """
+
+    def build():
+        forward, backward = _functions(model, comp, layers, num_boxes)
+        return jax.jit(forward), jax.jit(backward)
+
+    return _cached((model, comp, chunk, num_boxes, layers), build)
+
+
+# ---- internals ------------------------------------------------------------------------
+
+
+def _functions(model, comp: Composite, layers: bool, num_boxes: int):
+    """Un-jitted :func:`compiled_functions`. The backward takes one target slot of every
+    image at a time (a ``[N, A, K]`` cotangent), vmapped over the chunk's slots, so the
+    residuals' kernels stay unbatched (see the module docstring on sharding)."""
+
+    def forward(variables, x):
+        (cls, loc), vjp_fn = linearize(model.apply, variables, x, comp, layers=layers)
+        ok = jnp.isfinite(cls).all() & jnp.isfinite(loc).all()
+        return ok, vjp_fn
+
+    def backward(vjp_fn, x, anchors, cls_coef, loc_coef):
+        def one(a, cc, lc):  # one slot: a [N], cc [N, K], lc [N, 4]
+            ct = _initial_relevance(a, cc, lc, num_boxes)
+            res = finish(comp, vjp_fn(ct), x, layers)
+            if layers:
+                rx, per = res
+                totals = {
+                    k: jnp.stack([v.reshape(v.shape[0], -1).sum(1), jnp.abs(v).reshape(v.shape[0], -1).sum(1)], -1)
+                    for k, v in per.items()
+                }
+                return rx, totals
+            return res
+
+        return jax.vmap(one, in_axes=1, out_axes=1)(anchors, cls_coef, loc_coef)
+
+    return forward, backward
+
+
+def _initial_relevance(anchors, cls_coef, loc_coef, num_boxes: int):
+    """Cotangent ``([N, A, K], [N, A, 4])``: each image's coefficients at its anchor, zero
+    elsewhere. Written as a one-hot product (elementwise, no scatter), which partitions
+    along a sharded batch like any elementwise op."""
+    onehot = (jnp.arange(num_boxes)[None, :] == anchors[:, None]).astype(cls_coef.dtype)[..., None]  # [N, A, 1]
+    return onehot * cls_coef[:, None, :], onehot * loc_coef[:, None, :]
+
+
+def _pad_chunk(anchors, cls_coef, loc_coef, chunk: int):
+    pad = chunk - len(anchors)
+    return (
+        np.pad(anchors, (0, pad)),
+        np.pad(cls_coef, ((0, pad), (0, 0))),
+        np.pad(loc_coef, ((0, pad), (0, 0))),
+    )
+
+
+def _gather_chunks(parts, T: int, shape) -> jax.Array:
+    """Chunks ``(target indices, [n, ...])`` -> ``[T, ...]`` in target order, on the device."""
+    if not parts:
+        return jnp.zeros((0, *tuple(shape)), jnp.float32)
+    order = np.concatenate([idx for idx, _ in parts])
+    R = jnp.concatenate([r for _, r in parts]) if len(parts) > 1 else parts[0][1]
+    if np.array_equal(order, np.arange(T)):
+        return R
+    return R[jnp.asarray(np.argsort(order))]
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _cached(key, build):
+    if key in _COMPILED:
+        _COMPILED.move_to_end(key)
+        return _COMPILED[key]
+    _COMPILED[key] = value = build()
+    if len(_COMPILED) > _MAX_CACHED:
+        _COMPILED.popitem(last=False)
+    return value
+
+
+def _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, comp, chunk_size, mesh, anchors_total):
+    """Images (and their targets) spread over the devices of ``mesh`` along its first axis.
+
+    Every image gets the same number of target slots (the largest count, rounded up to a
+    whole chunk; unused slots have zero initial relevance), so one SPMD program per chunk
+    serves all images; the batch is padded to a multiple of the device count.
+    """
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    if isinstance(mesh, str) and mesh == "auto":
+        mesh = Mesh(np.array(jax.devices()), ("batch",))
+    if not isinstance(mesh, Mesh):
+        raise ConfigError(f"mesh must be a jax.sharding.Mesh or 'auto', got {mesh!r}")
+    axis = mesh.axis_names[0]
+    n_dev = mesh.shape[axis]
+    B, T = xs.shape[0], len(images)
+    Bp = -(-B // n_dev) * n_dev
+    counts = np.bincount(images, minlength=B)
+    chunk = min(chunk_size, _next_pow2(max(int(counts.max(initial=0)), 1)))
+    slots = max(chunk, -(-int(counts.max(initial=0)) // chunk) * chunk)
+    K = cls_coef.shape[1]
+    A = np.zeros((Bp, slots), np.int32)
+    C = np.zeros((Bp, slots, K), np.float32)
+    L = np.zeros((Bp, slots, 4), np.float32)
+    slot = np.zeros(T, np.int64)
+    fill = np.zeros(Bp, np.int64)
+    for t, b in enumerate(images):
+        slot[t] = fill[b]
+        A[b, fill[b]], C[b, fill[b]], L[b, fill[b]] = anchors[t], cls_coef[t], loc_coef[t]
+        fill[b] += 1
+    xp = np.zeros((Bp,) + xs.shape[1:], np.float32)
+    xp[:B] = xs
+    xp[B:] = xs[:1]  # padding images repeat a real one (all-zero input is fine too; this stays in range)
+    sharded = NamedSharding(mesh, PartitionSpec(axis))
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def put(a):
+        # Each process supplies the shards of its own devices (works on one or many hosts).
+        return jax.make_array_from_callback(a.shape, sharded, lambda idx: a[idx])
+
+    fwd, bwd = compiled_functions(model, comp, chunk, anchors_total)
+    x_dev = put(xp)
+    host_vars = jax.tree.map(np.asarray, variables)
+    rep_vars = jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, replicated, lambda i: a[i]), host_vars)
+    ok, vjp_b = fwd(rep_vars, x_dev)
+    out = np.empty((T,) + xs.shape[1:], np.float32)  # every target lands in one slot
+    for start in range(0, slots, chunk):
+        sl = slice(start, start + chunk)
+        R = _gather(bwd(vjp_b, x_dev, put(A[:, sl]), put(C[:, sl]), put(L[:, sl])))  # [Bp, chunk, ...]
+        hit = (slot >= start) & (slot < start + chunk)
+        out[hit] = R[images[hit], slot[hit] - start]
+    if not bool(_gather(ok)):
+        _raise_not_finite(model, variables, xs, "the batch")
+    return out
+
+
+def _gather(a) -> np.ndarray:
+    if a.is_fully_addressable:
+        return np.asarray(a)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+
+
+def _layer_order(model, variables, x, comp: Composite) -> list[str]:
+    shapes: dict = {}
+
+    def f(x):
+        with comp.intercept(record=shapes, model_input=x):
+            return model.apply(variables, x)
+
+    jax.eval_shape(f, jnp.asarray(x))
+    return list(shapes)
+
+
+def _raise_not_finite(model, variables, x, where: str):
+    from crp_jax.numerics import first_nonfinite_layer
+
+    found = first_nonfinite_layer(model, variables, x)
+    layer = f"first at layer {found[0]!r} ({found[1]} values)" if found else "in its outputs"
+    raise NumericsError(
+        f"the model's forward pass is not finite for {where}: {layer}. "
+        "Check the weights (magnitudes) and the input preprocessing."
+    )
+
+
+# ---- argument checks (one line each, naming the bad value) -----------------------------
+
+
+def _check_images(x) -> np.ndarray:
+    shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+    if shape is None or dtype is None:
+        raise InputError(f"images must be an array [B, H, W, C], got {type(x).__name__}")
+    if len(shape) != 4:
+        raise InputError(f"images must have rank 4 [B, H, W, C] (NHWC), got shape {tuple(shape)}")
+    if shape[0] == 0:
+        raise InputError(f"empty batch: images have shape {tuple(shape)}")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise InputError(f"images must be floating point (preprocessed), got dtype {dtype}; use crp_jax.preprocess")
+    xs = np.asarray(x, np.float32)
+    bad = np.flatnonzero(~np.isfinite(xs).reshape(xs.shape[0], -1).all(axis=1))
+    if bad.size:
+        raise InputError(f"images {bad.tolist()} contain NaN or Inf pixels")
+    return xs
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _check_target_list(targets) -> list:
+    if isinstance(targets, (ClassTarget, LocTarget)):
+        raise TargetError(f"targets must be a list of targets; got a single {targets!r}: wrap it in [...]")
+    if isinstance(targets, (str, bytes, Mapping)) or not isinstance(targets, (Sequence, np.ndarray)):
+        raise TargetError(f"targets must be a list of ClassTarget/LocTarget, got {type(targets).__name__}")
+    return list(targets)
+
+
+def _check_meta_fits(model, meta) -> None:
+    """A meta that describes another architecture than the model's (both carry a
+    ``config``) is refused, as ``detect`` refuses it."""
+    mc, c = getattr(meta, "config", None), getattr(model, "config", None)
+    if mc is not None and c is not None and mc != c:
+        raise ConfigError(f"meta describes a different architecture than the model (meta: {mc}, model: {c})")
