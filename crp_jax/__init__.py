@@ -59,12 +59,17 @@ _LAZY = {
     "ConfigError": "crp_jax.errors",
     "CheckpointError": "crp_jax.errors",
     "TargetError": "crp_jax.errors",
+    "NumericsError": "crp_jax.errors",
+    # numerics (any flax model)
+    "first_nonfinite_layer": "crp_jax.numerics",
+    "check_finite_forward": "crp_jax.numerics",
+    "NonFiniteLayer": "crp_jax.numerics",
 }
 
 __all__ = sorted([*_LAZY, "rules"])
 
 
-_SUBMODULES = ("ssd", "relevance", "metrics", "data", "viz", "cli", "train", "evaluate", "errors")
+_SUBMODULES = ("ssd", "relevance", "metrics", "data", "viz", "cli", "train", "evaluate", "errors", "numerics")
 
 
 def __getattr__(name: str):

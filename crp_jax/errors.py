@@ -28,6 +28,11 @@ class TargetError(CRPError, ValueError):
     """An explanation target whose image, anchor, class or coordinate is out of range."""
 
 
+class NumericsError(CRPError, ArithmeticError):
+    """A computation produced NaN or Inf from finite input (e.g. weights that make the
+    forward pass overflow float32); the message names the first layer where it happened."""
+
+
 def one_line(e: BaseException) -> str:
     """An error as one line for command-line output: the message's first line for the
     package's own and OS/value errors, ``Type: first line`` for anything unexpected."""

@@ -505,3 +505,55 @@ def test_coco_class_names_for_91_classes():
     from torchvision.models.detection import SSD300_VGG16_Weights
 
     assert list(names) == list(SSD300_VGG16_Weights.COCO_V1.meta["categories"])
+
+
+# ---------------------------------------------------------------------------------------
+# error lines of `crp-jax convert`: torch's wording filtered, output suffix checked
+# ---------------------------------------------------------------------------------------
+class NotATensor:
+    """A class torch.load(weights_only=True) refuses to unpickle."""
+
+
+def test_torch_load_errors_carry_no_ansi_codes_and_no_unsafe_advice(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from crp_jax.cli import main
+
+    src = tmp_path / "objects.pth"
+    torch.save({"model": NotATensor()}, src)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x80\x02garbage" * 50)
+    for path, diagnosis in ((src, "Unsupported global"), (garbage, "Unsupported operand")):
+        with pytest.raises(CheckpointError) as e:
+            convert.load_torch_state_dict(path)
+        msg = str(e.value)
+        assert str(path) in msg and diagnosis in msg  # torch's own diagnosis is kept
+        assert "\x1b" not in msg and "\n" not in msg
+        assert not re.search(r"weights_only`? (set to `?|=)False|re-?run|safe_globals", msg, re.I), msg
+        capsys.readouterr()
+        assert main(["convert", str(path), str(tmp_path / "out.msgpack")]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "\x1b" not in err and "False" not in err and diagnosis in err
+
+
+@pytest.mark.parametrize("name", ["X.json", "X.pth", "X.weights.v2"])
+def test_convert_refuses_an_output_suffix_it_would_not_write(tmp_path, capsys, name):
+    from crp_jax.cli import main
+
+    src = tmp_path / "in.pth"
+    src.write_bytes(b"never read")  # the output name is checked first
+    capsys.readouterr()
+    assert main(["convert", str(src), str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err
+    assert f"OUT must be NAME.msgpack or NAME, got {tmp_path / name}" in err
+    assert list(tmp_path.iterdir()) == [src]  # nothing written
+
+
+def test_convert_without_suffix_writes_and_prints_name_msgpack(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    sd = numpy_state_dict("torchvision", num_classes=3, seed=1)
+    src = tmp_path / "tv.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, src)
+    assert convert.convert_main([str(src), str(tmp_path / "X")]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'X.msgpack'} + {tmp_path / 'X.json'}" in out
+    assert (tmp_path / "X.msgpack").is_file() and (tmp_path / "X.json").is_file()

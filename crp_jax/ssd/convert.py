@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -211,7 +212,7 @@ def _convert(
     source: str,
     fix: Callable[[str, np.ndarray], np.ndarray] | None = None,
 ) -> tuple[SSD, dict, Meta]:
-    from crp_jax.ssd.io import check_variables, expected_shapes, format_problems, unflatten_variables
+    from crp_jax.ssd.io import check_finite, check_variables, expected_shapes, format_problems, unflatten_variables
 
     sd = _strip_module_prefix(_check_mapping(state_dict))
     keymap = torch_key_map(fmt)
@@ -260,6 +261,12 @@ def _convert(
             f"not a {fmt} SSD300-VGG16 state dict ({num_classes} classes): "
             + format_problems(missing, unexpected, misshaped)
         )
+    # Name NaN/Inf arrays by the torch key the user knows (check_variables would name ours).
+    ours_to_torch = {okey: tkey for tkey, okey in keymap.items()}
+    check_finite(
+        {f"{ours_to_torch[k]} ({k.removeprefix('params/')})": v for k, v in flat.items()},
+        where=f"{fmt} state dict",
+    )
     model = SSD(config)
     variables = check_variables(model, unflatten_variables(flat), where=f"converted {fmt} state dict")
     meta = Meta(
@@ -345,9 +352,9 @@ def load_torch_state_dict(path) -> dict:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(
-            f"{p}: not a torch checkpoint readable with weights_only=True ({type(e).__name__}: {first[:200]})"
+            f"{p}: not a torch checkpoint that can be read safely (torch.load with weights_only=True): "
+            f"{torch_load_reason(e)}"
         ) from None
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):
@@ -363,6 +370,32 @@ def load_torch_state_dict(path) -> dict:
     return dict(obj)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+# Sentences of torch's advice that must not reach our users: loading with
+# weights_only=False (or allow-listing globals) runs arbitrary code from the file.
+_UNSAFE_ADVICE = re.compile(r"weights_only|re-?run|safe_globals|trust|file an issue|documentation", re.I)
+
+
+def torch_load_reason(e: BaseException) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` failed, without torch's ANSI
+    codes and without its advice to re-run with ``weights_only=False`` (unsafe: it unpickles
+    arbitrary code). Keeps torch's own diagnosis (e.g. "Unsupported global: GLOBAL
+    foo.Bar ...") and adds safe advice when the file holds more than tensors."""
+    text = _ANSI.sub("", str(e))
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    sentences = re.split(r"(?<=[.!?])\s+|\n+", text)
+    kept = [t.strip() for t in sentences if t.strip() and not _UNSAFE_ADVICE.search(t)]
+    reason = " ".join(" ".join(kept).split())[:200] or type(e).__name__
+    if "Unsupported global" in reason:
+        reason += (
+            " (the file holds Python objects besides tensors; re-save only the weights with "
+            "torch.save(model.state_dict(), path) where the model's code is trusted)"
+        )
+    return reason
+
+
 # ---------------------------------------------------------------------------------------
 # command line body (wired as `crp-jax convert` by crp_jax.cli)
 # ---------------------------------------------------------------------------------------
@@ -375,7 +408,12 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("src", metavar="SRC.pth", help="torch checkpoint (read with weights_only=True)")
-    p.add_argument("out", metavar="OUT.msgpack", help="output weights; the JSON sidecar goes next to it")
+    p.add_argument(
+        "out",
+        metavar="OUT.msgpack",
+        help="output weights, NAME.msgpack or NAME (.msgpack is added); the JSON sidecar NAME.json "
+        "goes next to it. Any other suffix (e.g. .json, the sidecar's) is refused",
+    )
     p.add_argument(
         "--format",
         choices=("auto",) + FORMATS,
@@ -399,8 +437,17 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
     Returns 0 on success, 2 on a usage error (argparse prints it), 1 on a runtime error
     (one line on stderr, no traceback).
     """
+    parser = _parser()
     try:
-        args = _parser().parse_args(argv)
+        args = parser.parse_args(argv)
+        suffix = Path(args.out).suffix
+        if suffix not in ("", ".msgpack"):
+            # "X.json" used to write X.msgpack silently; a suffix we would not write is a typo.
+            stem = Path(args.out).with_suffix("")
+            parser.error(
+                f"OUT must be NAME.msgpack or NAME, got {args.out} (suffix {suffix}); crp-jax weights are "
+                f"written as {stem}.msgpack with the sidecar {stem}.json"
+            )
     except SystemExit as e:  # argparse: --help -> 0, bad usage -> 2
         return int(e.code) if isinstance(e.code, int) else 2
     from crp_jax.ssd.io import save_weights

@@ -22,9 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from crp_jax.errors import ConfigError, InputError
+from crp_jax.errors import ConfigError, InputError, NumericsError
+from crp_jax.numerics import check_finite_forward
 from crp_jax.ssd.anchors import default_boxes_xyxy
 from crp_jax.ssd.boxes import batched_nms, clip_boxes, decode, xyxy_to_cxcywh
+from crp_jax.ssd.meta import check_preprocessing
 from crp_jax.ssd.model import check_image_batch
 
 # Float images may overshoot [0, 1] by rounding (e.g. after a resize); more than this is
@@ -133,9 +135,12 @@ def preprocess_with_sizes(images, meta) -> tuple[jax.Array, list[tuple[int, int]
     """
     if not all(hasattr(meta, k) for k in ("image_size", "mean", "std")):
         raise ConfigError(f"preprocess needs a crp_jax Meta (image_size, mean, std), got {type(meta).__name__}")
+    # A Meta is checked when made; this also covers duck-typed meta objects, so that finite
+    # pixels can never come out as NaN/Inf (see crp_jax/ssd/meta.py for the ranges).
+    mean, std = check_preprocessing(meta.mean, meta.std, meta.image_size)
     size = int(meta.image_size)
-    mean = np.asarray(meta.mean, dtype=np.float32)
-    std = np.asarray(meta.std, dtype=np.float32)
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
     out, sizes = [], []
     for i, raw in enumerate(_as_image_list(images)):
         v = _to_rgb01(raw, i)
@@ -177,7 +182,9 @@ class Detections:
 
 def _make_raw_fn(model):
     """The jitted ``(variables, x) -> (scores [B, A, K], boxes [B, A, 4] xyxy input pixels,
-    finite [B])`` of ``model``: everything that is the same shape for every image."""
+    input_finite [B], output_finite [B])`` of ``model``: everything that is the same shape for
+    every image. ``output_finite`` is whether the raw logits and offsets of an image are all
+    finite (one reduction; the slow search for the culprit layer runs only when it is not)."""
     config = model.config
     size = config.image_size
     # Anchors as torchvision decodes them: pixel xyxy in float32, back to (cx, cy, w, h).
@@ -194,7 +201,8 @@ def _make_raw_fn(model):
         scores = jax.nn.softmax(cls_logits.astype(jnp.float32), axis=-1)
         boxes = clip_boxes(decode(loc.astype(jnp.float32), jnp.asarray(anchors)), size, size)
         finite = jnp.all(jnp.isfinite(x), axis=(1, 2, 3))
-        return scores, boxes, finite
+        out_finite = jnp.all(jnp.isfinite(cls_logits), axis=(1, 2)) & jnp.all(jnp.isfinite(loc), axis=(1, 2))
+        return scores, boxes, finite, out_finite
 
     return jax.jit(raw)
 
@@ -277,6 +285,18 @@ def _check_image_sizes(image_sizes, batch: int):
     return out
 
 
+def _raise_nonfinite(model, variables, x, bad: np.ndarray):
+    """The model's outputs for images ``bad`` hold NaN/Inf from finite pixels: raise
+    :class:`NumericsError` naming the first layer whose output is not finite (searched on
+    the first such image alone: SSD treats the images of a batch independently)."""
+    i = int(bad[0])
+    where = f"image {i} of the batch" + (f" (and images {bad[1:].tolist()})" if bad.size > 1 else "")
+    check_finite_forward(model.apply, variables, x[i : i + 1], where=where)
+    raise NumericsError(  # the search found every layer finite on its own: say what we know
+        f"{where}: the model's outputs hold NaN/Inf for finite pixels (no single layer could be blamed)"
+    )
+
+
 def detect(
     model,
     variables,
@@ -297,6 +317,10 @@ def detect(
     per-class NMS at ``nms_threshold``; the ``max_detections`` best. Every detection keeps
     the index of its default box.
 
+    Raises :class:`InputError` for NaN/Inf pixels and :class:`NumericsError` (naming the
+    first layer whose output is not finite) when finite pixels give NaN/Inf logits or
+    offsets, e.g. with weights that overflow float32, rather than report "no detections".
+
     Args:
       model: an ``SSD`` (anything with ``.config`` and ``.apply(variables, x)``).
       variables: the model's variables.
@@ -314,10 +338,13 @@ def detect(
     settings = _check_settings(score_threshold, nms_threshold, max_detections, topk_candidates)
     check_image_batch(x, config.image_size)
     out_sizes = _check_image_sizes(image_sizes, x.shape[0])
-    scores, boxes, finite = jax.device_get(_raw_fn(model)(variables, x))
+    scores, boxes, finite, out_finite = jax.device_get(_raw_fn(model)(variables, x))
     bad = np.flatnonzero(~np.asarray(finite))
     if bad.size:
         raise InputError(f"image {int(bad[0])} of the batch contains NaN or Inf pixels (images {bad.tolist()})")
+    bad = np.flatnonzero(~np.asarray(out_finite))
+    if bad.size:
+        _raise_nonfinite(model, variables, x, bad)
     return [
         _postprocess_image(scores[i], boxes[i], i, settings, out_sizes[i], config.image_size)
         for i in range(scores.shape[0])

@@ -11,7 +11,10 @@ Nothing here (or anywhere in crp_jax) unpickles anything. Every way a file can b
 fit the architecture) raises :class:`crp_jax.errors.CheckpointError` naming the path.
 
 ``check_variables(model, variables)`` is the one place that compares a variables tree with
-what ``model.init`` would create; the converters (``crp_jax.ssd.convert``) use it too.
+what ``model.init`` would create; the converters (``crp_jax.ssd.convert``) use it too. It
+ends with :func:`check_finite`, which refuses arrays holding NaN or Inf (after the cast to
+float32, so a float64 1e300 counts as Inf): every loader and ``save_weights`` go through it,
+so non-finite weights never load and are never written.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 from flax import serialization, traverse_util
 
 from crp_jax.errors import CheckpointError, ConfigError
+from crp_jax.numerics import nonfinite_counts
 from crp_jax.ssd.config import SSDConfig
 from crp_jax.ssd.meta import Meta
 from crp_jax.ssd.model import SSD
@@ -75,11 +79,11 @@ def _to_plain_dict(tree):
     return tree
 
 
-def _list(keys, limit: int = _MAX_LISTED) -> str:
+def _list(keys, limit: int = _MAX_LISTED, sep: str = ", ") -> str:
     keys = list(keys)
-    shown = ", ".join(keys[:limit])
+    shown = sep.join(keys[:limit])
     if len(keys) > limit:
-        shown += f", ... ({len(keys) - limit} more)"
+        shown += f"{sep}... ({len(keys) - limit} more)"
     return shown
 
 
@@ -139,7 +143,27 @@ def check_variables(model: SSD, variables: Mapping, *, where: str | None = None)
             msg = f"non-floating arrays: {_list(bad_dtype)}"
         prefix = f"{where}: " if where else ""
         raise CheckpointError(f"{prefix}variables do not fit SSD({_describe(config)}): {msg}")
-    return unflatten_variables({k: np.asarray(v, dtype=np.float32) for k, v in flat.items()})
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes Inf: reported next
+        flat32 = {k: np.asarray(v, dtype=np.float32) for k, v in flat.items()}
+    check_finite(flat32, where=where)
+    return unflatten_variables(flat32)
+
+
+def check_finite(variables: Mapping, *, where: str | None = None) -> None:
+    """Raise :class:`CheckpointError` if any array of ``variables`` (nested or flat mapping)
+    holds NaN or Inf, naming each such array with its counts, e.g.
+    ``"w.msgpack: non-finite values in 2 arrays: params/conv3_1/kernel: 2 NaN, 1 Inf values;
+    ..."``. ``where`` (a path or a description) prefixes the message. Non-array leaves are
+    not checked here (:func:`check_variables` refuses them)."""
+    bad = []
+    for k, v in flatten_variables(variables).items():
+        nan, inf = nonfinite_counts(v)
+        if nan or inf:
+            bad.append(f"{k}: {nan} NaN, {inf} Inf values")
+    if bad:
+        prefix = f"{where}: " if where else ""
+        arrays = "array" if len(bad) == 1 else "arrays"
+        raise CheckpointError(f"{prefix}non-finite values in {len(bad)} {arrays}: {_list(bad, sep='; ')}")
 
 
 def _describe(config: SSDConfig) -> str:
