@@ -6,6 +6,7 @@ Subcommands::
     crp-jax detect   IMAGE... [--weights FILE] [--score-threshold 0.5] [--out DIR]
     crp-jax explain  IMAGE... --out DIR [--method M] [--target cls|cx|cy|w|h] [--sign +|-]
                      [--contrast others|foreground|CLASS...] [--compare methods|classes|none]
+                     [--shard K/N]
     crp-jax train | evaluate | convert ...   (delegated to crp_jax.train / .evaluate / .ssd.convert)
 
 Exit status: 0 on success; 2 on a usage error (argparse's own message, or a combination of
@@ -309,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--alpha", type=_threshold, default=0.6, metavar="A", help="heatmap opacity over the image (default 0.6)"
     )
+    _add_shard_option(p)
     _add_progress_option(p)
     p.set_defaults(func=cmd_explain, parser=p)
 
@@ -407,6 +409,63 @@ def _unique_stems(paths: Sequence[str]) -> list[str]:
     return out
 
 
+# ---- sharding a list of images over processes ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Process ``index`` of ``count`` (0-based): it takes items ``index, index + count, ...``
+    of the list as given on the command line (not re-sorted: a shell glob is already sorted,
+    and every process must see the same list)."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard:
+    """``"K/N"`` -> ``Shard(K, N)``; anything else (non-numeric, ``N < 1``, ``K < 0``,
+    ``K >= N``) raises ``argparse.ArgumentTypeError`` naming the value (a usage error)."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if m is None:
+        raise argparse.ArgumentTypeError(f"expected K/N with integers 0 <= K < N, got {text!r}")
+    k, n = int(m.group(1)), int(m.group(2))
+    if n < 1 or k >= n:
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N, got {text!r}")
+    return Shard(k, n)
+
+
+def _add_shard_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=None,
+        metavar="K/N",
+        help="process K of N (0-based) takes every N-th image of the list as given (K, K+N, ...) and "
+        "writes only their outputs; default 0/1, or jax.process_index()/jax.process_count() "
+        "when jax.distributed is initialised",
+    )
+
+
+def resolve_shard(shard: Shard | None) -> Shard:
+    """``shard``, or when None the JAX process's: ``jax.process_index()`` of
+    ``jax.process_count()`` (``0/1`` unless ``jax.distributed`` is initialised)."""
+    if shard is not None:
+        return shard
+    import jax
+
+    return Shard(int(jax.process_index()), int(jax.process_count()))
+
+
+def shard_images(paths: Sequence[str], shard: Shard) -> list[tuple[str, str]]:
+    """``(path, stem)`` of the images ``shard`` handles: ``paths[K::N]``. Stems are made
+    unique over the WHOLE list first, so a shard names its files exactly as an unsharded
+    run would."""
+    return list(zip(paths, _unique_stems(paths)))[shard.index :: shard.count]
+
+
 def _display(pixels, small: int = 160, large: int = 400):
     """Grid cells at a readable size: ``(pixels, box_factor, scale)``. Small images are
     magnified by an integer ``scale`` (nearest), large ones shrunk to ``large`` pixels on
@@ -462,10 +521,17 @@ def _each_image(paths: Sequence[str], args, desc: str, work: Callable[[str, str,
     from crp_jax.errors import CRPError
 
     prog = f"{PROG} {args.command}"
-    bar = _progress(len(paths), desc, args)
+    if hasattr(args, "shard"):  # commands with --shard: this process's share of the list
+        shard = resolve_shard(args.shard)
+        pairs = shard_images(paths, shard)
+        if not pairs:
+            print(f"{prog}: note: shard {shard} has no images ({len(paths)} given)", file=sys.stderr)
+    else:
+        pairs = list(zip(paths, _unique_stems(paths)))
+    bar = _progress(len(pairs), desc, args)
     failed = 0
     try:
-        for path, stem in zip(paths, _unique_stems(paths)):
+        for path, stem in pairs:
             try:
                 work(path, stem, bar)
             except (CRPError, OSError) as e:
