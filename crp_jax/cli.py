@@ -18,10 +18,13 @@ images, an image that cannot be read is reported on its line and the others are 
 processed; the exit status is then 1.
 
 Images: anything Pillow reads (grey, RGBA, palette, 16-bit, EXIF-rotated JPEG, any size) is
-loaded with :func:`crp_jax.viz.load_image` and detected at the model's input size; boxes and
-heatmaps are mapped back to the original pixels (``detect(..., image_sizes=...)`` and a
-bilinear resize of the heatmap), so every output PNG has the size of its input image (the
-demo's pictures are magnified for viewing).
+loaded with :func:`crp_jax.viz.load_image_bounded` and detected at the model's input size;
+boxes are printed in the original pixels (``detect(..., image_sizes=...)``) and heatmaps are
+resized bilinearly onto the image, so every output PNG has the size of its input image (the
+demo's pictures are magnified for viewing). Images longer than ``MAX_SIDE`` (2048) pixels are
+reduced by Pillow to at most that while they are read (box average by an integer factor),
+detected from that, and drawn at that size: memory stays bounded (under 2 GB peak for the
+largest image Pillow accepts, 179 M pixels) instead of growing with the image.
 
 This module is only argument handling and file naming; the work is done by
 ``crp_jax.ssd.detect``, ``crp_jax.relevance.explain`` and ``crp_jax.viz``. Heavy modules
@@ -56,6 +59,9 @@ DELEGATED = {
     "convert": ("crp_jax.ssd.convert", "convert_main", "convert a PyTorch SSD300 checkpoint to crp-jax weights"),
 }
 DEFAULT_DEMO_DIR = "crp_jax_demo"
+# Longest side at which images are read, detected from and drawn (see the module doc): the
+# model sees S x S pixels anyway, and a full-size 13000 x 13000 overlay would need ~10 GB.
+MAX_SIDE = 2048
 _DEMO_SCAN = 50  # scenes tried after --index when a scene has no detection
 
 
@@ -492,17 +498,32 @@ def _class_name(meta, k: int) -> str:
 class _Image:
     path: str
     stem: str
-    pixels: object  # uint8 [H, W, 3]
+    pixels: object  # uint8 [h, w, 3]: the image, reduced to MAX_SIDE when it is larger
     x: object  # model input [1, S, S, 3]
     det: object  # Detections, boxes in original pixels
+    size: tuple | None = None  # (H, W) of the original image; None: pixels' own size
+
+    @property
+    def full_size(self) -> tuple[int, int]:
+        return tuple(self.size) if self.size is not None else tuple(self.pixels.shape[:2])
+
+    def on_pixels(self, boxes):
+        """Boxes ``[..., 4]`` in original pixels -> in ``pixels``' pixels (for drawing)."""
+        import numpy as np
+
+        H, W = self.full_size
+        h, w = self.pixels.shape[:2]
+        if (h, w) == (H, W):
+            return boxes
+        return np.asarray(boxes, np.float32) * np.array([w / W, h / H, w / W, h / H], np.float32)
 
 
 def _detect_one(model, variables, meta, path: str, stem: str, args) -> _Image:
     from crp_jax import viz
     from crp_jax.ssd.detect import detect, preprocess_with_sizes
 
-    pixels = viz.load_image(path)
-    x, sizes = preprocess_with_sizes([pixels], meta)
+    pixels, size = viz.load_image_bounded(path, MAX_SIDE)
+    x = preprocess_with_sizes([pixels], meta)[0]
     det = detect(
         model,
         variables,
@@ -510,9 +531,9 @@ def _detect_one(model, variables, meta, path: str, stem: str, args) -> _Image:
         meta,
         score_threshold=args.score_threshold,
         max_detections=args.max_detections,
-        image_sizes=sizes,
+        image_sizes=[size],
     )[0]
-    return _Image(path, stem, pixels, x, det)
+    return _Image(path, stem, pixels, x, det, size)
 
 
 def _each_image(paths: Sequence[str], args, desc: str, work: Callable[[str, str, _Progress], None]) -> int:
@@ -561,7 +582,7 @@ def cmd_detect(args) -> int:
 
     def work(path, stem, bar):
         im = _detect_one(model, variables, meta, path, stem, args)
-        H, W = im.pixels.shape[:2]
+        H, W = im.full_size
         d = im.det
         lines = [f"{path} ({W}x{H}): {len(d)} detection{'s' if len(d) != 1 else ''}"]
         for k in range(len(d)):
@@ -569,7 +590,7 @@ def cmd_detect(args) -> int:
             lines.append(f"  {name:<12} {float(d.scores[k]):.3f}  {_fmt_box(d.boxes[k])}")
         if out is not None:
             file = out / f"{stem}_detections.png"
-            viz.draw_detections(im.pixels, d.boxes, d.labels, d.scores, meta.class_names).save(file)
+            viz.draw_detections(im.pixels, im.on_pixels(d.boxes), d.labels, d.scores, meta.class_names).save(file)
             lines.append(f"  wrote {file}")
         bar.write("\n".join(lines))
 
@@ -715,7 +736,7 @@ def cmd_explain(args) -> int:
 
     def work(path, stem, bar):
         im = _detect_one(model, variables, meta, path, stem, args)
-        H, W = im.pixels.shape[:2]
+        H, W = im.full_size
         d = im.det
         if len(d) == 0:
             bar.write(f"{path} ({W}x{H}): no detections above {args.score_threshold}; nothing to explain")
@@ -733,7 +754,7 @@ def cmd_explain(args) -> int:
             target, h = main[i]
             name = _class_name(meta, int(d.labels[i]))
             label = f"{name} {float(d.scores[i]):.2f} | {_describe(meta, target, args.method)}"
-            img = viz.overlay(im.pixels, h, box=d.boxes[i], label=label, alpha=args.alpha)
+            img = viz.overlay(im.pixels, h, box=im.on_pixels(d.boxes[i]), label=label, alpha=args.alpha)
             what = args.target if args.target == "cls" else f"{args.target}{'+' if ask.sign > 0 else '-'}"
             file = out / f"{stem}_det{i:02d}_{_safe(name)}_{what}_{args.method}.png"
             img.save(file)
@@ -759,7 +780,7 @@ def _save_grid(file: Path, im: _Image, meta, dets, columns, alpha: float) -> Pat
     cells, titles = [], []
     for i in dets:
         name = _class_name(meta, int(d.labels[i]))
-        box = d.boxes[i] * f
+        box = im.on_pixels(d.boxes[i]) * f
         cells.append(
             viz.draw_detections(pixels, box[None], d.labels[i : i + 1], d.scores[i : i + 1], meta.class_names, scale=s)
         )
