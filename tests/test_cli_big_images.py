@@ -145,6 +145,19 @@ def test_bounded_loading_applies_exif_rotation_and_reports_the_displayed_size(tm
     assert np.abs(small.astype(float) - expected).max() <= 1.0
 
 
+def test_bounded_loading_of_a_jpeg_decodes_at_a_reduced_scale_within_the_bound(tmp_path):
+    yy, xx = np.mgrid[0:1600, 0:2400]
+    smooth = np.stack([xx * 255 // 2399, yy * 255 // 1599, (xx + yy) * 255 // 3998], -1).astype(np.uint8)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(smooth).save(path, quality=95)
+    small, size = viz.load_image_bounded(path, 500)
+    h, w = small.shape[:2]
+    assert size == (1600, 2400) and 250 < w <= 500 and abs(w / h - 1.5) < 0.01
+    # the same picture: the full decode box-averaged to that size, up to JPEG's own error
+    ref = np.asarray(Image.fromarray(viz.load_image(path)).resize((w, h), Image.Resampling.BOX), np.float64)
+    assert np.abs(small - ref).mean() < 2.0
+
+
 def test_bounded_loading_of_16_bit_grey_scales_by_the_whole_image(tmp_path):
     a = np.full((30, 30), 1000, np.uint16)
     a[0, 0] = 65535  # one bright pixel: the whole image is scaled by 65535, as unreduced
