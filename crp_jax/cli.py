@@ -21,10 +21,12 @@ Images: anything Pillow reads (grey, RGBA, palette, 16-bit, EXIF-rotated JPEG, a
 loaded with :func:`crp_jax.viz.load_image_bounded` and detected at the model's input size;
 boxes are printed in the original pixels (``detect(..., image_sizes=...)``) and heatmaps are
 resized bilinearly onto the image, so every output PNG has the size of its input image (the
-demo's pictures are magnified for viewing). Images longer than ``MAX_SIDE`` (2048) pixels are
-reduced by Pillow to at most that while they are read (box average by an integer factor),
-detected from that, and drawn at that size: memory stays bounded (under 2 GB peak for the
-largest image Pillow accepts, 179 M pixels) instead of growing with the image.
+demo's pictures are magnified for viewing), up to ``MAX_SIDE`` (2048) pixels: a longer image
+is reduced by Pillow to at most that while it is read (box average by an integer factor),
+detected from that, and drawn at that size. Memory is then the decoded file plus bounded
+arrays, not a multiple of the image (peak RSS 871 MiB for ``detect`` and 869-936 MiB for
+``explain`` of a 12544 x 12544 PNG, where ``detect`` took 6094 MiB before; the bound is
+tested in tests/test_cli_big_images.py).
 
 This module is only argument handling and file naming; the work is done by
 ``crp_jax.ssd.detect``, ``crp_jax.relevance.explain`` and ``crp_jax.viz``. Heavy modules
@@ -60,7 +62,8 @@ DELEGATED = {
 }
 DEFAULT_DEMO_DIR = "crp_jax_demo"
 # Longest side at which images are read, detected from and drawn (see the module doc): the
-# model sees S x S pixels anyway, and a full-size 13000 x 13000 overlay would need ~10 GB.
+# model sees S x S pixels anyway, and full-size float arrays of a 13000 x 13000 image took
+# 14.2 GB peak for explain (issue 9).
 MAX_SIDE = 2048
 _DEMO_SCAN = 50  # scenes tried after --index when a scene has no detection
 
