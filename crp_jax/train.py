@@ -933,6 +933,9 @@ def _check_writable(out: Path) -> None:
     training, so that a bad ``--out`` does not cost a training run."""
     wpath = out if out.suffix else out.with_suffix(".msgpack")
     folder = wpath.parent
+    existing = next((d for d in (folder, *folder.parents) if d.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise NotADirectoryError(20, "is a file, not a folder", str(existing))
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=folder):  # save_weights writes NAME.msgpack.tmp there
         pass
