@@ -54,6 +54,7 @@ def _run_to_end(argv: list[str], timeout: float = 300) -> subprocess.CompletedPr
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=ROOT)
 
 
+@pytest.mark.slow  # two training processes (about 50 s on a shared 2-core machine)
 def test_sigint_after_a_step_line_stops_saves_exits_130_and_the_advice_resumes(tmp_path):
     wrapper = tmp_path / "tiny_train.py"
     wrapper.write_text(WRAPPER)
