@@ -6,6 +6,7 @@ Subcommands::
     crp-jax detect   IMAGE... [--weights FILE] [--score-threshold 0.5] [--out DIR]
     crp-jax explain  IMAGE... --out DIR [--method M] [--target cls|cx|cy|w|h] [--sign +|-]
                      [--contrast others|foreground|CLASS...] [--compare methods|classes|none]
+                     [--shard K/N]
     crp-jax train | evaluate | convert ...   (delegated to crp_jax.train / .evaluate / .ssd.convert)
 
 Exit status: 0 on success; 2 on a usage error (argparse's own message, or a combination of
@@ -17,10 +18,15 @@ images, an image that cannot be read is reported on its line and the others are 
 processed; the exit status is then 1.
 
 Images: anything Pillow reads (grey, RGBA, palette, 16-bit, EXIF-rotated JPEG, any size) is
-loaded with :func:`crp_jax.viz.load_image` and detected at the model's input size; boxes and
-heatmaps are mapped back to the original pixels (``detect(..., image_sizes=...)`` and a
-bilinear resize of the heatmap), so every output PNG has the size of its input image (the
-demo's pictures are magnified for viewing).
+loaded with :func:`crp_jax.viz.load_image_bounded` and detected at the model's input size;
+boxes are printed in the original pixels (``detect(..., image_sizes=...)``) and heatmaps are
+resized bilinearly onto the image, so every output PNG has the size of its input image (the
+demo's pictures are magnified for viewing), up to ``MAX_SIDE`` (2048) pixels: a longer image
+is reduced by Pillow to at most that while it is read (box average by an integer factor),
+detected from that, and drawn at that size. Memory is then the decoded file plus bounded
+arrays, not a multiple of the image (peak RSS 871 MiB for ``detect`` and 869-936 MiB for
+``explain`` of a 12544 x 12544 PNG, where ``detect`` took 6094 MiB before; the bound is
+tested in tests/test_cli_big_images.py).
 
 This module is only argument handling and file naming; the work is done by
 ``crp_jax.ssd.detect``, ``crp_jax.relevance`` and ``crp_jax.viz``. Heavy modules
@@ -55,6 +61,10 @@ DELEGATED = {
     "convert": ("crp_jax.ssd.convert", "convert_main", "convert a PyTorch SSD300 checkpoint to crp-jax weights"),
 }
 DEFAULT_DEMO_DIR = "crp_jax_demo"
+# Longest side at which images are read, detected from and drawn (see the module doc): the
+# model sees S x S pixels anyway, and full-size float arrays of a 13000 x 13000 image took
+# 14.2 GB peak for explain (issue 9).
+MAX_SIDE = 2048
 _DEMO_SCAN = 50  # scenes tried after --index when a scene has no detection
 
 
@@ -309,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--alpha", type=_threshold, default=0.6, metavar="A", help="heatmap opacity over the image (default 0.6)"
     )
+    _add_shard_option(p)
     _add_progress_option(p)
     p.set_defaults(func=cmd_explain, parser=p)
 
@@ -407,6 +418,63 @@ def _unique_stems(paths: Sequence[str]) -> list[str]:
     return out
 
 
+# ---- sharding a list of images over processes ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Process ``index`` of ``count`` (0-based): it takes items ``index, index + count, ...``
+    of the list as given on the command line (not re-sorted: a shell glob is already sorted,
+    and every process must see the same list)."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard:
+    """``"K/N"`` -> ``Shard(K, N)``; anything else (non-numeric, ``N < 1``, ``K < 0``,
+    ``K >= N``) raises ``argparse.ArgumentTypeError`` naming the value (a usage error)."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if m is None:
+        raise argparse.ArgumentTypeError(f"expected K/N with integers 0 <= K < N, got {text!r}")
+    k, n = int(m.group(1)), int(m.group(2))
+    if n < 1 or k >= n:
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N, got {text!r}")
+    return Shard(k, n)
+
+
+def _add_shard_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=None,
+        metavar="K/N",
+        help="process K of N (0-based) takes every N-th image of the list as given (K, K+N, ...) and "
+        "writes only their outputs; default 0/1, or jax.process_index()/jax.process_count() "
+        "when jax.distributed is initialised",
+    )
+
+
+def resolve_shard(shard: Shard | None) -> Shard:
+    """``shard``, or when None the JAX process's: ``jax.process_index()`` of
+    ``jax.process_count()`` (``0/1`` unless ``jax.distributed`` is initialised)."""
+    if shard is not None:
+        return shard
+    import jax
+
+    return Shard(int(jax.process_index()), int(jax.process_count()))
+
+
+def shard_images(paths: Sequence[str], shard: Shard) -> list[tuple[str, str]]:
+    """``(path, stem)`` of the images ``shard`` handles: ``paths[K::N]``. Stems are made
+    unique over the WHOLE list first, so a shard names its files exactly as an unsharded
+    run would."""
+    return list(zip(paths, _unique_stems(paths)))[shard.index :: shard.count]
+
+
 def _display(pixels, small: int = 160, large: int = 400):
     """Grid cells at a readable size: ``(pixels, box_factor, scale)``. Small images are
     magnified by an integer ``scale`` (nearest), large ones shrunk to ``large`` pixels on
@@ -433,17 +501,32 @@ def _class_name(meta, k: int) -> str:
 class _Image:
     path: str
     stem: str
-    pixels: object  # uint8 [H, W, 3]
+    pixels: object  # uint8 [h, w, 3]: the image, reduced to MAX_SIDE when it is larger
     x: object  # model input [1, S, S, 3]
     det: object  # Detections, boxes in original pixels
+    size: tuple | None = None  # (H, W) of the original image; None: pixels' own size
+
+    @property
+    def full_size(self) -> tuple[int, int]:
+        return tuple(self.size) if self.size is not None else tuple(self.pixels.shape[:2])
+
+    def on_pixels(self, boxes):
+        """Boxes ``[..., 4]`` in original pixels -> in ``pixels``' pixels (for drawing)."""
+        import numpy as np
+
+        H, W = self.full_size
+        h, w = self.pixels.shape[:2]
+        if (h, w) == (H, W):
+            return boxes
+        return np.asarray(boxes, np.float32) * np.array([w / W, h / H, w / W, h / H], np.float32)
 
 
 def _detect_one(model, variables, meta, path: str, stem: str, args) -> _Image:
     from crp_jax import viz
     from crp_jax.ssd.detect import detect, preprocess_with_sizes
 
-    pixels = viz.load_image(path)
-    x, sizes = preprocess_with_sizes([pixels], meta)
+    pixels, size = viz.load_image_bounded(path, MAX_SIDE)
+    x = preprocess_with_sizes([pixels], meta)[0]
     det = detect(
         model,
         variables,
@@ -451,9 +534,9 @@ def _detect_one(model, variables, meta, path: str, stem: str, args) -> _Image:
         meta,
         score_threshold=args.score_threshold,
         max_detections=args.max_detections,
-        image_sizes=sizes,
+        image_sizes=[size],
     )[0]
-    return _Image(path, stem, pixels, x, det)
+    return _Image(path, stem, pixels, x, det, size)
 
 
 def _each_image(paths: Sequence[str], args, desc: str, work: Callable[[str, str, _Progress], None]) -> int:
@@ -462,10 +545,17 @@ def _each_image(paths: Sequence[str], args, desc: str, work: Callable[[str, str,
     from crp_jax.errors import CRPError
 
     prog = f"{PROG} {args.command}"
-    bar = _progress(len(paths), desc, args)
+    if hasattr(args, "shard"):  # commands with --shard: this process's share of the list
+        shard = resolve_shard(args.shard)
+        pairs = shard_images(paths, shard)
+        if not pairs:
+            print(f"{prog}: note: shard {shard} has no images ({len(paths)} given)", file=sys.stderr)
+    else:
+        pairs = list(zip(paths, _unique_stems(paths)))
+    bar = _progress(len(pairs), desc, args)
     failed = 0
     try:
-        for path, stem in zip(paths, _unique_stems(paths)):
+        for path, stem in pairs:
             try:
                 work(path, stem, bar)
             except (CRPError, OSError) as e:
@@ -495,7 +585,7 @@ def cmd_detect(args) -> int:
 
     def work(path, stem, bar):
         im = _detect_one(model, variables, meta, path, stem, args)
-        H, W = im.pixels.shape[:2]
+        H, W = im.full_size
         d = im.det
         lines = [f"{path} ({W}x{H}): {len(d)} detection{'s' if len(d) != 1 else ''}"]
         for k in range(len(d)):
@@ -503,7 +593,7 @@ def cmd_detect(args) -> int:
             lines.append(f"  {name:<12} {float(d.scores[k]):.3f}  {_fmt_box(d.boxes[k])}")
         if out is not None:
             file = out / f"{stem}_detections.png"
-            viz.draw_detections(im.pixels, d.boxes, d.labels, d.scores, meta.class_names).save(file)
+            viz.draw_detections(im.pixels, im.on_pixels(d.boxes), d.labels, d.scores, meta.class_names).save(file)
             lines.append(f"  wrote {file}")
         bar.write("\n".join(lines))
 
@@ -649,7 +739,7 @@ def cmd_explain(args) -> int:
 
     def work(path, stem, bar):
         im = _detect_one(model, variables, meta, path, stem, args)
-        H, W = im.pixels.shape[:2]
+        H, W = im.full_size
         d = im.det
         if len(d) == 0:
             bar.write(f"{path} ({W}x{H}): no detections above {args.score_threshold}; nothing to explain")
@@ -667,7 +757,7 @@ def cmd_explain(args) -> int:
             target, h = main[i]
             name = _class_name(meta, int(d.labels[i]))
             label = f"{name} {float(d.scores[i]):.2f} | {_describe(meta, target, args.method)}"
-            img = viz.overlay(im.pixels, h, box=d.boxes[i], label=label, alpha=args.alpha)
+            img = viz.overlay(im.pixels, h, box=im.on_pixels(d.boxes[i]), label=label, alpha=args.alpha)
             what = args.target if args.target == "cls" else f"{args.target}{'+' if ask.sign > 0 else '-'}"
             file = out / f"{stem}_det{i:02d}_{_safe(name)}_{what}_{args.method}.png"
             img.save(file)
@@ -693,7 +783,7 @@ def _save_grid(file: Path, im: _Image, meta, dets, columns, alpha: float) -> Pat
     cells, titles = [], []
     for i in dets:
         name = _class_name(meta, int(d.labels[i]))
-        box = d.boxes[i] * f
+        box = im.on_pixels(d.boxes[i]) * f
         cells.append(
             viz.draw_detections(pixels, box[None], d.labels[i : i + 1], d.scores[i : i + 1], meta.class_names, scale=s)
         )

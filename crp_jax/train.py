@@ -23,6 +23,14 @@ are other data-set seeds; :class:`TrainConfig` refuses to train on either.
 Checkpoints are flax msgpack files (``ckpt_00001000.msgpack``: params, optimiser state,
 step and the config as JSON), written atomically; nothing is pickled.
 
+Interrupts: while :func:`train` runs, SIGINT (Ctrl-C) only sets a flag that the loop reads
+between two steps; the run then writes a checkpoint of the last finished step (whatever
+``ckpt_interval`` says) and raises :class:`TrainingInterrupted`. Why not the default
+``KeyboardInterrupt``: Python raises it wherever the main thread happens to be, and inside
+JAX's garbage-collection callback it is printed as "Exception ignored" and lost, so training
+went on; and an interrupt between two interval checkpoints lost the steps since the last
+one. A second Ctrl-C stops at once (no checkpoint).
+
 Command line (wired into ``crp-jax train``)::
 
     python -m crp_jax.train --out weights/default.msgpack   # the shipped default (weights/TRAINING.md)
@@ -36,7 +44,11 @@ import functools
 import json
 import math
 import os
+import shlex
+import signal
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -74,6 +86,7 @@ __all__ = [
     "default_ckpt_dir",
     "train",
     "train_main",
+    "TrainingInterrupted",
 ]
 
 VARIANCES = (0.1, 0.2)
@@ -696,6 +709,48 @@ class _Progress:
             print(file=sys.stderr)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT stopped :func:`train` between two steps. ``step``: the last finished step;
+    ``checkpoint``: the checkpoint of that step (None when the run has no ``ckpt_dir``)."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        super().__init__(f"training interrupted after step {step}")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class _SigintFlag:
+    """While active (main thread only), SIGINT sets ``is_set()`` instead of raising; the
+    first one also restores the previous handler, so a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        self._previous = None
+        self._active = False
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def _handler(self, signum, frame) -> None:
+        self._event.set()
+        signal.signal(signal.SIGINT, self._previous)
+        # os.write: safe inside a signal handler (print could re-enter a busy stdout buffer)
+        os.write(2, b"\ninterrupt: stopping after the current step (Ctrl-C again to stop at once)\n")
+
+    def __enter__(self) -> _SigintFlag:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            self._previous = signal.default_int_handler if previous is None else previous
+            signal.signal(signal.SIGINT, self._handler)
+            self._active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._active:
+            signal.signal(signal.SIGINT, self._previous)
+            self._active = False
+
+
 def train(
     cfg: TrainConfig,
     *,
@@ -709,6 +764,8 @@ def train(
 
     ``until`` stops after that many steps (a checkpoint is written there when ``ckpt_dir``
     is set), as an interrupted run would; the returned variables are those of that step.
+    SIGINT stops the run after the current step, writes a checkpoint of it (with
+    ``ckpt_dir``) and raises :class:`TrainingInterrupted` (see the module doc).
     ``history``, when given, receives one dict per logged step (step; loss, cls_loss,
     loc_loss as means over the steps since the previous log line; step_loss, the last
     step's loss; lr; seconds) and one per validation (step, val_map).
@@ -719,18 +776,24 @@ def train(
         raise ConfigError("resume needs a checkpoint directory (ckpt_dir)")
     if until is not None and (not isinstance(until, int) or until < 1):
         raise ConfigError(f"until must be an integer >= 1, got {until!r}")
-    meta = cfg.meta()
-    model, tx, schedule, step_fn = _compiled(_result_config(cfg))
-    state = init_state(cfg, model, tx)
-    start = 0
-    if resume:
-        path = latest_checkpoint(cfg.ckpt_dir)
-        if path is None:
-            raise CheckpointError(f"--resume: no checkpoint ({CKPT_PREFIX}*{CKPT_SUFFIX}) in {cfg.ckpt_dir}")
-        state = load_checkpoint(path, state, cfg)
-        start = int(state["step"])
-        if start > cfg.steps:
-            raise CheckpointError(f"{path}: checkpoint is at step {start}, beyond steps={cfg.steps}")
+    # From here on SIGINT only sets a flag (see the module doc); the loop reads it first thing.
+    sigint = _SigintFlag().__enter__()  # left in the loop's finally, or below on an error
+    try:
+        meta = cfg.meta()
+        model, tx, schedule, step_fn = _compiled(_result_config(cfg))
+        state = init_state(cfg, model, tx)
+        start = 0
+        if resume:
+            path = latest_checkpoint(cfg.ckpt_dir)
+            if path is None:
+                raise CheckpointError(f"--resume: no checkpoint ({CKPT_PREFIX}*{CKPT_SUFFIX}) in {cfg.ckpt_dir}")
+            state = load_checkpoint(path, state, cfg)
+            start = int(state["step"])
+            if start > cfg.steps:
+                raise CheckpointError(f"{path}: checkpoint is at step {start}, beyond steps={cfg.steps}")
+    except BaseException:
+        sigint.__exit__()
+        raise
     stop = cfg.steps if until is None else min(cfg.steps, until)
 
     bar = _Progress(cfg.steps, start, cfg.progress)
@@ -752,11 +815,21 @@ def train(
 
     t0 = time.time()
     window: list = []
+    saved = start if resume else None  # the step of the newest checkpoint on disk
+
+    def interrupted(done: int) -> TrainingInterrupted:
+        path = None
+        if cfg.ckpt_dir is not None:
+            path = _ckpt_path(cfg.ckpt_dir, done) if saved == done else save_checkpoint(cfg.ckpt_dir, state, cfg)
+        return TrainingInterrupted(done, path)
+
     try:
         for k in (start, start + 1):
             if k < stop:
                 fetch(k)
         for k in range(start, stop):
+            if sigint.is_set():
+                raise interrupted(k)
             batch = pending.pop(k).result()
             if k + 1 < stop:
                 fetch(k + 1)
@@ -790,6 +863,7 @@ def train(
             bar.update(1)
             if cfg.ckpt_dir is not None and (done % cfg.ckpt_interval == 0 or done == stop):
                 save_checkpoint(cfg.ckpt_dir, state, cfg)
+                saved = done
             if cfg.eval_interval and done % cfg.eval_interval == 0 and done != cfg.steps:
                 from crp_jax.evaluate import VALIDATION_SEED, evaluate
 
@@ -797,7 +871,10 @@ def train(
                 if history is not None:
                     history.append({"step": done, "val_map": res["map"]})
                 emit(f"step {done:6d}  validation mAP@0.5 {res['map']:.4f} on {cfg.eval_scenes} scenes")
+        if sigint.is_set():  # during the last step: the run is complete, but stop as asked
+            raise interrupted(stop)
     finally:
+        sigint.__exit__()
         for f in pending.values():
             f.cancel()
         pool.shutdown(wait=True)
@@ -849,8 +926,52 @@ def build_parser(prog: str = "crp-jax train") -> argparse.ArgumentParser:
     return p
 
 
+def _check_writable(out: Path) -> None:
+    """Raise ``OSError`` unless the weights ``out`` (``.msgpack`` added when there is no
+    suffix) and its ``.json`` sidecar can be written: their folder exists or can be made, a
+    file can be created in it, and neither is a folder or a read-only file. Run before
+    training, so that a bad ``--out`` does not cost a training run."""
+    wpath = out if out.suffix else out.with_suffix(".msgpack")
+    folder = wpath.parent
+    existing = next((d for d in (folder, *folder.parents) if d.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise NotADirectoryError(20, "is a file, not a folder", str(existing))
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):  # save_weights writes NAME.msgpack.tmp there
+        pass
+    for f in (wpath, wpath.with_suffix(".json")):
+        if f.is_dir():
+            raise IsADirectoryError(21, "is a folder", str(f))
+        if f.exists() and not os.access(f, os.W_OK):
+            raise PermissionError(13, "not writable", str(f))
+
+
+def _resume_command(prog: str, parser: argparse.ArgumentParser, args, ckpt_dir: str) -> str:
+    """The command that continues this run: its options (those not at their default) plus
+    ``--resume --ckpt-dir DIR``."""
+    argv = []
+    for flag, dest in (
+        ("--steps", "steps"),
+        ("--batch-size", "batch_size"),
+        ("--lr", "lr"),
+        ("--seed", "seed"),
+        ("--out", "out"),
+        ("--ckpt-interval", "ckpt_interval"),
+        ("--eval-interval", "eval_interval"),
+        ("--log-interval", "log_interval"),
+    ):
+        value = getattr(args, dest)
+        if value != parser.get_default(dest):
+            argv += [flag, str(value)]
+    if args.no_progress:
+        argv.append("--no-progress")
+    return f"{prog} {shlex.join(argv + ['--resume', '--ckpt-dir', str(ckpt_dir)])}"
+
+
 def train_main(argv=None, prog: str = "crp-jax train") -> int:
-    """``crp-jax train``: 0 on success, 2 on a usage error, 1 on a runtime error (one line)."""
+    """``crp-jax train``: 0 on success, 2 on a usage error (also an ``--out`` that cannot
+    be written, found before training), 1 on a runtime error (one line), 130 when
+    interrupted (after writing a checkpoint; the message says how to resume)."""
     parser = build_parser(prog)
     try:
         args = parser.parse_args(argv)
@@ -877,6 +998,13 @@ def train_main(argv=None, prog: str = "crp-jax train") -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     try:
+        _check_writable(out)
+    except OSError as e:
+        reason = e.strerror or one_line(e)
+        where = f" ({e.filename})" if getattr(e, "filename", None) and str(e.filename) != args.out else ""
+        print(f"{prog}: error: --out {args.out}: cannot write the weights there: {reason}{where}", file=sys.stderr)
+        return 2
+    try:
         t0 = time.time()
         print(f"checkpoints: {ckpt_dir}", flush=True)
         history: list = []
@@ -888,9 +1016,23 @@ def train_main(argv=None, prog: str = "crp-jax train") -> int:
         final = f", final loss {losses[-1]['loss']:.4f} (mean of the last logged steps)" if losses else ""
         print(f"saved {path} and {path.with_suffix('.json')} ({cfg.steps} steps in {time.time() - t0:.0f}s{final})")
         return 0
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted (resume with --resume --ckpt-dir {ckpt_dir})", file=sys.stderr)
-        return 1
+    except TrainingInterrupted as e:
+        if e.checkpoint is None:  # pragma: no cover - train_main always sets ckpt_dir
+            print(f"{prog}: interrupted after step {e.step}; nothing saved", file=sys.stderr)
+        else:
+            resume = _resume_command(prog, parser, args, ckpt_dir)
+            print(
+                f"{prog}: interrupted after step {e.step}; saved {e.checkpoint}; resume with: {resume}", file=sys.stderr
+            )
+        return 130
+    except KeyboardInterrupt:  # outside the training loop (start-up, a second Ctrl-C, saving)
+        ckpt = latest_checkpoint(ckpt_dir)
+        if ckpt is None:
+            print(f"{prog}: interrupted; no checkpoint in {ckpt_dir}", file=sys.stderr)
+        else:
+            resume = _resume_command(prog, parser, args, ckpt_dir)
+            print(f"{prog}: interrupted; newest checkpoint {ckpt}; resume with: {resume}", file=sys.stderr)
+        return 130
     except Exception as e:  # the package's errors and anything else (e.g. XLA's): one line
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return 1

@@ -18,13 +18,16 @@ Overlay
     ``crp_jax.detect(..., image_sizes=...)`` are already in the original pixels, so they fit.
 
 Also here: :func:`load_image` (any image Pillow reads -> uint8 RGB, EXIF orientation
-applied), :func:`grid` (side-by-side comparison with titles) and :func:`draw_detections`.
+applied), :func:`load_image_bounded` (the same, reduced by Pillow to a bounded size before
+anything is converted, so that memory stays bounded for any image Pillow accepts),
+:func:`grid` (side-by-side comparison with titles) and :func:`draw_detections`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,6 +44,7 @@ __all__ = [
     "colorize",
     "resize_heatmap",
     "load_image",
+    "load_image_bounded",
     "overlay",
     "grid",
     "draw_detections",
@@ -138,31 +142,137 @@ def load_image(path) -> np.ndarray:
     The EXIF orientation is applied (``ImageOps.exif_transpose``), so a rotated JPEG comes
     out the way viewers show it; grey, palette, CMYK, ... are converted to RGB; transparent
     images (RGBA, LA, palette with transparency) are composited over white; 16-bit grey is
-    scaled to 8 bits. Only the first frame of an animation is read.
+    scaled to 8 bits, float grey in [0, 1] (else 0..255) too. Only the first frame of an
+    animation is read.
 
     Raises ``OSError`` (``FileNotFoundError``, ``PIL.UnidentifiedImageError``, a truncated
     file, ...) when the file cannot be read as an image, and :class:`InputError` for an
-    image too large to decode safely.
+    image too large to decode safely or a float image with NaN or Inf pixels (the message
+    names the file and how many).
     """
+    return load_image_bounded(path, None)[0]
+
+
+# Pixels per band when a large image is converted and reduced band by band: bounds the
+# converted copies (~4 M pixels, some tens of MB) whatever the image's size.
+_BAND_PIXELS = 1 << 22
+# 16- and 32-bit grey: scaled to 8 bits by the whole image's range (see _deep_top).
+_DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
+_EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def load_image_bounded(path, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Like :func:`load_image`, but at most ``max_side`` pixels on the longer side.
+
+    Returns ``(pixels, (H, W))``: uint8 RGB ``pixels [h, w, 3]`` and the size ``(H, W)`` of
+    the whole image as displayed. An image longer than ``max_side`` is reduced by the
+    smallest integer factor ``f`` that fits (``h = ceil(H / f)``, box average of each
+    ``f x f`` block, Pillow's ``Image.reduce``; JPEGs are first decoded at a reduced DCT
+    scale with ``Image.draft``), band by band, before anything is converted to RGB or to
+    numpy; the EXIF orientation is applied to the reduced image. So the memory needed is the
+    decoded file (at most ~0.7 GB for the largest image Pillow accepts, 179 M pixels) plus
+    ``max_side^2``-sized arrays. ``max_side=None``: the whole image (:func:`load_image`).
+
+    Pillow's ``DecompressionBombWarning`` (images over 89 M pixels) is not shown: such an
+    image is decoded within the bound above; over Pillow's hard limit (twice that) the
+    result is :class:`InputError`.
+    """
+    if max_side is not None and (
+        isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < 1
+    ):
+        raise InputError(f"max_side must be an integer >= 1 or None, got {max_side!r}")
     try:
-        with Image.open(os.fspath(path)) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return _to_rgb_array(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(os.fspath(path)) as im:
+                return _load_bounded(im, path, max_side)
     except Image.DecompressionBombError as e:
         raise InputError(f"{path}: {e}") from None
 
 
-def _to_rgb_array(im: Image.Image) -> np.ndarray:
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        if im.mode == "F":
-            top = 1.0 if a.size and np.nanmax(a) <= 1.0 else 255.0
-        else:
-            top = 65535.0 if a.size and a.max() > 255 else 255.0
-        a = np.clip(np.nan_to_num(a) * (255.0 / top), 0, 255)
-        g = np.rint(a).astype(np.uint8)
-        return np.repeat(g[..., None], 3, axis=-1)
+def _load_bounded(im: Image.Image, path, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    orientation = im.getexif().get(0x0112, 1)
+    W, H = im.size
+    size = (W, H) if orientation in (5, 6, 7, 8) else (H, W)  # (H, W) as displayed
+    if max_side is None or max(W, H) <= max_side:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        return _to_rgb_array(im, path), size
+    factor = math.ceil(max(W, H) / max_side)
+    if im.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale, still at least the target size
+        im.draft(im.mode, (math.ceil(W / factor), math.ceil(H / factor)))
+    im.load()
+    factor = math.ceil(max(im.size) / max_side)
+    deep = im.mode in _DEEP_MODES
+    top = _deep_top(im, path) if deep else None
+    small = _reduce_in_bands(im, factor, deep) if factor > 1 else im.convert("F" if deep else "RGB")
+    if orientation in _EXIF_TRANSPOSE:
+        small = small.transpose(_EXIF_TRANSPOSE[orientation])
+    if deep:
+        return _deep_to_rgb(np.asarray(small, np.float64), top), size
+    return np.asarray(small, dtype=np.uint8), size
+
+
+def _reduce_in_bands(im: Image.Image, factor: int, deep: bool) -> Image.Image:
+    """``im`` reduced by ``factor`` (``Image.reduce``), converted band by band of ``factor``
+    rows multiples: to RGB as :func:`_to_rgb_array` does, or to float32 grey ("F") for
+    16/32-bit images. Bands of whole blocks give the same result as one reduce."""
+    if im.mode in ("RGB", "L"):  # RGB conversion commutes with averaging: reduce in place
+        return im.reduce(factor).convert("RGB")
+    W, H = im.size
+    out = Image.new("F" if deep else "RGB", (math.ceil(W / factor), math.ceil(H / factor)))
+    rows = factor * max(1, _BAND_PIXELS // (W * factor))
+    for y in range(0, H, rows):
+        band = im.crop((0, y, W, min(H, y + rows)))
+        band = band.convert("F") if deep else Image.fromarray(_to_rgb_array(band, None), "RGB")
+        out.paste(band.reduce(factor), (0, y // factor))
+    return out
+
+
+def _deep_top(im: Image.Image, path) -> float:
+    """The value shown as white for a 16/32-bit grey image, from the whole image (read band
+    by band): 1.0 for a float image within [0, 1] (else 255), 65535 for an integer image
+    above 255 (else 255). Raises InputError for NaN or Inf pixels: scaling around them would
+    turn the image black or white, so the file is refused with the count."""
+    W, H = im.size
+    rows = max(1, _BAND_PIXELS // max(W, 1))
+    hi, bad = -math.inf, 0
+    for y in range(0, H, rows):
+        a = np.asarray(im.crop((0, y, W, min(H, y + rows))))
+        if a.dtype.kind == "f":
+            finite = np.isfinite(a)
+            bad += int(a.size - np.count_nonzero(finite))
+            a = a[finite]
+        if a.size:
+            hi = max(hi, float(a.max()))
+    if bad:
+        raise InputError(
+            f"{path}: {bad} of {W * H} pixels are NaN or Inf; a float image must be finite "
+            "(replace them, e.g. with 0, before loading)"
+        )
+    if im.mode == "F":
+        return 1.0 if hi <= 1.0 else 255.0
+    return 65535.0 if hi > 255 else 255.0
+
+
+def _deep_to_rgb(a: np.ndarray, top: float) -> np.ndarray:
+    """16/32-bit grey values ``[H, W]`` -> uint8 RGB, ``top`` shown as 255."""
+    g = np.rint(np.clip(a * (255.0 / top), 0, 255)).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=-1)
+
+
+def _to_rgb_array(im: Image.Image, path) -> np.ndarray:
+    if im.mode in _DEEP_MODES:
+        return _deep_to_rgb(np.asarray(im, dtype=np.float64), _deep_top(im, path))
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
