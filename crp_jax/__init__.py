@@ -51,7 +51,6 @@ _LAZY = {
     "targets_from_detections": "crp_jax.relevance.targets",
     "explain": "crp_jax.relevance.batched",
     "heatmap": "crp_jax.relevance.batched",
-    "NumericsError": "crp_jax.errors",
     "composite_names": "crp_jax.relevance.composite",
     # errors
     "CRPError": "crp_jax.errors",

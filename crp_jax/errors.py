@@ -41,8 +41,3 @@ def one_line(e: BaseException) -> str:
     if isinstance(e, (CRPError, OSError, ValueError, MemoryError)):
         return first or type(e).__name__
     return f"{type(e).__name__}: {first}"
-
-
-class NumericsError(CRPError, ArithmeticError):
-    """A computation whose result is not finite although its inputs were (e.g. weights so
-    large that the forward pass overflows); the message names the first layer affected."""

@@ -175,3 +175,15 @@ def test_crp_jax_detect_with_overflowing_weights_prints_one_line_and_exits_1(shi
     assert len(err_lines) == 1, captured.err
     assert "conv1_2" in err_lines[0] and "Traceback" not in captured.err
     assert "detection" not in captured.out
+
+
+def test_explain_names_the_first_overflowing_layer_instead_of_returning_nan():
+    import jax  # noqa: F811
+
+    model, variables, meta = cj.load_pretrained()
+    big = {"params": jax.tree.map(lambda a: a * 1e30 if a.ndim == 4 else a, variables["params"])}
+    x = np.full((1, 128, 128, 3), 0.5, np.float32)
+    with pytest.raises(cj.NumericsError, match="conv1_2"):
+        cj.explain(model, big, x, [cj.ClassTarget(0, 5, 1)], method="crp", meta=meta)
+    R = cj.explain(model, variables, x, [cj.ClassTarget(0, 5, 1)], method="crp", meta=meta)
+    assert np.isfinite(R).all()

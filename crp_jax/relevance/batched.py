@@ -366,14 +366,12 @@ def _layer_order(model, variables, x, comp: Composite) -> list[str]:
 
 
 def _raise_not_finite(model, variables, x, where: str):
-    from crp_jax.numerics import first_nonfinite_layer
+    """Slow path, after the forward's cheap ``isfinite`` check failed: name the first layer
+    whose output is not finite (the plain forward, without rules: rules do not change it)."""
+    from crp_jax.numerics import check_finite_forward
 
-    found = first_nonfinite_layer(model, variables, x)
-    layer = f"first at layer {found[0]!r} ({found[1]} values)" if found else "in its outputs"
-    raise NumericsError(
-        f"the model's forward pass is not finite for {where}: {layer}. "
-        "Check the weights (magnitudes) and the input preprocessing."
-    )
+    check_finite_forward(model, variables, jnp.asarray(x), where=where)
+    raise NumericsError(f"{where}: the model's outputs are not finite (every layer output was finite on a rerun)")
 
 
 # ---- argument checks (one line each, naming the bad value) -----------------------------
