@@ -11,13 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-try:  # run from a checkout without installing: python benchmarks/conservation_ssd300.py
-    import crp_jax as cj
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    import crp_jax as cj
-from crp_jax.ssd import SSD, Meta, SSDConfig
-from crp_jax.ssd.meta import TORCHVISION_MEAN, TORCHVISION_STD, default_class_names
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common.py, beside this script
+from _common import build_model  # noqa: E402
+
+import crp_jax as cj  # noqa: E402
 
 
 def source_anchor(cfg, k):
@@ -28,10 +25,8 @@ def source_anchor(cfg, k):
 
 
 def main():
-    cfg = SSDConfig.ssd300_vgg16(21)
-    model = SSD(cfg)
-    variables = cj.init_variables(model, seed=0)
-    meta = Meta(cfg, default_class_names(21), TORCHVISION_MEAN, TORCHVISION_STD)
+    _, model, variables, meta = build_model("ssd300")
+    cfg = model.config
     img = np.random.default_rng(0).integers(0, 256, (300, 300, 3)).astype(np.uint8)
     x = cj.preprocess(img, meta)
     anchors = [source_anchor(cfg, k) for k in range(6)]

@@ -15,14 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    import crp_jax as cj
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    import crp_jax as cj
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common.py, beside this script
 import jax  # noqa: E402
-from speed import build_model  # noqa: E402  (benchmarks/speed.py, beside this script)
+from _common import build_model  # noqa: E402
+
+import crp_jax as cj  # noqa: E402
 
 
 def main(argv=None) -> None:

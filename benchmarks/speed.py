@@ -1,4 +1,4 @@
-"""Propagation speed of crp-jax against its floor (plain gradient) and zennit (DESIGN §6).
+"""Propagation speed of crp-jax against its floor (plain gradient) and zennit (docs/design.md §6).
 
 Measures on SSD300-VGG16 (random weights from ``init_variables``) and on the shipped model
 (``cj.load_pretrained()``; when no weights are shipped yet, ``SSDConfig.small(num_classes=7)``
@@ -52,29 +52,19 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-try:  # run from a checkout without installing: python benchmarks/speed.py
-    import crp_jax  # noqa: F401
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-import importlib  # noqa: E402
+sys.path.insert(0, str(HERE))  # _common.py and zennit_ssd.py, beside this script
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from _common import block, build_model, make_images  # noqa: E402
 
 import crp_jax as cj  # noqa: E402
-from crp_jax.errors import CRPError  # noqa: E402
-from crp_jax.relevance import rules as _rules  # noqa: E402
-from crp_jax.relevance.composite import PRESETS, get_composite  # noqa: E402
+from crp_jax.relevance import PRESETS, compiled_functions, get_composite, rules  # noqa: E402
+from crp_jax.relevance.batched import chunk_size_for  # noqa: E402
 from crp_jax.relevance.linear import conv_op_from_module  # noqa: E402
 from crp_jax.relevance.targets import ClassTarget, encode_targets  # noqa: E402
-from crp_jax.ssd.config import SSDConfig  # noqa: E402
-from crp_jax.ssd.meta import TORCHVISION_MEAN, TORCHVISION_STD, Meta, default_class_names  # noqa: E402
-from crp_jax.ssd.model import SSD, init_variables  # noqa: E402
 
-_explain_mod = importlib.import_module("crp_jax.relevance.explain")  # the module (the package re-exports the function)
 EXPLAIN_METHODS = PRESETS
 GiB = 1024.0**3
 
@@ -130,57 +120,6 @@ def loadavg() -> str:
 # ---------------------------------------------------------------------------------------
 # models, images, targets
 # ---------------------------------------------------------------------------------------
-def build_model(name: str):
-    """``(label, model, variables, meta)``."""
-    if name == "ssd300":
-        cfg = SSDConfig.ssd300_vgg16(num_classes=21)
-        model = SSD(cfg)
-        variables = init_variables(model, seed=0)
-        meta = Meta(cfg, default_class_names(21), TORCHVISION_MEAN, TORCHVISION_STD, source="init_variables(seed=0)")
-        return "SSD300-VGG16, 21 classes, random weights (init_variables, seed 0)", model, variables, meta
-    if name == "shipped":
-        try:
-            model, variables, meta = cj.load_pretrained()
-            variables = jax.tree_util.tree_map(jnp.asarray, variables)
-            c = meta.config
-            return (
-                f"shipped model (weights/; {c.image_size}px, width {c.width}, {c.num_classes} classes)",
-                model,
-                variables,
-                meta,
-            )
-        except (CRPError, OSError) as e:
-            cfg = SSDConfig.small(num_classes=7)
-            model = SSD(cfg)
-            variables = init_variables(model, seed=0)
-            meta = Meta(cfg, default_class_names(7), source="init_variables(seed=0)")
-            why = str(e).splitlines()[0][:120]
-            return (
-                f"SSDConfig.small(num_classes=7) ({cfg.image_size}px, width {cfg.width}), random weights "
-                f"(init_variables) -- no shipped weights: {why}",
-                model,
-                variables,
-                meta,
-            )
-    raise SystemExit(f"unknown model {name!r}")
-
-
-def make_images(n: int, size: int, meta, seed: int = 0):
-    """``n`` deterministic uint8 images (gradient, shapes, noise), preprocessed."""
-    rng = np.random.default_rng(seed)
-    out = []
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    for _ in range(n):
-        img = np.stack([0.6 * xx + 0.2, 0.5 * yy + 0.25, 0.4 * (1 - xx) + 0.3 * yy], -1) * 255.0
-        for _ in range(6):
-            x0, y0 = rng.integers(0, max(1, size - size // 5), size=2)
-            w, h = rng.integers(size // 10, size // 2, size=2)
-            img[y0 : y0 + h, x0 : x0 + w] = rng.integers(0, 256, size=3)
-        img += rng.normal(0.0, 8.0, size=img.shape)
-        out.append(np.clip(np.round(img), 0, 255).astype(np.uint8))
-    return cj.preprocess(out, meta)
-
-
 def make_targets(cfg, num_images: int, T: int, seed: int = 0) -> list:
     """``T`` class targets, round-robin over the images, anchors drawn over all sources,
     classes cycling through the foreground classes. ``contrast=None``: the method's default
@@ -197,15 +136,6 @@ def encoded(cfg, targets, num_images: int):
     return encode_targets(targets, num_images, cfg.num_anchors(), cfg.num_classes, "others")
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def block(tree):
-    jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, tree)
-    return tree
-
-
 # ---------------------------------------------------------------------------------------
 # the floor, the naive loop
 # ---------------------------------------------------------------------------------------
@@ -215,8 +145,7 @@ class Floor:
     chunk of targets; batching, padding and chunk sizes exactly as ``explain``."""
 
     def __init__(self, model, chunk: int):
-        cfg = model.config
-        A, K = cfg.num_anchors(), cfg.num_classes
+        A = model.config.num_anchors()
         self.chunk = chunk
 
         @jax.jit
@@ -227,11 +156,9 @@ class Floor:
         @jax.jit
         def backward(vjp_fn, anchors, cls_coef, loc_coef):
             def one(a, cc, lc):
-                ct = (
-                    jnp.zeros((1, A, K), jnp.float32).at[0, a].set(cc),
-                    jnp.zeros((1, A, 4), jnp.float32).at[0, a].set(lc),
-                )
-                return vjp_fn(ct)[0][0]
+                # one-hot product, as explain builds its initial relevance
+                onehot = (jnp.arange(A) == a).astype(jnp.float32)[:, None]
+                return vjp_fn(((onehot * cc)[None], (onehot * lc)[None]))[0][0]
 
             return jax.vmap(one)(anchors, cls_coef, loc_coef)
 
@@ -245,7 +172,7 @@ class Floor:
         pending = None
         for b in np.unique(images):
             sel = np.flatnonzero(images == b)
-            chunk = min(self.chunk, _next_pow2(len(sel)))
+            chunk = chunk_size_for(len(sel), self.chunk)
             vjp_fn = self.forward(variables, x[b : b + 1])
             for start in range(0, len(sel), chunk):
                 idx = sel[start : start + chunk]
@@ -340,7 +267,7 @@ def conv_layers(model, variables, meta, methods) -> list[dict]:
             for m, comp in comps.items():
                 rule = comp.rule_for(mod)
                 rec["rules"][m] = type(rule).__name__ if rule is not None else "Gradient"
-                rec["mult"][m] = 2 if isinstance(rule, (_rules.AlphaBeta, _rules.ZBox)) else 1
+                rec["mult"][m] = 2 if isinstance(rule, (rules.AlphaBeta, rules.ZBox)) else 1
             recs.append(rec)
         return y
 
@@ -727,14 +654,15 @@ def main(argv=None) -> int:
 
         # --- decomposition: per-image forward and per-chunk backward (crp, floor) ---------
         comp = get_composite("crp", meta)
-        cfwd, cbwd = _explain_mod._compiled(model, comp, chunk, False)
+        cfwd, cbwd = compiled_functions(model, comp, chunk, cfg.num_anchors())
         fl = get_floor(model, chunk)
         tg = make_targets(cfg, 1, chunk)
         im, an, cc, lc = encoded(cfg, tg, 1)
         first = {}
         first["crp_forward"] = timed(lambda: block(cfwd(variables, x1)))
-        vjp_c = block(cfwd(variables, x1))
-        first["crp_backward_chunk"] = timed(lambda: block(cbwd(vjp_c, x1, an, cc, lc)))
+        _, vjp_c = block(cfwd(variables, x1))
+        an1, cc1, lc1 = an[None], cc[None], lc[None]  # one image's slots: [1, chunk, ...]
+        first["crp_backward_chunk"] = timed(lambda: block(cbwd(vjp_c, x1, an1, cc1, lc1)))
         first["floor_forward"] = timed(lambda: block(fl.forward(variables, x1)))
         vjp_f = block(fl.forward(variables, x1))
         first["floor_backward_chunk"] = timed(lambda: block(fl.backward(vjp_f, an, cc, lc)))
@@ -746,7 +674,7 @@ def main(argv=None) -> int:
             ts1.append(timed(lambda: block(fwd(variables, x1))))
             tsc.append(timed(lambda: block(fwd(variables, xc))))
             dts["crp_forward"].append(timed(lambda: block(cfwd(variables, x1))))
-            dts["crp_backward_chunk"].append(timed(lambda: block(cbwd(vjp_c, x1, an, cc, lc))))
+            dts["crp_backward_chunk"].append(timed(lambda: block(cbwd(vjp_c, x1, an1, cc1, lc1))))
             dts["floor_forward"].append(timed(lambda: block(fl.forward(variables, x1))))
             dts["floor_backward_chunk"].append(timed(lambda: block(fl.backward(vjp_f, an, cc, lc))))
         mres["forward_s_batch1"] = med(ts1)

@@ -11,24 +11,18 @@ by ``speed.py``; this script says where the bytes go.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
 import numpy as np
 
-try:
-    import crp_jax  # noqa: F401
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common.py, beside this script
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from speed import build_model  # noqa: E402  (benchmarks/speed.py, beside this script)
+from _common import build_model  # noqa: E402
 
-from crp_jax.relevance.composite import get_composite  # noqa: E402
+from crp_jax.relevance import compiled_functions, get_composite  # noqa: E402
 
-_explain = importlib.import_module("crp_jax.relevance.explain")
 MiB = 2.0**20
 
 
@@ -45,12 +39,12 @@ def main(argv=None) -> None:
     for method in args.methods.split(","):
         comp = get_composite(method, meta)
         for chunk in (int(c) for c in args.chunks.split(",")):
-            forward, backward = _explain._compiled(model, comp, chunk, False)
+            forward, backward = compiled_functions(model, comp, chunk, cfg.num_anchors())
             fm = forward.lower(variables, x).compile().memory_analysis()
-            vjp_fn = forward(variables, x)
-            a = np.zeros(chunk, np.int32)
-            c = np.zeros((chunk, cfg.num_classes), np.float32)
-            l = np.zeros((chunk, 4), np.float32)
+            _, vjp_fn = forward(variables, x)
+            a = np.zeros((1, chunk), np.int32)
+            c = np.zeros((1, chunk, cfg.num_classes), np.float32)
+            l = np.zeros((1, chunk, 4), np.float32)
             bm = backward.lower(vjp_fn, x, a, c, l).compile().memory_analysis()
             print(
                 f"{method:>9} {chunk:>5} {fm.output_size_in_bytes / MiB:>14.1f} "

@@ -8,7 +8,7 @@ image, then one ``torch.autograd.grad(..., retain_graph=True)`` per target.
 
 The network is hand-built rather than torchvision's ``ssd300_vgg16`` because torchvision
 normalises conv4_3 inside a function; here the L2Norm is a module of its own
-(:class:`L2Norm`) so that zennit can give it a pass-through rule (DESIGN §6). Module names
+(:class:`L2Norm`) so that zennit can give it a pass-through rule (docs/design.md §6). Module names
 are the JAX module names (``conv1_1`` ... ``cls_0`` ... ``loc_0`` ...), registered in
 forward order, so that zennit's ``SpecialFirstLayerMapComposite`` finds ``conv1_1`` as the
 first layer. Every ReLU is an ``nn.ReLU`` module of its own (zennit's ``Activation`` type,
@@ -185,7 +185,7 @@ class ZennitRunner:
         lo = torch.tensor(low, dtype=torch.float32, device=self.device).view(1, 3, 1, 1).expand(shape).contiguous()
         hi = torch.tensor(high, dtype=torch.float32, device=self.device).view(1, 3, 1, 1).expand(shape).contiguous()
         self.composite = SpecialFirstLayerMapComposite(
-            # zero_params="bias": crp-jax's rules leave the bias out of w+ / z^B (DESIGN §2);
+            # zero_params="bias": crp-jax's rules leave the bias out of w+ / z^B (docs/design.md §2);
             # zennit's defaults keep a clamped bias in the denominators. Same cost either way.
             layer_map=layer_map_base() + [(self.net.L2NormType, Pass()), (Convolution, ZPlus(zero_params="bias"))],
             first_map=[(Convolution, ZBox(lo, hi, zero_params="bias"))],

@@ -1,6 +1,6 @@
 """crp-jax: Contrastive Relevance Propagation (Tsunakawa et al., IJCNN 2019) for SSD in JAX.
 
-Public API (DESIGN §3)::
+Public API (docs/design.md §3)::
 
     import crp_jax as cj
     model, variables, meta = cj.load_pretrained()

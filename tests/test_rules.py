@@ -1,6 +1,6 @@
-"""Each relevance rule against an explicit, independent reference (DESIGN §2).
+"""Each relevance rule against an explicit, independent reference (docs/design.md §2).
 
-The reference is written in NumPy float64 from the formulas in DESIGN §2 on an explicit
+The reference is written in NumPy float64 from the formulas in docs/design.md §2 on an explicit
 dense matrix ``W_eff [n_in, n_out]`` of the layer, built by looping over output positions and
 kernel taps with stride / padding / dilation by hand: no JAX convolution and no autodiff is
 involved, so the reference shares nothing with the code under test. With the contributions

@@ -1,5 +1,5 @@
 """benchmarks/speed.py runs end to end (smallest configuration) and reports every row it
-promises; timings themselves are never asserted (DESIGN §6: ratios live in RESULTS.md)."""
+promises; timings themselves are never asserted (docs/design.md §6: ratios live in RESULTS.md)."""
 
 import json
 import math

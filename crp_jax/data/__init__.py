@@ -1,4 +1,4 @@
-"""Procedurally generated glyph-detection data (DESIGN §4).
+"""Procedurally generated glyph-detection data (docs/design.md §4).
 
 Seeded, deterministic scenes of bold capital letters on cluttered backgrounds, with boxes,
 labels, per-object visible-ink masks and *discriminative-part* masks (what tells E from F,

@@ -1,7 +1,7 @@
 """Glyph classes and glyph rendering: the one piece of code that draws letters.
 
 The data set's classes are six capital letters forming three confusable pairs in which
-one glyph contains the other (DESIGN §4)::
+one glyph contains the other (docs/design.md §4)::
 
     E ⊃ F   (E adds the bottom bar)
     Q ⊃ O   (Q adds the tail)
@@ -65,7 +65,7 @@ __all__ = [
 CLASS_NAMES: tuple[str, ...] = ("__background__", "E", "F", "O", "Q", "P", "R")
 FOREGROUND_CLASSES: tuple[str, ...] = CLASS_NAMES[1:]
 NUM_CLASSES: int = len(CLASS_NAMES)
-#: The confusable pairs, as named in DESIGN §4 (not ordered by size; see LARGER).
+#: The confusable pairs, as named in docs/design.md §4 (not ordered by size; see LARGER).
 PAIRS: tuple[tuple[str, str], ...] = (("E", "F"), ("O", "Q"), ("P", "R"))
 #: Each foreground class mapped to its pair partner.
 PARTNER: dict[str, str] = {a: b for p in PAIRS for a, b in (p, p[::-1])}

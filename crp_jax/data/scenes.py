@@ -1,4 +1,4 @@
-"""Procedurally generated glyph-detection scenes (DESIGN §4).
+"""Procedurally generated glyph-detection scenes (docs/design.md §4).
 
 ``generate_scene(seed, index, spec)`` is a pure function of its arguments: the random
 stream is ``numpy.random.default_rng([STREAM_VERSION, seed, index])`` (PCG64, identical on

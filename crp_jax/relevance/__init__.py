@@ -5,6 +5,7 @@ from crp_jax.relevance.batched import compiled_functions, explain, heatmap, outp
 from crp_jax.relevance.composite import (
     INPUT_LAYER,
     LAYER_KINDS,
+    PRESETS,
     Composite,
     Kind,
     composite_names,
@@ -20,6 +21,7 @@ __all__ = [
     "Kind",
     "INPUT_LAYER",
     "LAYER_KINDS",
+    "PRESETS",
     "composite_names",
     "get_composite",
     "register_composite",

@@ -125,7 +125,7 @@ def explain(
 
     for b in np.unique(images):
         sel = np.flatnonzero(images == b)
-        chunk = min(chunk_size, _next_pow2(len(sel)))
+        chunk = chunk_size_for(len(sel), chunk_size)
         forward, backward = compiled_functions(model, comp, chunk, A, layers)
         xb = jnp.asarray(xs[b : b + 1])
         ok, vjp_fn = forward(variables, xb)
@@ -276,8 +276,11 @@ def _gather_chunks(parts, T: int, shape) -> jax.Array:
     return R[jnp.asarray(np.argsort(order))]
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+def chunk_size_for(n_targets: int, chunk_size: int) -> int:
+    """The chunk ``explain`` uses for ``n_targets`` targets of one image: ``chunk_size``, or
+    the next power of two at or above ``n_targets`` when that is smaller (so that few
+    targets do not pay for a whole chunk, and compilations repeat)."""
+    return min(chunk_size, 1 << max(0, (n_targets - 1).bit_length()))
 
 
 def _cached(key, build):
@@ -308,7 +311,7 @@ def _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, 
     B, T = xs.shape[0], len(images)
     Bp = -(-B // n_dev) * n_dev
     counts = np.bincount(images, minlength=B)
-    chunk = min(chunk_size, _next_pow2(max(int(counts.max(initial=0)), 1)))
+    chunk = chunk_size_for(max(int(counts.max(initial=0)), 1), chunk_size)
     slots = max(chunk, -(-int(counts.max(initial=0)) // chunk) * chunk)
     K = cls_coef.shape[1]
     A = np.zeros((Bp, slots), np.int32)

@@ -40,7 +40,7 @@ import flax.linen as nn
 import jax
 
 from crp_jax.errors import ConfigError
-from crp_jax.relevance import rules as R
+from crp_jax.relevance import rules
 
 CONTRASTS = ("others", "foreground", "none")
 
@@ -106,12 +106,12 @@ class Composite:
             sel, rule = pair
             if not isinstance(sel, (str, type, Kind, _InputLayer)):
                 raise ConfigError(f"selector must be a path glob, a module type, a Kind or INPUT_LAYER, got {sel!r}")
-            if not isinstance(rule, R.Rule):
+            if not isinstance(rule, rules.Rule):
                 raise ConfigError(f"{rule!r} (for {sel!r}) is not a crp_jax rule")
         if isinstance(self.contrast, str) and self.contrast not in CONTRASTS:
             raise ConfigError(f"contrast {self.contrast!r} unknown; use one of {CONTRASTS} or a tuple of classes")
 
-    def rule_for(self, module: nn.Module, reads_input: bool = False) -> R.Rule | None:
+    def rule_for(self, module: nn.Module, reads_input: bool = False) -> rules.Rule | None:
         """The rule of ``module``: the first matching selector's, or None (its gradient).
         ``reads_input``: the module's input is the model input (matches INPUT_LAYER)."""
         path = "/".join(module.path)
@@ -193,25 +193,31 @@ def get_composite(method, meta=None) -> Composite:
     return _REGISTRY[method](meta)
 
 
-def _zbox(meta, who: str) -> R.ZBox:
+def _zbox(meta, who: str) -> rules.ZBox:
     if meta is None:
         raise ConfigError(
             f"method {who!r} uses the z^B rule at the input layer, which needs the pixel bounds: "
             "pass meta=... (from load_pretrained or a converter)"
         )
-    low, high = meta.pixel_bounds
-    return R.ZBox(low, high)
+    bounds = getattr(meta, "pixel_bounds", None)
+    if bounds is None:
+        raise ConfigError(
+            f"meta must carry the input's pixel_bounds (a Meta from load_pretrained or a converter), "
+            f"got {type(meta).__name__} {meta!r:.60}"
+        )
+    low, high = bounds
+    return rules.ZBox(low, high)
 
 
 def _crp(meta) -> Composite:
     return Composite(
         rules=(
             (INPUT_LAYER, _zbox(meta, "crp")),
-            ("cls_*", R.WPlus()),
-            ("loc_*", R.AlphaBeta(1.0, 1.0)),
-            (Kind("rescale"), R.PassThrough()),
-            (nn.Conv, R.WPlus()),
-            (nn.Dense, R.WPlus()),
+            ("cls_*", rules.WPlus()),
+            ("loc_*", rules.AlphaBeta(1.0, 1.0)),
+            (Kind("rescale"), rules.PassThrough()),
+            (nn.Conv, rules.WPlus()),
+            (nn.Dense, rules.WPlus()),
         ),
         contrast="others",
         name="crp",
@@ -222,9 +228,9 @@ def _lrp_ab(meta) -> Composite:
     return Composite(
         rules=(
             (INPUT_LAYER, _zbox(meta, "lrp_ab")),
-            (Kind("rescale"), R.PassThrough()),
-            (nn.Conv, R.WPlus()),
-            (nn.Dense, R.WPlus()),
+            (Kind("rescale"), rules.PassThrough()),
+            (nn.Conv, rules.WPlus()),
+            (nn.Dense, rules.WPlus()),
         ),
         contrast="none",
         name="lrp_ab",
@@ -233,7 +239,7 @@ def _lrp_ab(meta) -> Composite:
 
 def _lrp_eps(meta) -> Composite:
     return Composite(
-        rules=((Kind("rescale"), R.PassThrough()), (nn.Conv, R.Epsilon(1e-6)), (nn.Dense, R.Epsilon(1e-6))),
+        rules=((Kind("rescale"), rules.PassThrough()), (nn.Conv, rules.Epsilon(1e-6)), (nn.Dense, rules.Epsilon(1e-6))),
         contrast="none",
         name="lrp_eps",
     )

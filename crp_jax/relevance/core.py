@@ -1,4 +1,4 @@
-"""``relevance_vjp``: relevance propagation as a vector-Jacobian product (DESIGN §2-3).
+"""``relevance_vjp``: relevance propagation as a vector-Jacobian product (docs/design.md §2-3).
 
 Every rule is linear in the relevance once the forward pass is fixed, so propagating
 relevance is a VJP whose cotangent *is* the relevance. ``relevance_vjp`` mirrors

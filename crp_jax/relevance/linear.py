@@ -1,7 +1,7 @@
 """Linear layers as (apply, transpose) pairs, the substrate every rule is written on.
 
 A rule's backward is a sum of *transposed* linear maps of the (rescaled) relevance. On XLA
-CPU the transposed convolution that autodiff emits is slow inside loops (DESIGN §6), so
+CPU the transposed convolution that autodiff emits is slow inside loops (docs/design.md §6), so
 :meth:`ConvOp.transpose` is written as an ordinary forward convolution (NHWC x HWIO, stride 1,
 input dilation for strided layers) on a kernel that :meth:`ConvOp.transpose_kernel` flips and
 transposes once, in the forward pass, outside the per-target work.

@@ -1,7 +1,7 @@
 """LRP/CRP rules as ``jax.custom_vjp`` functions of a layer's inputs and parameters.
 
 Each rule's forward is the ordinary layer; its backward maps the cotangent - *the relevance*
-``R`` at the layer output - to relevance at the input (DESIGN §2). For a linear layer
+``R`` at the layer output - to relevance at the input (docs/design.md §2). For a linear layer
 ``z_j = sum_i x_i w_ij + b_j``:
 
 =============  =====================================================================  ======
@@ -287,7 +287,7 @@ class WSquare(LinearRule):
 @dataclass(frozen=True)
 class PassThrough(Rule):
     """Relevance passes unchanged (``R_in = R_out``) through a shape-preserving layer, e.g.
-    L2Norm, which only rescales each position (DESIGN §2)."""
+    L2Norm, which only rescales each position (docs/design.md §2)."""
 
     def apply(self, module, next_fun, args, kwargs):
         x = args[0]

@@ -4,7 +4,7 @@ A target names an image, an anchor (default box, torchvision order) and what is 
 
 - :class:`ClassTarget`: "why class ``cls`` (and not the classes in ``contrast``)?". Its
   initial relevance at that anchor's K logits is ``e_cls - mean_{k in C} e_k``; since every
-  rule is linear this equals the paper's ``R[cls] - mean_C R[k]`` (DESIGN §2).
+  rule is linear this equals the paper's ``R[cls] - mean_C R[k]`` (docs/design.md §2).
 - :class:`LocTarget`: "what pushes the box's ``coord`` (cx, cy, w, h) in direction
   ``sign``?": initial relevance ``sign`` at that anchor's offset ``coord``.
 """
@@ -37,8 +37,17 @@ class ClassTarget:
     contrast: str | tuple[int, ...] | None = None
 
     def __post_init__(self):
-        if isinstance(self.contrast, (list, np.ndarray)):
-            object.__setattr__(self, "contrast", tuple(int(c) for c in self.contrast))
+        c = self.contrast
+        if isinstance(c, (list, tuple, np.ndarray)):
+            # one rule for lists, tuples and arrays: integer class indices only (no 2.7, no True)
+            bad = [k for k in np.asarray(c, dtype=object).reshape(-1) if not _is_index(k)]
+            if bad or np.ndim(c) != 1:
+                raise TargetError(f"contrast classes must be integer class indices, got {c!r}")
+            object.__setattr__(self, "contrast", tuple(int(k) for k in c))
+        elif c is not None and not isinstance(c, str):
+            raise TargetError(
+                f"contrast must be 'others', 'foreground', 'none', a tuple of class indices or None, got {c!r}"
+            )
 
     def coefficients(self, num_classes: int, default_contrast="none") -> tuple[np.ndarray, np.ndarray]:
         """Initial relevance at this anchor: ``(cls_coef [K], loc_coef [4])``."""
@@ -92,9 +101,13 @@ class LocTarget:
         _check_index("coord", self.coord, 4)
         return int(self.coord)
 
+    def __post_init__(self):
+        if not (_is_index(self.sign) and self.sign in (1, -1)):
+            raise TargetError(f"sign must be the integer +1 or -1, got {self.sign!r}")
+        if not (isinstance(self.coord, str) or _is_index(self.coord)):
+            raise TargetError(f"coord must be one of {COORDS} or 0..3, got {self.coord!r}")
+
     def coefficients(self, num_classes: int, default_contrast=None) -> tuple[np.ndarray, np.ndarray]:
-        if self.sign not in (1, -1):
-            raise TargetError(f"sign must be +1 or -1, got {self.sign!r}")
         loc = np.zeros(4, np.float32)
         loc[self.coord_index] = float(self.sign)
         return np.zeros(num_classes, np.float32), loc
@@ -103,8 +116,13 @@ class LocTarget:
 Target = ClassTarget | LocTarget
 
 
+def _is_index(value) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_index(field: str, value, n: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= int(value) < n:
+    if not _is_index(value) or not 0 <= int(value) < n:
         raise TargetError(f"{field} {value!r} out of range: valid is 0..{n - 1}")
 
 

@@ -1,6 +1,6 @@
 """Converters from public PyTorch SSD300-VGG16 checkpoints to ``(model, variables, meta)``.
 
-Two layouts are supported (DESIGN §3, "Converters read public checkpoints"):
+Two layouts are supported (docs/design.md §3, "Converters read public checkpoints"):
 
 **torchvision** ``ssd300_vgg16`` (``torchvision.models.detection``), keys verified against
 ``ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).state_dict()``::

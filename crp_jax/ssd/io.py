@@ -1,4 +1,4 @@
-"""Weights on disk in safe formats only (DESIGN §4): flax msgpack plus a JSON sidecar.
+"""Weights on disk in safe formats only (docs/design.md §4): flax msgpack plus a JSON sidecar.
 
 A checkpoint is two files with the same stem:
 
@@ -256,15 +256,19 @@ def load_weights(path) -> tuple[SSD, dict, Meta]:
 
 
 def default_weights_dir() -> Path:
-    """Where the shipped default model lives: ``$CRP_JAX_WEIGHTS_DIR`` if set, else the
-    repository's top-level ``weights/`` folder (next to the ``crp_jax`` package; this is
-    where an editable install or a checkout finds it)."""
+    """Where the shipped models live: ``$CRP_JAX_WEIGHTS_DIR`` if set; else the package
+    data ``crp_jax.weights`` of an installed wheel (``pip install .``); else the repository's
+    top-level ``weights/`` folder next to the ``crp_jax`` package (a checkout)."""
     env = os.environ.get(WEIGHTS_DIR_ENV)
     if env:
         return Path(env)
     import crp_jax
 
-    return Path(crp_jax.__file__).resolve().parents[1] / "weights"
+    here = Path(crp_jax.__file__).resolve().parent
+    for folder in (here / "weights", here.parent / "weights"):
+        if (folder / f"{DEFAULT_NAME}.msgpack").is_file():
+            return folder
+    return here.parent / "weights"
 
 
 def load_pretrained(path=None) -> tuple[SSD, dict, Meta]:

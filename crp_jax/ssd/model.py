@@ -1,6 +1,6 @@
 """SSD as a pure ``flax.linen`` module.
 
-Layer names make every CRP layer type addressable by module path (DESIGN §2):
+Layer names make every CRP layer type addressable by module path (docs/design.md §2):
 
 - ``conv1_1``: the input conv (z^B rule in CRP),
 - ``conv1_2`` ... ``conv5_3``, ``conv6``, ``conv7``, ``conv8_1`` ...: feature convs,
