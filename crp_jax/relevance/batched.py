@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from crp_jax.checks import check_image_batch
 from crp_jax.errors import CheckpointError, ConfigError, InputError, NumericsError, TargetError
 from crp_jax.relevance.composite import Composite, get_composite
 from crp_jax.relevance.core import finish, linearize
@@ -381,15 +382,9 @@ def _raise_not_finite(model, variables, x, where: str):
 
 
 def _check_images(x) -> np.ndarray:
-    shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
-    if shape is None or dtype is None:
-        raise InputError(f"images must be an array [B, H, W, C], got {type(x).__name__}")
-    if len(shape) != 4:
-        raise InputError(f"images must have rank 4 [B, H, W, C] (NHWC), got shape {tuple(shape)}")
-    if shape[0] == 0:
-        raise InputError(f"empty batch: images have shape {tuple(shape)}")
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise InputError(f"images must be floating point (preprocessed), got dtype {dtype}; use crp_jax.preprocess")
+    """``[B, H, W, C]`` floating, B >= 1, every pixel finite; returned as float32 numpy. (The
+    model itself checks its own size and channels: SSD raises InputError.)"""
+    check_image_batch(x, channels=None)
     xs = np.asarray(x, np.float32)
     bad = np.flatnonzero(~np.isfinite(xs).reshape(xs.shape[0], -1).all(axis=1))
     if bad.size:

@@ -22,12 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from crp_jax.checks import check_image_batch
 from crp_jax.errors import ConfigError, InputError, NumericsError
 from crp_jax.numerics import check_finite_forward
 from crp_jax.ssd.anchors import default_boxes_xyxy
 from crp_jax.ssd.boxes import batched_nms, clip_boxes, decode, xyxy_to_cxcywh
 from crp_jax.ssd.meta import check_preprocessing
-from crp_jax.ssd.model import check_image_batch
 
 # Float images may overshoot [0, 1] by rounding (e.g. after a resize); more than this is
 # almost surely a 0..255 image passed as float, which would silently break the z^B bounds.

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from crp_jax.errors import InputError
+from crp_jax.checks import check_image_batch
 from crp_jax.ssd.config import SSDConfig
 from crp_jax.ssd.pool import max_pool
 
@@ -115,27 +115,6 @@ class SSD(nn.Module):
             cls_out.append(c.reshape(B, -1, K))
             loc_out.append(l.reshape(B, -1, 4))
         return jnp.concatenate(cls_out, axis=1), jnp.concatenate(loc_out, axis=1)
-
-
-def check_image_batch(x, image_size: int | None = None) -> None:
-    """Static checks of a model input: ``[B, S, S, 3]`` floating, B >= 1."""
-    shape = getattr(x, "shape", None)
-    dtype = getattr(x, "dtype", None)
-    if shape is None or dtype is None:
-        raise InputError(f"images must be an array [B, H, W, 3], got {type(x).__name__}")
-    if len(shape) != 4:
-        raise InputError(f"images must have rank 4 [B, H, W, 3] (NHWC), got shape {tuple(shape)}")
-    if shape[0] == 0:
-        raise InputError(f"empty batch: images have shape {tuple(shape)}")
-    if shape[-1] != 3:
-        raise InputError(f"images must have 3 channels last (NHWC), got shape {tuple(shape)}")
-    if image_size is not None and (shape[1] != image_size or shape[2] != image_size):
-        raise InputError(
-            f"images must be {image_size}x{image_size} for this model, got shape {tuple(shape)}; "
-            "use crp_jax.preprocess to resize"
-        )
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise InputError(f"images must be floating point (preprocessed), got dtype {dtype}; use crp_jax.preprocess")
 
 
 def init_variables(model: SSD, seed: int = 0) -> dict:
