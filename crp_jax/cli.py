@@ -800,6 +800,8 @@ def cmd_report(args) -> int:
         raise UsageError(f"--methods {args.methods!r}: unknown {bad or 'empty'}; choose from {', '.join(METHODS)}")
     if not args.images and not args.scenes:
         raise UsageError("give IMAGE files, --scenes N, or both")
+    if args.seed is not None and not args.scenes:
+        raise UsageError("--seed applies to --scenes N only")
     model, variables, meta = _load_model(args)
     settings = {
         "score_threshold": args.score_threshold,
@@ -824,10 +826,10 @@ def cmd_report(args) -> int:
         def work(path, stem, bar):
             try:
                 im = _detect_one(model, variables, meta, path, stem, args)
-            except (CRPError, OSError) as e:
+                n = writer.add_image(path, stem, im.pixels, im.x, im.det, _display(im.pixels, 256, 384))
+            except (CRPError, OSError) as e:  # listed on the index; _each_image prints it
                 writer.add_failure(path, _one_line(e))
                 raise
-            n = writer.add_image(path, stem, im.pixels, im.x, im.det, _display(im.pixels, 256, 384))
             if not args.no_progress:  # bar.n counts the images before this one
                 line = eta_line(bar.n + 1, len(paths), time.perf_counter() - start)
                 bar.write(f"{PROG} report: {line}: {writer.entries[-1]['name']}, {n} detections", err=True)

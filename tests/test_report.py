@@ -207,3 +207,38 @@ def test_cli_writes_compiled_programs_to_the_cache_dir_and_not_with_no_cache(tmp
     other = tmp_path / "other"
     subprocess.run(cmd + ["--no-cache"], env=dict(env, CRP_JAX_CACHE_DIR=str(other)), check=True, timeout=300)
     assert not other.exists()
+
+
+def test_cache_options_are_taken_from_any_position_of_any_command():
+    from crp_jax.cli import _cache_options
+
+    assert _cache_options(["--no-cache", "detect", "a.png"]) == (["detect", "a.png"], True, None)
+    assert _cache_options(["train", "--steps", "3", "--cache-dir", "/c"]) == (["train", "--steps", "3"], False, "/c")
+    assert _cache_options(["report", "--cache-dir=/d", "x"]) == (["report", "x"], False, "/d")
+    # after "--" everything is an argument of the command
+    assert _cache_options(["detect", "--", "--no-cache"]) == (["detect", "--", "--no-cache"], False, None)
+
+
+def test_report_help_exits_0(capsys):
+    assert main(["report", "--help"]) == 0
+    assert "--scenes" in capsys.readouterr().out
+
+
+def test_an_image_that_fails_while_explained_is_listed_and_leaves_no_files(tmp_path, scene_pngs, monkeypatch):
+    real = report_pkg.explain_detections
+
+    def failing_first(model, variables, meta, x, det, *args, **kwargs):
+        if not failing_first.failed:
+            failing_first.failed = True
+            raise cj.InputError("explain went wrong on purpose")
+        return real(model, variables, meta, x, det, *args, **kwargs)
+
+    failing_first.failed = False
+    monkeypatch.setattr(report_pkg, "explain_detections", failing_first)
+    out = tmp_path / "r"
+    rc = main(["report", *map(str, scene_pngs), "--out", str(out), "--no-progress", "--max-detections", "1"])
+    doc = json.loads((out / "report.json").read_text())
+    assert rc == 1
+    assert doc["failures"] == [{"path": str(scene_pngs[0]), "reason": "explain went wrong on purpose"}]
+    assert [e["source"] for e in doc["images"]] == [str(scene_pngs[1])]
+    assert sorted(p.name for p in (out / "pages").iterdir()) == ["held_out_1", "held_out_1.html", "legend.png"]

@@ -148,8 +148,17 @@ class ReportWriter:
             show it (``crp_jax.cli``'s display rule), boxes multiplied by ``box_factor``
             and magnified by the integer ``scale``.
 
-        Returns the number of detections explained.
+        Returns the number of detections explained. On an error nothing of this image stays
+        in the report (the caller lists it with :meth:`add_failure`).
         """
+        try:
+            return self._add_image(path, stem, pixels, x, det, display)
+        except Exception:
+            shutil.rmtree(self.tmp / "pages" / stem, ignore_errors=True)
+            (self.tmp / "pages" / f"{stem}.html").unlink(missing_ok=True)
+            raise
+
+    def _add_image(self, path: str, stem: str, pixels, x, det, display) -> int:
         H, W = pixels.shape[:2]
         scene = self.scenes.get(path)
         exps = explain_detections(

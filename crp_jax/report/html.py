@@ -43,7 +43,8 @@ img { max-width: 100%; height: auto; display: block; }
 .pix { image-rendering: pixelated; }
 .lede { color: #444; margin: 0 0 .6em; }
 .top { display: flex; flex-wrap: wrap; gap: 20px; align-items: flex-start; }
-.top figure { width: 384px; }
+.top figure { width: 384px; flex: 0 0 auto; }
+.top > div { flex: 1 1 320px; min-width: 0; }
 .maps { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
 figure { margin: 0; max-width: 100%; }
 figure.cls { width: 256px; }
