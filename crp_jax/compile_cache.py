@@ -1,11 +1,11 @@
 """JAX's persistent compilation cache for the command line: where it lives, how to turn it off.
 
 Almost all of a short CLI run is XLA compilation: ``crp-jax explain scene.png --out DIR`` (one
-128 px scene, the five-method grid) spends about 15 of its 21 s compiling on the 2-core
-development machine. JAX can keep compiled executables on disk and load them in the next
-process (``jax_compilation_cache_dir``); every ``crp-jax`` command turns that on by default,
-in a per-user folder, never inside the repository (measured cold and warm times:
-benchmarks/RESULTS.md).
+128 px scene, the five-method grid) took a median 65.9 s with an empty cache and 12.6 s with a
+filled one on the shared 2-core development machine (benchmarks/RESULTS.md, "CLI wall time").
+JAX can keep compiled executables on disk and load them in the next process
+(``jax_compilation_cache_dir``); every ``crp-jax`` command turns that on by default, in a
+per-user folder, never inside the repository.
 
 Where (first match wins):
 

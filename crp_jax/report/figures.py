@@ -70,8 +70,12 @@ def _nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
     raw = span / n
     step = 10 ** math.floor(math.log10(raw))
     step *= next(m for m in (1, 2, 5, 10) if m * step >= raw)
-    first = math.ceil(lo / step) * step
-    return [first + j * step for j in range(int((hi - first) / step + 1e-9) + 1)]
+    while True:
+        first = math.ceil(lo / step) * step
+        ticks = [first + j * step for j in range(int((hi - first) / step + 1e-9) + 1)]
+        if len(ticks) >= 3 or step < span * 1e-6:
+            return [0.0 if abs(t) < step * 1e-9 else t for t in ticks]
+        step /= 2
 
 
 def _polyline(xs, ys, colour: str, dash: str) -> str:
@@ -111,7 +115,11 @@ def flow_svg(layers: Sequence[str], series: dict[str, dict[str, Sequence[float]]
         g = [f'<g transform="translate({ox},0)">', f'<text x="{left}" y="14" class="ct">{html.escape(title)}</text>']
         g.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{H - bottom}" class="ax"/>')
         g.append(f'<line x1="{left}" y1="{H - bottom}" x2="{W - right}" y2="{H - bottom}" class="ax"/>')
-        for t in np.linspace(lo + pad, hi - pad, 3):
+        if what == "abs" and hi - lo > 1.5:  # a decade or more: ticks at powers of ten
+            ticks = [float(t) for t in range(math.ceil(lo), math.floor(hi) + 1)]
+        else:
+            ticks = _nice_ticks(lo, hi, 3)
+        for t in ticks:
             label = _fmt(10.0**t) if what == "abs" else _fmt(float(t))
             g.append(f'<text x="{left - 4}" y="{y(t) + 3:.1f}" class="tk" text-anchor="end">{label}</text>')
             g.append(f'<line x1="{left}" y1="{y(t):.1f}" x2="{W - right}" y2="{y(t):.1f}" class="gr"/>')
@@ -163,7 +171,7 @@ def interval_svg(rows: Sequence[str], cells: Sequence[tuple[float, float, float]
 
     out = [f'<text x="4" y="16" class="ct">{html.escape(title)}</text>']
     out.append(f'<line x1="{x(0):.1f}" y1="{top - 4}" x2="{x(0):.1f}" y2="{H - 22}" class="ax"/>')
-    for t in _nice_ticks(lo + pad, hi - pad):
+    for t in _nice_ticks(lo, hi):
         out.append(f'<line x1="{x(t):.1f}" y1="{H - 22}" x2="{x(t):.1f}" y2="{H - 18}" class="ax"/>')
         out.append(f'<text x="{x(t):.1f}" y="{H - 6}" class="tk" text-anchor="middle">{_fmt(float(t))}</text>')
     for i, (name, c) in enumerate(zip(rows, cells)):

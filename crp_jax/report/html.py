@@ -192,7 +192,7 @@ def _numbers_table(d: dict) -> str:
     r = d.get("class_pair_r") or {}
     if r:
         k, k2 = d["class"], d["runner_up"]["class"]
-        parts = ", ".join(f"{METHOD_TITLES.get(m, m)} <b>{fmt(v)}</b>" for m, v in r.items())
+        parts = ", ".join(f"{METHOD_TITLES.get(m, m)} <b>{v:.3f}</b>" for m, v in r.items())
         note += (
             f"<p>Class-pair correlation (Pearson r, whole image) between the heatmaps of {escape(k)} and of "
             f"{escape(k2)} for this box: {parts}. Near 1: the method draws the same map whichever class is "
