@@ -242,3 +242,42 @@ def test_an_image_that_fails_while_explained_is_listed_and_leaves_no_files(tmp_p
     assert doc["failures"] == [{"path": str(scene_pngs[0]), "reason": "explain went wrong on purpose"}]
     assert [e["source"] for e in doc["images"]] == [str(scene_pngs[1])]
     assert sorted(p.name for p in (out / "pages").iterdir()) == ["held_out_1", "held_out_1.html", "legend.png"]
+
+
+def test_scene_matching_takes_each_ground_truth_once_by_score():
+    from types import SimpleNamespace
+
+    from crp_jax.report.scenes import match
+
+    gt = SimpleNamespace(
+        boxes=np.array([[0, 0, 10, 10], [2, 0, 12, 10], [50, 50, 60, 60]], np.float32),
+        labels=np.array([1, 1, 2]),
+        num_objects=3,
+    )
+    det = cj.Detections(
+        boxes=np.array([[2, 0, 12, 10], [0, 0, 10, 10], [50, 50, 60, 60], [50, 50, 60, 60]], np.float32),
+        scores=np.array([0.6, 0.9, 0.8, 0.7], np.float32),
+        labels=np.array([1, 1, 1, 2]),
+        anchors=np.arange(4),
+    )
+    # det 1 (best score) takes gt 0 (IoU 1), det 0 then gt 1 (IoU 1); det 2 has the wrong
+    # label for gt 2, det 3 the right one
+    assert sorted(match(det, gt)) == [(0, 1), (1, 0), (3, 2)]
+
+
+def test_quality_cells_are_means_with_bootstrap_intervals_of_the_values():
+    from crp_jax.report.scenes import quality_table
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0.5, 0.1, 7), rng.normal(0.2, 0.1, 5)
+    per_scene = [
+        {"crp": {"epg": list(a), "part": [float("nan"), 2.0]}},
+        {"crp": {"epg": list(b)}},
+    ]
+    q = quality_table(per_scene, ["crp"], n_scenes=2, seed=0)
+    cell = q["cells"]["crp"]["epg"]
+    both = np.concatenate([a, b])
+    assert cell["n"] == 12 and cell["mean"] == pytest.approx(both.mean())
+    assert cell["lo"] < both.mean() < cell["hi"]
+    assert q["cells"]["crp"]["part"] == {"mean": 2.0, "lo": 2.0, "hi": 2.0, "n": 1}  # NaN left out
+    assert q["cells"]["crp_pair"]["epg"] is None
