@@ -281,3 +281,30 @@ def test_quality_cells_are_means_with_bootstrap_intervals_of_the_values():
     assert cell["lo"] < both.mean() < cell["hi"]
     assert q["cells"]["crp"]["part"] == {"mean": 2.0, "lo": 2.0, "hi": 2.0, "n": 1}  # NaN left out
     assert q["cells"]["crp_pair"]["epg"] is None
+
+
+def test_ctrl_c_in_a_real_run_exits_130_and_leaves_nothing(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "report"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crp_jax", "report", "--scenes", "6", "--out", str(out)],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    # wait for the first image's progress line: the temporary folder then holds a page
+    deadline = time.monotonic() + 600
+    first = proc.stderr.readline()
+    while "[1/6]" not in first and proc.poll() is None and time.monotonic() < deadline:
+        first = proc.stderr.readline()
+    assert "[1/6]" in first, first
+    assert any(p.name.startswith(".report.tmp-") for p in tmp_path.iterdir())
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 130, rest
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert list(tmp_path.iterdir()) == []
