@@ -15,6 +15,7 @@ folder size and file count are printed too.
 Usage::
 
     python benchmarks/cli_cache.py                 # 3 repeats, report of 10 scenes once
+    python benchmarks/cli_cache.py --only scenes --scene-repeats 3
     python benchmarks/cli_cache.py --repeats 1 --scenes 4
 """
 
@@ -49,8 +50,11 @@ def _size(folder: Path) -> tuple[int, int]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3, help="runs per setting for explain and report (median)")
-    p.add_argument("--scenes", type=int, default=10, help="scenes of the data-set report (run once per setting)")
+    p.add_argument("--scenes", type=int, default=10, help="scenes of the data-set report")
+    p.add_argument("--scene-repeats", type=int, default=1, help="runs per setting of the data-set report")
+    p.add_argument("--only", default="explain,report,scenes", help="comma-separated subset of explain, report, scenes")
     args = p.parse_args(argv)
+    only = set(args.only.split(","))
     sys.path.insert(0, str(ROOT))
     from PIL import Image
 
@@ -64,16 +68,19 @@ def main(argv=None) -> int:
         scene = tmp / "scene.png"
         Image.fromarray(generate_scene(HELDOUT_SEED, 0).image).save(scene)
         commands = [
-            ("explain SCENE --out DIR", ["explain", str(scene), "--out"], args.repeats),
-            ("report SCENE --out DIR", ["report", str(scene), "--no-progress", "--out"], args.repeats),
+            ("explain", "explain SCENE --out DIR", ["explain", str(scene), "--out"], args.repeats),
+            ("report", "report SCENE --out DIR", ["report", str(scene), "--no-progress", "--out"], args.repeats),
             (
+                "scenes",
                 f"report --scenes {args.scenes} --out DIR",
                 ["report", "--scenes", str(args.scenes), "--no-progress", "--out"],
-                1,
+                args.scene_repeats,
             ),
         ]
         rows, sizes = [], {}
-        for title, cmd, reps in commands:
+        for key, title, cmd, reps in commands:
+            if key not in only:
+                continue
             times = {"no cache": [], "cold": [], "warm": []}
             for r in range(reps):
                 out = tmp / f"out-{len(rows)}-{r}"

@@ -226,10 +226,11 @@ def _detection_section(d: dict, titles: dict) -> str:
         f = d["flow"]
         series = {m: {"abs": f[m]["abs"], "total": f[m]["total"]} for m in f if m != "layers"}
         out.append("<h3>Relevance flow through the layers</h3>")
+        lrp = " LRP-ab keeps Σ R = 1 at every layer;" if "lrp_ab" in series else ""
         out.append(
             '<p class="lede">Relevance of the class question at each layer, from the input (left) to the '
-            "detection head (right); layers that carry none for this box are left out. LRP-ab keeps Σ R = 1 at "
-            "every layer; CRP's contrast sums to 0 while Σ|R| shows how much evidence flows.</p>"
+            f"detection head (right); layers that carry none for this box are left out.{lrp} CRP's contrast "
+            "sums to 0 while Σ|R| shows how much evidence flows.</p>"
         )
         out.append(flow_svg(f["layers"], series, titles))
     out.append("<h3>Numbers</h3>")
