@@ -9,7 +9,9 @@
   folder, never to the user's ~/.cache.
 """
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -22,3 +24,4 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()
 
 os.environ["CRP_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="crp-jax-test-cache-")
+atexit.register(shutil.rmtree, os.environ["CRP_JAX_CACHE_DIR"], True)
