@@ -7,6 +7,7 @@ Subcommands::
     crp-jax explain  IMAGE... --out DIR [--method M] [--target cls|cx|cy|w|h] [--sign +|-]
                      [--contrast others|foreground|CLASS...] [--compare methods|classes|none]
                      [--shard K/N]
+    crp-jax report   [IMAGE...] --out DIR [--methods crp,lrp_ab] [--scenes N] [--save-relevance] [--force]
     crp-jax train | evaluate | convert ...   (delegated to crp_jax.train / .evaluate / .ssd.convert)
 
 Exit status: 0 on success; 2 on a usage error (argparse's own message, or a combination of
@@ -77,8 +78,9 @@ class UsageError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 runtime error, 2 usage)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, no_cache, cache_dir = _cache_options(list(sys.argv[1:] if argv is None else argv))
     if argv and argv[0] in DELEGATED:
+        _start_cache(no_cache, cache_dir, f"{PROG} {argv[0]}")
         return _delegate(argv[0], argv[1:])
     parser = build_parser()
     try:
@@ -87,11 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if e.code in (0, None) else 2
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: choose a command: demo, detect, explain, train, evaluate, convert", file=sys.stderr)
+        print(
+            f"{PROG}: error: choose a command: demo, detect, explain, report, train, evaluate, convert", file=sys.stderr
+        )
         return 2
     prog = f"{PROG} {args.command}"
     from crp_jax.errors import CRPError
 
+    _start_cache(no_cache, cache_dir, prog)
     try:
         return args.func(args)
     except UsageError as e:
@@ -104,6 +109,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def _cache_options(argv: list[str]) -> tuple[list[str], bool, str | None]:
+    """Take ``--no-cache`` and ``--cache-dir DIR`` out of ``argv`` (every command accepts them,
+    before or after its name; nothing after ``--`` is looked at)."""
+    rest, no_cache, cache_dir = [], False, None
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest += argv[i:]
+            break
+        if a == "--no-cache":
+            no_cache = True
+        elif a == "--cache-dir" and i + 1 < len(argv):
+            cache_dir, i = argv[i + 1], i + 1
+        elif a.startswith("--cache-dir="):
+            cache_dir = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return rest, no_cache, cache_dir
+
+
+def _start_cache(no_cache: bool, cache_dir: str | None, prog: str) -> None:
+    """JAX's persistent compilation cache, on by default (crp_jax/compile_cache.py)."""
+    from crp_jax.compile_cache import enable_compile_cache, resolve_cache_dir
+
+    enable_compile_cache(resolve_cache_dir(cache_dir, no_cache), prog)
 
 
 def _error(prog: str, e) -> None:
@@ -211,7 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Explain SSD object detections with Contrastive Relevance Propagation (CRP, Tsunakawa "
             "et al. 2019; not Concept Relevance Propagation) and LRP baselines."
         ),
-        epilog="Run 'crp-jax COMMAND --help' for a command's options. Exit status: 0 ok, 1 error, 2 usage.",
+        epilog=(
+            "Run 'crp-jax COMMAND --help' for a command's options. Exit status: 0 ok, 1 error, 2 usage. "
+            "Every command accepts --no-cache and --cache-dir DIR: compiled XLA programs are kept in "
+            "$CRP_JAX_CACHE_DIR (off/0 disables), else $XDG_CACHE_HOME/crp-jax/jax or ~/.cache/crp-jax/jax."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -322,6 +360,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shard_option(p)
     _add_progress_option(p)
     p.set_defaults(func=cmd_explain, parser=p)
+
+    # report
+    p = sub.add_parser(
+        "report",
+        help="a static HTML report (index, one page per image, report.json) explaining every detection",
+        description=(
+            "Explain every detection of the images (detections as 'crp-jax detect' prints them, same "
+            "--score-threshold and --max-detections) and write a self-contained HTML site to --out: "
+            "index.html, one page per image with the CRP class heatmap, the contrast against the "
+            "runner-up class, the --methods beside it, eight localization maps, the per-layer "
+            "relevance flow and the numbers; report.json holds every number. With --scenes N, N "
+            "generated held-out scenes are added with a quality table (quality.html)."
+        ),
+        epilog=(
+            "The report is built in a temporary folder and moved to --out at the end; an interrupted run "
+            "(Ctrl-C, exit 130) leaves no half-written report. Unreadable images are listed on the index "
+            "(exit 1, the rest is still written)."
+        ),
+    )
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (any format Pillow reads)")
+    p.add_argument("--out", required=True, metavar="DIR", help="report folder (created; a previous report is replaced)")
+    p.add_argument(
+        "--methods",
+        default="crp,lrp_ab",
+        metavar="M,M",
+        help=f"comma-separated methods shown beside CRP (of {', '.join(METHODS)}; default crp,lrp_ab)",
+    )
+    p.add_argument("--scenes", type=_nonneg_int, default=0, metavar="N", help="add N generated held-out scenes")
+    p.add_argument(
+        "--seed", type=_nonneg_int, default=None, metavar="N", help="data-set seed of --scenes (default: held-out)"
+    )
+    p.add_argument("--save-relevance", action="store_true", help="also write relevance/STEM.npz per image")
+    p.add_argument("--force", action="store_true", help="write into an existing folder that holds other files")
+    _add_model_options(p)
+    _add_progress_option(p)
+    p.set_defaults(func=cmd_report, parser=p)
 
     # delegated commands: parsed by their own modules (main() dispatches before this parser)
     for name, (_, _, text) in DELEGATED.items():
@@ -798,6 +872,62 @@ def _save_grid(file: Path, im: _Image, meta, dets, columns, alpha: float) -> Pat
             titles.append(_describe(meta, target, method).replace(": ", ":\n", 1))
     viz.grid(cells, titles, ncols=len(columns) + 1).save(file)
     return file
+
+
+# ---- report -------------------------------------------------------------------------------
+
+
+def cmd_report(args) -> int:
+    """``crp-jax report``: the loop over images; the report itself is crp_jax/report/."""
+    import time
+
+    from crp_jax.errors import CRPError
+    from crp_jax.report import ReportWriter, eta_line
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise UsageError(f"--methods {args.methods!r}: unknown {bad or 'empty'}; choose from {', '.join(METHODS)}")
+    if not args.images and not args.scenes:
+        raise UsageError("give IMAGE files, --scenes N, or both")
+    if args.seed is not None and not args.scenes:
+        raise UsageError("--seed applies to --scenes N only")
+    model, variables, meta = _load_model(args)
+    settings = {
+        "score_threshold": args.score_threshold,
+        "max_detections": args.max_detections,
+        "weights": args.weights or "shipped default (weights/)",
+    }
+    with ReportWriter(
+        args.out,
+        model,
+        variables,
+        meta,
+        methods=methods,
+        settings=settings,
+        force=args.force,
+        save_relevance=args.save_relevance,
+    ) as writer:
+        paths = list(args.images)
+        if args.scenes:
+            paths += writer.add_scenes(args.scenes, _heldout_seed() if args.seed is None else args.seed)
+        start = time.perf_counter()
+
+        def work(path, stem, bar):
+            try:
+                im = _detect_one(model, variables, meta, path, stem, args)
+                n = writer.add_image(path, stem, im.pixels, im.x, im.det, _display(im.pixels, 256, 384))
+            except (CRPError, OSError) as e:  # listed on the index; _each_image prints it
+                writer.add_failure(path, _one_line(e))
+                raise
+            if not args.no_progress:  # bar.n counts the images before this one
+                line = eta_line(bar.n + 1, len(paths), time.perf_counter() - start)
+                bar.write(f"{PROG} report: {line}: {writer.entries[-1]['name']}, {n} detections", err=True)
+
+        rc = _each_image(paths, args, "report", work)
+        out = writer.finish()
+    print(f"wrote {out / 'index.html'} ({len(writer.entries)} pages, {len(writer.failures)} unreadable)")
+    return rc
 
 
 # ---- demo ---------------------------------------------------------------------------------

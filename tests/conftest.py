@@ -5,10 +5,15 @@
 - Tests are dominated by XLA compile time on a CPU, not by run time: ask XLA for its cheap
   backend passes (same semantics, about half the compile time). Set before jax is imported;
   a user's own XLA_FLAGS are kept.
+- The CLI's persistent compilation cache (crp_jax/compile_cache.py) goes to a fresh temporary
+  folder, never to the user's ~/.cache.
 """
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
@@ -17,3 +22,6 @@ if _ROOT not in sys.path:
 _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()
+
+os.environ["CRP_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="crp-jax-test-cache-")
+atexit.register(shutil.rmtree, os.environ["CRP_JAX_CACHE_DIR"], True)

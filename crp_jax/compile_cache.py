@@ -1,0 +1,77 @@
+"""JAX's persistent compilation cache for the command line: where it lives, how to turn it off.
+
+Almost all of a short CLI run is XLA compilation: ``crp-jax explain scene.png --out DIR`` (one
+128 px scene, the five-method grid) took a median 65.9 s with an empty cache and 12.6 s with a
+filled one on the shared 2-core development machine (benchmarks/RESULTS.md, "CLI wall time").
+JAX can keep compiled executables on disk and load them in the next process
+(``jax_compilation_cache_dir``); every ``crp-jax`` command turns that on by default, in a
+per-user folder, never inside the repository.
+
+Where (first match wins):
+
+1. ``--no-cache`` / ``--cache-dir DIR`` on the command line (any command, any position);
+2. the environment variable ``CRP_JAX_CACHE_DIR``: a folder, or ``off`` / ``0`` / ``none`` /
+   ``false`` (any case) to disable;
+3. ``$XDG_CACHE_HOME/crp-jax/jax``, or ``~/.cache/crp-jax/jax`` when ``XDG_CACHE_HOME`` is
+   unset or empty (the XDG base-directory convention).
+
+The cache is an optimisation only: a folder that cannot be created turns it off with a
+one-line note on stderr, and the command still runs. JAX decides once per process, at the
+first compilation, whether the cache is in use, so :func:`enable_compile_cache` must run
+before anything compiles (``crp_jax.cli.main`` calls it first).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+ENV_VAR = "CRP_JAX_CACHE_DIR"
+OFF_WORDS = ("off", "0", "none", "false", "no")
+# Executables that compile faster than this are not written: JAX's own default is 1 s, which
+# leaves out the many 0.1-0.5 s compilations (preprocess, detect's post-processing, the small
+# explain chunks) that add up to several seconds of a CLI run.
+MIN_COMPILE_SECONDS = 0.2
+
+__all__ = ["ENV_VAR", "default_cache_dir", "resolve_cache_dir", "enable_compile_cache"]
+
+
+def default_cache_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """``$XDG_CACHE_HOME/crp-jax/jax``, or ``~/.cache/crp-jax/jax`` when it is unset or empty."""
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "crp-jax" / "jax"
+
+
+def resolve_cache_dir(
+    cache_dir: str | None = None, no_cache: bool = False, environ: Mapping[str, str] = os.environ
+) -> Path | None:
+    """The cache folder to use, or None for no cache (flag, then environment, then XDG)."""
+    if no_cache:
+        return None
+    value = cache_dir if cache_dir is not None else environ.get(ENV_VAR)
+    if value is None or value.strip() == "":
+        return default_cache_dir(environ)
+    if value.strip().lower() in OFF_WORDS:
+        return None
+    return Path(value).expanduser()
+
+
+def enable_compile_cache(path: Path | None, prog: str = "crp-jax") -> Path | None:
+    """Point JAX's persistent compilation cache at ``path`` (None: leave it off).
+
+    Returns the folder in use, or None when off or when the folder cannot be created (then a
+    one-line note goes to stderr and the run continues uncached)."""
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"{prog}: note: compilation cache off: cannot create {path}: {e.strerror or e}", file=sys.stderr)
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    return path

@@ -1,0 +1,272 @@
+"""``crp-jax report``: a static HTML site that explains every detection of some images.
+
+Layout of a report folder (relative links only; opens from disk, no server, no network)::
+
+    index.html              one card per image; images that could not be read, with the reason
+    quality.html            data-set mode (--scenes N): metric x method table with intervals
+    report.json             every number on the pages ("generator": "crp-jax report")
+    pages/STEM.html         one page per image; detection sections carry data-detection="N"
+    pages/STEM/*.png        the pictures of that page
+    pages/legend.png        the colour scale
+    scenes/scene_IIII.png   data-set mode: the generated input images
+    relevance/STEM.npz      --save-relevance: input relevance [S, S, 3] of every map
+
+Atomic: a report is built in a temporary folder beside ``--out`` and moved into place at
+the end (:meth:`ReportWriter.finish`); an interrupted or failed run removes the temporary
+folder and leaves ``--out`` as it was. An existing ``--out`` that is neither empty nor a
+previous report is refused unless ``force`` (then only the report's own entries above are
+replaced; other files in it are kept).
+
+The numbers are computed in :mod:`crp_jax.report.build`, the pictures in
+:mod:`crp_jax.report.figures`, the markup in :mod:`crp_jax.report.html`, the data-set table
+in :mod:`crp_jax.report.scenes`. The command line (``crp_jax.cli.cmd_report``) loads the
+model and the images and drives a :class:`ReportWriter`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from crp_jax import viz
+from crp_jax.errors import InputError
+from crp_jax.report import figures, html, scenes
+from crp_jax.report.build import LOC_QUESTIONS, explain_detections, loc_key
+
+GENERATOR = "crp-jax report"
+#: Top-level entries a report owns in its folder (replaced on a rerun, nothing else is touched).
+OVERVIEW_SIDE = 384  # longer side of a small image's overview picture, in pixels
+ENTRIES = ("index.html", "quality.html", "report.json", "pages", "scenes", "relevance")
+
+__all__ = ["GENERATOR", "ENTRIES", "ReportWriter", "is_report", "eta_line", "explain_detections"]
+
+
+def is_report(folder: Path) -> bool:
+    """True when ``folder/report.json`` was written by ``crp-jax report``."""
+    try:
+        return json.loads((Path(folder) / "report.json").read_text()).get("generator") == GENERATOR
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def eta_line(done: int, total: int, elapsed: float) -> str:
+    """``[3/10] 12 s elapsed, about 28 s left`` (mean time per image so far)."""
+    left = elapsed / max(done, 1) * (total - done)
+    return f"[{done}/{total}] {elapsed:.0f} s elapsed, about {left:.0f} s left"
+
+
+class ReportWriter:
+    """Builds one report in a temporary folder; :meth:`finish` moves it to ``out``.
+
+    Use as a context manager: leaving the ``with`` block without :meth:`finish` (an error,
+    Ctrl-C) removes the temporary folder.
+    """
+
+    def __init__(
+        self,
+        out,
+        model,
+        variables,
+        meta,
+        *,
+        methods: Sequence[str] = ("crp", "lrp_ab"),
+        settings: dict,
+        force: bool = False,
+        save_relevance: bool = False,
+    ):
+        self.out = Path(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"--out {self.out} exists and is not a folder")
+        if self.out.is_dir() and any(self.out.iterdir()) and not is_report(self.out) and not force:
+            raise InputError(
+                f"--out {self.out} is a folder with other files and no crp-jax report in it; "
+                "choose a new or empty folder, or pass --force to write the report's files into it"
+            )
+        self.model, self.variables, self.meta = model, variables, meta
+        self.methods = ["crp"] + [m for m in methods if m != "crp"]
+        self.settings = dict(settings, methods=self.methods)
+        self.save_relevance = save_relevance
+        self.entries: list[dict] = []
+        self.failures: list[dict] = []
+        self.scenes: dict[str, object] = {}
+        self.scene_seed: int | None = None
+        self.scene_values: list[dict] = []
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        self.started = time.perf_counter()
+        figures.save_png(figures.legend_png(), self.tmp / "pages" / "legend.png")
+
+    # -- context manager: remove the temporary folder unless finished
+    def __enter__(self) -> ReportWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the temporary folder (a no-op after :meth:`finish`)."""
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+    # -- inputs
+    def add_scenes(self, n: int, seed: int) -> list[str]:
+        """Write ``n`` generated scenes of data set ``seed`` into the report; returns their paths."""
+        self.scene_seed = seed
+        self.scenes = scenes.write_scenes(n, seed, self.tmp / "scenes")
+        return list(self.scenes)
+
+    def add_failure(self, path: str, reason: str) -> None:
+        """An image that could not be read: listed on the index with ``reason``."""
+        shown = self._shown(path)
+        for prefix in (f"{path}: ", f"{shown}: "):  # the page shows the path already
+            reason = reason[len(prefix) :] if reason.startswith(prefix) else reason
+        self.failures.append({"path": shown, "reason": reason})
+
+    def _shown(self, path: str) -> str:
+        """How a path is shown: scenes by their place in the report, others as given."""
+        if path in self.scenes:
+            return "scenes/" + Path(path).name
+        return str(path)
+
+    def add_image(self, path: str, stem: str, pixels, x, det, display) -> int:
+        """Explain every detection of one image and write its page.
+
+        Args:
+          path, stem: the image file and its unique file-name stem.
+          pixels: uint8 ``[H, W, 3]`` as loaded; ``x``: its model input ``[1, S, S, 3]``;
+          det: its ``Detections`` (boxes in the original pixels).
+          display: ``(pixels, box_factor [4], scale)``: the picture at the size the pages
+            show it (``crp_jax.cli``'s display rule), boxes multiplied by ``box_factor``
+            and magnified by the integer ``scale``.
+
+        Returns the number of detections explained. On an error nothing of this image stays
+        in the report (the caller lists it with :meth:`add_failure`).
+        """
+        try:
+            return self._add_image(path, stem, pixels, x, det, display)
+        except Exception:
+            shutil.rmtree(self.tmp / "pages" / stem, ignore_errors=True)
+            (self.tmp / "pages" / f"{stem}.html").unlink(missing_ok=True)
+            raise
+
+    def _add_image(self, path: str, stem: str, pixels, x, det, display) -> int:
+        H, W = pixels.shape[:2]
+        scene = self.scenes.get(path)
+        exps = explain_detections(
+            self.model, self.variables, self.meta, x, det, (H, W), self.methods, partners=scene is not None
+        )
+        shown, f, s = display
+        folder = self.tmp / "pages" / stem
+        rel = f"{stem}/"
+
+        def pic(img, name: str) -> dict:
+            figures.save_png(img, folder / name)
+            return {"src": rel + name, "w": img.width, "h": img.height}
+
+        names = self.meta.class_names
+        if s > 1:  # a small image: the overview magnified further, so that its tags are legible
+            big = max(s, math.ceil(OVERVIEW_SIDE / max(H, W)))
+            overview = pic(figures.overview_png(pixels, np.asarray(det.boxes), det, names, big), "overview.png")
+        else:
+            overview = pic(figures.overview_png(shown, np.asarray(det.boxes) * f, det, names, s), "overview.png")
+        entry = {
+            "name": Path(path).name,
+            "source": self._shown(path),
+            "stem": stem,
+            "page": f"pages/{stem}.html",
+            "width": int(W),
+            "height": int(H),
+            "overview": overview,
+            "thumb": {**overview, "src": f"pages/{stem}/overview.png"},
+            "detections": [],
+        }
+        class_maps = self.methods[:1] + ["crp_pair"] + self.methods[1:]
+        arrays = {}
+        for e in exps:
+            d = dict(e.numbers)
+            box = np.asarray(e.box) * f
+            d["class_maps"] = [n for n in class_maps if n in e.relevance]
+            d["maps"], d["scale"] = {}, {}
+            locs = [loc_key(c, sg) for c, sg, _ in LOC_QUESTIONS]
+            for n in d["class_maps"] + locs:
+                h = np.asarray(e.relevance[n]).sum(-1)
+                d["scale"][n] = viz.robust_max(h)
+                # the eight small maps are shown at half the size: half the magnification
+                img = figures.overlay_png(shown, h, box, max(1, s // 2) if n in locs else s)
+                d["maps"][n] = pic(img, f"det{e.index:02d}_{n.replace('+', 'p')}.png")
+            entry["detections"].append(d)
+            if self.save_relevance:
+                arrays.update({f"det{e.index:02d}_{n}": np.asarray(R) for n, R in e.relevance.items()})
+        if self.save_relevance:
+            (self.tmp / "relevance").mkdir(exist_ok=True)
+            np.savez_compressed(self.tmp / "relevance" / f"{stem}.npz", **arrays)
+            entry["relevance"] = f"relevance/{stem}.npz"
+        (self.tmp / entry["page"]).write_text(html.image_page(entry, self.settings, "legend.png"), encoding="utf-8")
+        self.entries.append(entry)
+        if scene is not None:
+            self.scene_values.append(scenes.scene_values(exps, det, scene, self.methods))
+        return len(exps)
+
+    # -- output
+    def finish(self) -> Path:
+        """Write index, quality page and report.json, then move the report to ``out``."""
+        quality = None
+        if self.scenes:
+            quality = scenes.quality_table(self.scene_values, self.methods, len(self.scenes), self.scene_seed)
+            (self.tmp / "quality.html").write_text(html.quality_page(quality), encoding="utf-8")
+        doc = {
+            "generator": GENERATOR,
+            "settings": self.settings,
+            "seconds": time.perf_counter() - self.started,
+            "images": self.entries,
+            "failures": self.failures,
+            "quality": quality,
+        }
+        (self.tmp / "report.json").write_text(json.dumps(_plain(doc), indent=1, allow_nan=False), encoding="utf-8")
+        (self.tmp / "index.html").write_text(
+            html.index_page(self.entries, self.failures, self.settings, quality), encoding="utf-8"
+        )
+        self._move_into_place()
+        return self.out
+
+    def _move_into_place(self) -> None:
+        if not self.out.exists():
+            os.replace(self.tmp, self.out)
+            self.tmp = None
+            return
+        # An existing folder (empty, a previous report, or --force): replace only our entries,
+        # index.html first out and last in, so the folder never looks like a finished report
+        # while it is half replaced.
+        for name in ENTRIES:
+            target = self.out / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+        for name in sorted(ENTRIES, key=lambda n: n == "index.html"):
+            if (self.tmp / name).exists():
+                os.replace(self.tmp / name, self.out / name)
+        self.close()
+
+
+def _plain(value):
+    """JSON-ready copy: numpy scalars to Python numbers, NaN/Inf to None (JSON has neither)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if np.isfinite(v) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
