@@ -108,6 +108,7 @@ def test_explain_crp_matches_float64_matrices_on_a_two_layer_detector():
         cj.LocTarget(1, 8, "cy", -1),
     ]
     R = cj.explain(model, variables, jnp.asarray(x), targets, method=comp, chunk_size=2)
+    R_dev = cj.explain(model, variables, jnp.asarray(x), targets, method=comp, chunk_size=2, to_host=False)
     want = [
         _reference(variables, x[1], cls_vec=[-0.5, -0.5, 1.0], anchor=4),  # e_2 - mean(e_0, e_1)
         _reference(variables, x[0], cls_vec=[0.0, 1.0, 0.0], anchor=7),
@@ -118,6 +119,7 @@ def test_explain_crp_matches_float64_matrices_on_a_two_layer_detector():
     for i, w in enumerate(want):
         assert np.abs(w).max() > 1e-3, i  # not vacuous
         np.testing.assert_allclose(R[i], w, rtol=1e-4, atol=1e-5 * np.abs(w).max(), err_msg=str(targets[i]))
+        np.testing.assert_allclose(np.asarray(R_dev[i]), w, rtol=1e-4, atol=1e-5 * np.abs(w).max())
 
 
 # ---- conservation on the shipped model, biases zeroed -------------------------------------
