@@ -142,7 +142,61 @@ MUTANTS: tuple[Mutant, ...] = (
         "window_loop or winners",
         "every tied maximum of a window gets the gradient, not only the first",
     ),
+    Mutant(
+        "clip_x_to_height",
+        "crp_jax/ssd/boxes.py",
+        "x = xp.clip(b[..., 0::2], 0, width)",
+        "x = xp.clip(b[..., 0::2], 0, height)",
+        ("tests/test_boxes.py",),
+        "clip",
+        "x coordinates clipped to the image height",
+    ),
+    Mutant(
+        "decode_no_clamp",
+        "crp_jax/ssd/boxes.py",
+        "dw = xp.minimum(d[..., 2] / ww, BBOX_XFORM_CLIP)",
+        "dw = d[..., 2] / ww",
+        ("tests/test_boxes.py",),
+        "decode",
+        "no clamp of the log-width offset before exp",
+    ),
+    Mutant(
+        "topk_off_by_one",
+        "crp_jax/ssd/detect.py",
+        'idx = idx[np.argsort(-s[idx], kind="stable")[:topk]]',
+        'idx = idx[np.argsort(-s[idx], kind="stable")[: topk + 1]]',
+        ("tests/test_detect.py",),
+        "topk",
+        "one candidate too many per class",
+    ),
+    Mutant(
+        "preprocess_mean_after_std",
+        "crp_jax/ssd/detect.py",
+        "resize_bilinear((v - mean) / std, size)",
+        "resize_bilinear(v / std - mean, size)",
+        ("tests/test_detect.py",),
+        "preprocess",
+        "normalisation divides before subtracting the mean",
+    ),
+    Mutant(
+        "resize_corner_aligned",
+        "crp_jax/ssd/detect.py",
+        "src = scale * (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)",
+        "src = scale * np.arange(n_out, dtype=np.float32)",
+        ("tests/test_detect.py",),
+        "resize or preprocess",
+        "resize samples without half-pixel centres",
+    ),
     # ---- rules --------------------------------------------------------------------------------
+    Mutant(
+        "zbox_bound_term_ignores_padding",
+        "crp_jax/relevance/rules.py",
+        "zb = z + op.apply(jnp.ones_like(x), wb)",
+        "zb = z + wb.reshape(-1, wb.shape[-1]).sum(0)",
+        ("tests/test_rules.py",),
+        "dense_matrix_reference and zbox",
+        "z^B's bound term summed over the whole kernel, also where it reads padding",
+    ),
     Mutant(
         "stabilize_sign_of_zero_negative",
         "crp_jax/relevance/rules.py",
@@ -233,6 +287,24 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_engine.py", "tests/test_explain_reference.py"),
         "contrast_coefficients or float64",
         "the contrast subtracts the mean over all classes, target included",
+    ),
+    Mutant(
+        "contrast_foreground_with_background",
+        "crp_jax/relevance/targets.py",
+        "others = [k for k in range(1, K) if k != self.cls]",
+        "others = [k for k in range(0, K) if k != self.cls]",
+        ("tests/test_engine.py",),
+        "contrast_coefficients",
+        'contrast="foreground" also subtracts the background class',
+    ),
+    Mutant(
+        "heatmap_abs_of_sum",
+        "crp_jax/relevance/explain.py",
+        "return xp.abs(R).sum(-1)",
+        "return xp.abs(R.sum(-1))",
+        ("tests/test_engine.py",),
+        "device_output",
+        'heatmap "abs" takes the magnitude of the channel sum',
     ),
     Mutant(
         "loc_target_sign_ignored",
@@ -341,13 +413,13 @@ def main(argv=None) -> int:
         if args.baseline:
             for m in mutants:
                 status, seconds, last = _run_pytest(_pytest_cmd(m, args.whole_files), work, args.timeout)
-                print(f"baseline {m.name:34s} {status:10s} {seconds:6.1f} s  {last}", flush=True)
+                print(f"baseline {m.name:36s} {status:10s} {seconds:6.1f} s  {last}", flush=True)
                 if status != "passed":
                     print(f"  -> the tests of {m.name} do not pass unmutated: its verdict means nothing", flush=True)
         for m in mutants:
             verdict, seconds, last = run_mutant(m, work, args.timeout, args.whole_files)
             results.append((m, verdict, seconds))
-            print(f"{m.name:34s} {verdict:10s} {seconds:6.1f} s  {last}", flush=True)
+            print(f"{m.name:36s} {verdict:10s} {seconds:6.1f} s  {last}", flush=True)
 
     print()
     print("| mutant | file | verdict | s | tests |\n|---|---|---|---|---|")
