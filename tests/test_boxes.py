@@ -130,3 +130,84 @@ def test_batched_nms_matches_torchvision(n):
         np.testing.assert_array_equal(batched_nms(boxes, scores, labels, thr), want)
         want = tv_ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), thr).numpy()
         np.testing.assert_array_equal(nms(boxes, scores, thr), want)
+
+
+# ---- ties: equal scores keep their input order (torchvision sorts stably) ------------------
+
+
+def _tied_pairs(n_pairs):
+    """``2 * n_pairs`` boxes: boxes 2k and 2k+1 overlap with IoU 9/11 (> 0.5), pairs are
+    disjoint. Of each pair the earlier index must survive when the scores tie."""
+    boxes = []
+    for k in range(n_pairs):
+        x = 20.0 * k
+        boxes += [[x, 0.0, x + 10, 10.0], [x + 1, 0.0, x + 11, 10.0]]
+    return np.array(boxes, np.float32)
+
+
+def test_nms_ties_beyond_sixteen_boxes_keep_input_order():
+    # numpy's default sort is an insertion sort (stable) below 17 elements and unstable above,
+    # so ties only tell a stable sort apart with more boxes than that.
+    boxes = _tied_pairs(20)  # 40 boxes
+    scores = np.where(np.arange(40) < 20, 0.5, 0.9).astype(np.float32)  # two tied groups
+    # by hand: the 0.9 group first, each in index order; of each pair the first survives
+    want = list(range(20, 40, 2)) + list(range(0, 20, 2))
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5), want)
+    # all disjoint boxes tied: the output is the input order
+    apart = boxes[::2]
+    np.testing.assert_array_equal(nms(apart, np.full(20, 0.3, np.float32), 0.5), np.arange(20))
+
+
+def test_nms_ties_match_torchvision():
+    torch = pytest.importorskip("torch")
+    tv_ops = pytest.importorskip("torchvision.ops")
+    rng = np.random.default_rng(16)
+    boxes = _tied_pairs(30)[rng.permutation(60)]
+    scores = rng.choice(np.array([0.2, 0.6, 0.9], np.float32), 60)  # three tied groups
+    for thr in (0.5, 0.85):  # 0.85 > 9/11: pairs no longer suppress each other
+        want = tv_ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), thr).numpy()
+        np.testing.assert_array_equal(nms(boxes, scores, thr), want)
+
+
+def test_batched_nms_equal_scores_across_classes_come_back_in_input_order():
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]], np.float32)
+    scores = np.array([0.7, 0.7, 0.7], np.float32)
+    # labels (2, 1, 2): different classes never suppress each other; ties in input order,
+    # not grouped by class
+    np.testing.assert_array_equal(batched_nms(boxes, scores, np.array([2, 1, 2]), 0.5), [0, 1, 2])
+    # forty boxes, one score, labels cycling 3, 2, 1: all kept, in input order
+    pairs = _tied_pairs(20)[::2]
+    many = np.concatenate([pairs, pairs])  # each box twice, the copy under another label
+    labels = np.array([3, 2, 1] * 14)[:40]  # box i and its copy i + 20 differ in label
+    np.testing.assert_array_equal(batched_nms(many, np.full(40, 0.4, np.float32), labels, 0.5), np.arange(40))
+
+
+def test_batched_nms_ties_match_torchvision():
+    torch = pytest.importorskip("torch")
+    tv_ops = pytest.importorskip("torchvision.ops")
+    rng = np.random.default_rng(3)
+    boxes = _tied_pairs(25)[rng.permutation(50)]
+    scores = rng.choice(np.array([0.3, 0.8], np.float32), 50)
+    labels = rng.integers(1, 4, 50)
+    for thr in (0.5, 0.85):
+        want = tv_ops.batched_nms(
+            torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), thr
+        ).numpy()
+        np.testing.assert_array_equal(batched_nms(boxes, scores, labels, thr), want)
+
+
+def test_nms_keeps_a_box_whose_iou_equals_the_threshold():
+    # A second angle on "suppress only when IoU > threshold": IoU exactly 1/2 and 1/4, with
+    # areas and intersections that are exact in float32.
+    boxes = np.array(
+        [[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 2.0], [0.0, 0.0, 4.0, 1.0], [2.0, 0.0, 6.0, 4.0]], np.float32
+    )
+    # IoU with box 0: box 1 = 8/16 = 1/2, box 2 = 4/16 = 1/4, box 3 = 8/24 = 1/3
+    np.testing.assert_allclose(box_iou(boxes[:1], boxes[1:]), [[0.5, 0.25, 1 / 3]], rtol=1e-7)
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    for i, thr in ((1, 0.5), (2, 0.25)):
+        pair = boxes[[0, i]]
+        np.testing.assert_array_equal(nms(pair, scores[[0, i]], thr), [0, 1])  # equal: kept
+        np.testing.assert_array_equal(nms(pair, scores[[0, i]], thr * (1 - 1e-6)), [0])  # IoU just above: gone
+        labels = np.array([1, 1])
+        np.testing.assert_array_equal(batched_nms(pair, scores[[0, i]], labels, thr), [0, 1])

@@ -103,6 +103,44 @@ def test_topk_max_detections_and_no_background():
     assert 0 not in _run(cls, loc, score_threshold=0.0)[0].labels
 
 
+# 4 classes, so that equal logits give the score 1/4 exactly in float32
+CFG4 = SSDConfig.small(4, image_size=64)
+FAKE4 = FakeSSD(CFG4)
+
+
+def _run4(cls, **kw):
+    loc = np.zeros(cls.shape[:2] + (4,), np.float32)
+    return detect(FAKE4, {"cls": jnp.asarray(cls), "loc": jnp.asarray(loc)}, _x(cls.shape[0]), **kw)[0]
+
+
+def test_score_equal_to_the_threshold_is_not_kept():
+    # torchvision keeps scores strictly above score_thresh
+    cls = np.zeros((1, CFG4.num_anchors(), 4), np.float32)
+    cls[..., 0] = 5.0  # background wins everywhere else: foreground scores ~ 0.0066
+    tied, above = 0, 50  # distant anchors (source 0, cells (0, 0) and (1, 4)): no NMS between them
+    cls[0, tied] = 0.0  # softmax = (1/4, 1/4, 1/4, 1/4) exactly
+    cls[0, above] = (0.0, 0.01, 0.0, 0.0)  # class 1 just above 1/4, classes 2 and 3 just below
+    d = _run4(cls, score_threshold=0.25)
+    assert d.anchors.tolist() == [above] and d.labels.tolist() == [1]
+    e = math.exp(0.01)
+    np.testing.assert_allclose(d.scores, [e / (e + 3)], rtol=1e-6)
+    assert d.scores[0] > 0.25
+    # just below 1/4 the tied anchor's three classes are in (tied scores: label order)
+    d = _run4(cls, score_threshold=0.2499)
+    assert d.anchors.tolist() == [above, tied, tied, tied] and d.labels.tolist() == [1, 1, 2, 3]
+
+
+def test_underflowed_zero_score_never_appears_at_threshold_zero():
+    cls = np.zeros((1, CFG4.num_anchors(), 4), np.float32)
+    cls[..., 0] = 200.0  # exp(-200) underflows: every foreground score is exactly 0 in float32
+    cls[0, 7, 2] = 200.0  # class 2 ties background: score 1/2
+    cls[0, 90, 3] = 150.0  # exp(-50) ~ 2e-22: tiny but positive, so kept
+    d = _run4(cls, score_threshold=0.0)
+    assert sorted(zip(d.anchors.tolist(), d.labels.tolist())) == [(7, 2), (90, 3)]
+    np.testing.assert_allclose(d.scores, [0.5, math.exp(-50)], rtol=1e-4)
+    assert np.all(d.scores > 0)
+
+
 def test_matches_torchvision_postprocess_detections():
     torch = pytest.importorskip("torch")
     pytest.importorskip("torchvision")

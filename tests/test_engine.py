@@ -289,7 +289,8 @@ def test_contrast_coefficients_by_hand():
     c, _ = cj.ClassTarget(0, 0, 2, (4,)).coefficients(5)
     np.testing.assert_allclose(c, [0, 0, 1.0, 0, -1.0])
     c, l = cj.LocTarget(0, 0, "h", -1).coefficients(5)
-    np.testing.assert_allclose(l, [0, 0, 0, -1]) and np.testing.assert_allclose(c, 0)
+    np.testing.assert_allclose(l, [0, 0, 0, -1])
+    np.testing.assert_allclose(c, np.zeros(5))  # a loc target starts no class relevance
 
 
 # ---- errors -----------------------------------------------------------------------------

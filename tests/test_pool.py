@@ -20,10 +20,17 @@ CASES = [  # (H, W, window, stride, padding, ceil_mode)
     (9, 8, 3, 2, 1, False),  # overlapping and strided
     (9, 8, 3, 2, 0, True),
     (8, 8, 2, 3, 0, False),  # stride > window: gaps no window reads
+    # ceil mode with padding: the last window must start inside the input or the left padding
+    (5, 5, 2, 2, 1, True),  # torch: 3x3 (a 4th window would start in the right padding)
+    (3, 6, 2, 2, 1, True),  # 2 rows (dropped window), 4 columns (kept partial window)
+    (5, 10, 3, 3, 1, True),  # 2 x 4: both sides drop a window that starts in the padding
+    (6, 7, 3, 2, 1, True),  # 4 x 4: ceil adds a window in both directions
 ]
 
 
 def _torch_size(n, k, s, p, ceil):
+    """torch.nn.MaxPool2d's output size as its documentation states it (checked against a
+    hand-worked table and torch itself below)."""
     if ceil:
         out = -(-(n + 2 * p - k) // s) + 1
         if (out - 1) * s >= n + p:
@@ -151,3 +158,59 @@ def test_ceil_mode_pool_shape():
     x = jnp.zeros((1, 75, 75, 1))
     assert max_pool(x, 2, 2, ceil_mode=True).shape == (1, 38, 38, 1)
     assert max_pool(x, 2, 2).shape == (1, 37, 37, 1)
+
+
+# Output sizes worked by hand from torch's rule: out = ceil((n + 2p - k) / s) + 1 windows, then
+# drop the last one if it starts at or beyond n + p (in the right padding); the window i starts
+# at input row i * s - p. Floor mode: (n + 2p - k) // s + 1.
+#   (n, k, s, p): ceil, floor    working (ceil)
+SIZES_BY_HAND = {
+    (5, 2, 2, 1): (3, 3),  # ceil(5/2)+1 = 4; window 3 starts at 3*2-1 = 5 = n: dropped
+    (3, 2, 2, 1): (2, 2),  # ceil(3/2)+1 = 3; window 2 starts at 3 = n: dropped
+    (4, 2, 2, 1): (3, 3),  # ceil(4/2)+1 = 3; window 2 starts at 3 < 4: kept
+    (5, 3, 3, 1): (2, 2),  # ceil(4/3)+1 = 3; window 2 starts at 5 = n: dropped
+    (6, 3, 2, 1): (4, 3),  # ceil(5/2)+1 = 4; window 3 starts at 5 < 6: kept (floor: 3)
+    (7, 3, 2, 1): (4, 4),  # (7+2-3)/2 = 3 exactly: ceil and floor agree
+    (10, 4, 3, 2): (4, 4),  # ceil(10/3)+1 = 5; window 4 starts at 10 = n: dropped
+    (6, 4, 4, 2): (2, 2),  # ceil(6/4)+1 = 3; window 2 starts at 6 = n: dropped
+    (75, 2, 2, 0): (38, 37),  # SSD300's pool3
+    (19, 3, 1, 1): (19, 19),  # SSD300's pool5
+}
+
+
+def _pool_shape(shape, k, s, p, ceil):
+    """The output shape of ``max_pool`` on ``shape``, traced without compiling."""
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return jax.eval_shape(lambda x: max_pool(x, k, s, p, ceil_mode=ceil), x).shape
+
+
+@pytest.mark.parametrize("n,k,s,p", list(SIZES_BY_HAND))
+def test_pool_output_size_matches_hand_worked_table(n, k, s, p):
+    ceil, floor = SIZES_BY_HAND[n, k, s, p]
+    assert _pool_shape((1, n, n, 1), k, s, p, True) == (1, ceil, ceil, 1)
+    assert _pool_shape((1, n, n, 1), k, s, p, False) == (1, floor, floor, 1)
+    assert (_torch_size(n, k, s, p, True), _torch_size(n, k, s, p, False)) == (ceil, floor)
+
+
+@pytest.mark.parametrize("ceil", [True, False])
+def test_pool_output_size_matches_torch_maxpool2d(ceil):
+    torch = pytest.importorskip("torch")
+    for n in range(2, 12):
+        for k in (2, 3, 4):
+            for s in (1, 2, 3, 4):
+                for p in range(0, k // 2 + 1):  # torch allows padding up to half the window
+                    if n + 2 * p < k:
+                        continue
+                    want = torch.nn.MaxPool2d(k, s, padding=p, ceil_mode=ceil)(torch.zeros(1, 1, n, n + 3)).shape
+                    got = _pool_shape((1, n, n + 3, 1), k, s, p, ceil)
+                    assert got[1:3] == tuple(want[2:]), (n, k, s, p, ceil)
+
+
+def test_pool_values_match_torch_in_ceil_mode_with_padding():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    for H, W, k, s, p in [(5, 5, 2, 2, 1), (5, 10, 3, 3, 1), (6, 7, 3, 2, 1), (10, 9, 4, 3, 2)]:
+        x = rng.normal(size=(1, H, W, 2)).astype(np.float32)
+        want = torch.nn.MaxPool2d(k, s, padding=p, ceil_mode=True)(torch.from_numpy(x).permute(0, 3, 1, 2))
+        got = max_pool(jnp.asarray(x), k, s, p, ceil_mode=True)
+        np.testing.assert_array_equal(np.asarray(got), want.permute(0, 2, 3, 1).numpy())

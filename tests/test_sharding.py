@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -88,3 +89,40 @@ def test_backward_convolves_with_unbatched_kernels():
     hlo = backward.lower(vjp_fn, x, a, c, l).as_text()
     assert "convolution" in hlo
     assert "feature_group_count" not in hlo
+
+
+TINY_SCRIPT = textwrap.dedent(
+    """
+    import jax, numpy as np
+    from types import SimpleNamespace
+    from jax.sharding import Mesh
+    import crp_jax as cj
+    from crp_jax.relevance.composite import get_composite
+    from test_explain_reference import HIGH, LOW, _reference, _tiny
+    assert len(jax.devices()) == 4, jax.devices()
+    model, variables, x = _tiny()
+    x = np.concatenate([x, x[:1] * 0.5])  # 3 images on 4 devices: one padded slot
+    comp = get_composite("crp", SimpleNamespace(pixel_bounds=(tuple(LOW), tuple(HIGH))))
+    t = [cj.ClassTarget(2, 4, 1), cj.LocTarget(0, 3, "h", -1), cj.ClassTarget(2, 8, 2, "none")]
+    got = cj.explain(model, variables, x, t, method=comp, mesh="auto", chunk_size=2)
+    want = [
+        _reference(variables, x[2], cls_vec=[-0.5, 1.0, -0.5], anchor=4),
+        _reference(variables, x[0], loc_vec=[0.0, 0.0, 0.0, -1.0], anchor=3),
+        _reference(variables, x[2], cls_vec=[0.0, 0.0, 1.0], anchor=8),
+    ]
+    for g, w in zip(got, want):
+        assert np.abs(w).max() > 1e-3
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max())
+    print("SHARDED_REFERENCE_OK")
+    """
+)
+
+
+def test_sharded_explain_matches_float64_matrices():
+    # The comparison above shares every rule with the unsharded path; this one does not.
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(tests), tests, env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", TINY_SCRIPT], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and "SHARDED_REFERENCE_OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
