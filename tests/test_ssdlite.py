@@ -1,0 +1,190 @@
+"""SSDlite320-MobileNetV3: config and layout, the BatchNorm-folding canonizer, converter errors.
+
+Parity with torchvision itself is in tests/test_parity_ssdlite.py (needs torch); nothing
+here imports torch: state dicts are built from the key map with numpy arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+import crp_jax as cj
+from crp_jax.errors import CheckpointError, ConfigError
+from crp_jax.ssd import SSDConfig
+from crp_jax.ssd.convert_ssdlite import ssdlite_expected_shapes, ssdlite_key_map
+from crp_jax.ssd.fold import fold_batchnorm
+from crp_jax.ssd.ssdlite import SSDLite
+
+# A reduced SSDlite (every layer type, all six sources) that runs in seconds on a CPU.
+SMALL = dataclasses.replace(SSDConfig.ssdlite320_mobilenet_v3_large(4), image_size=96, width=0.35)
+
+
+def random_variables(model: SSDLite, seed: int = 0, negative_gamma: float = 0.3) -> dict:
+    """Random kernels, biases and BN statistics (a share of gammas negative) for ``model``,
+    scaled so that activations stay of order 1 through the depth of the network."""
+    S = model.config.image_size
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, S, S, 3), np.float32))
+    flat = traverse_util.flatten_dict(shapes, sep="/")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, s in flat.items():
+        if key.endswith("kernel"):
+            kh, kw, cin, _cout = s.shape
+            v = rng.normal(size=s.shape) * np.sqrt(2.0 / (kh * kw * cin))
+        elif key.endswith("bn/scale"):
+            sign = np.where(rng.uniform(size=s.shape) < negative_gamma, -1.0, 1.0)
+            v = sign * rng.uniform(0.5, 1.5, size=s.shape)
+        elif key.endswith("bn/mean"):
+            v = rng.normal(scale=0.3, size=s.shape)
+        elif key.endswith("bn/var"):
+            v = rng.uniform(0.5, 2.0, size=s.shape)
+        else:  # biases
+            v = rng.normal(scale=0.1, size=s.shape)
+        out[key] = np.asarray(v, np.float32)
+    return traverse_util.unflatten_dict(out, sep="/")
+
+
+def test_ssdlite320_config_has_torchvisions_3234_anchors_on_six_sources():
+    cfg = SSDConfig.ssdlite320_mobilenet_v3_large(91)
+    assert cfg.feature_sizes() == (20, 10, 5, 3, 2, 1)
+    assert cfg.anchors_per_cell == (6,) * 6
+    assert cfg.num_anchors() == 6 * (400 + 100 + 25 + 9 + 4 + 1) == 3234
+    assert cj.default_boxes(cfg).shape == (3234, 4)
+    # torchvision's DefaultBoxGenerator(min_ratio=0.2, max_ratio=0.95): linear scales, then 1
+    np.testing.assert_allclose(cfg.scales, [0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 1.0], atol=1e-12)
+    assert SSDConfig.from_dict(cfg.to_dict()) == cfg
+    assert SSDConfig.from_name("ssdlite320_mobilenet_v3_large", 5).num_classes == 5
+
+
+def test_model_outputs_one_row_per_default_box():
+    model = SSDLite(SMALL)
+    cls, loc = jax.eval_shape(model.apply, random_variables(model), jax.ShapeDtypeStruct((2, 96, 96, 3), np.float32))
+    assert cls.shape == (2, SMALL.num_anchors(), 4) and loc.shape == (2, SMALL.num_anchors(), 4)
+
+
+def test_ssdlite_config_checks_extra_blocks_and_backbone():
+    with pytest.raises(ConfigError, match="mid == out // 2"):
+        dataclasses.replace(SMALL, extras=((100, 512, 2, 1),) + SMALL.extras[1:])
+    with pytest.raises(ConfigError, match="backbone 'resnet'"):
+        dataclasses.replace(SMALL, backbone="resnet")
+
+
+def test_layers_declare_their_relevance_kinds():
+    model = SSDLite(SMALL)
+    kinds = {}
+
+    def record(next_fun, args, kwargs, context):
+        kind = getattr(type(context.module), "relevance_kind", None)
+        if kind is not None and context.method_name == "__call__":
+            kinds.setdefault(kind, set()).add("/".join(context.module.path))
+        return next_fun(*args, **kwargs)
+
+    import flax.linen as nn
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(model.apply, random_variables(model), jax.ShapeDtypeStruct((1, 96, 96, 3), np.float32))
+    assert "stem/act" in kinds["activation"] and "block_12/se/gate_act" in kinds["activation"]
+    assert "block_2/add" in kinds["add"] and "block_1/add" not in kinds["add"]  # block 1 is strided
+    assert "block_3/se/gate" in kinds["gate"]
+    # convs whose input can be negative: the stem, every expand conv, hardswish blocks' dw
+    # and project convs, the last conv, the first extra block, heads on sources 0 and 1
+    signed = kinds["signed_input"]
+    assert {"stem/conv", "block_1/expand/conv", "block_0/dw/conv", "block_7/dw/conv", "block_7/project/conv"} <= signed
+    assert {"last/conv", "extra_0/pw1/conv", "dw_cls_0/conv", "dw_loc_1/conv"} <= signed
+    # ... and not those that read ReLU / ReLU6 outputs
+    assert (
+        not {"block_1/dw/conv", "block_1/project/conv", "extra_1/pw1/conv", "dw_cls_2/conv", "cls_0", "loc_0"} & signed
+    )
+
+
+def test_folding_batchnorm_keeps_outputs_with_negative_gammas():
+    model = SSDLite(SMALL)
+    variables = random_variables(model, seed=1, negative_gamma=0.3)
+    gammas = np.concatenate(
+        [v.ravel() for k, v in traverse_util.flatten_dict(variables["params"], sep="/").items() if k.endswith("scale")]
+    )
+    assert (gammas < 0).mean() > 0.2  # folding really flips weight signs
+    x = np.random.default_rng(0).normal(size=(2, 96, 96, 3)).astype(np.float32)
+    folded, fvars = fold_batchnorm(model, variables)
+    assert not folded.batchnorm and set(fvars) == {"params"}
+    ref = model.apply(variables, x)
+    got = folded.apply(fvars, x)
+    for r, g in zip(ref, got):
+        r, g = np.asarray(r, np.float64), np.asarray(g, np.float64)
+        assert np.max(np.abs(r)) > 1.0  # outputs of a useful size, not a vanishing signal
+        assert np.max(np.abs(g - r)) <= 1e-5 * np.max(np.abs(r)), np.max(np.abs(g - r)) / np.max(np.abs(r))
+
+
+def test_fold_of_one_conv_matches_the_formula():
+    """w' = w gamma / sqrt(var + eps), b' = beta - mu gamma / sqrt(var + eps), by hand."""
+    model = SSDLite(SMALL)
+    variables = random_variables(model, seed=2)
+    _, fvars = fold_batchnorm(model, variables)
+    p, st = variables["params"]["stem"], variables["batch_stats"]["stem"]
+    s = p["bn"]["scale"].astype(np.float64) / np.sqrt(st["bn"]["var"].astype(np.float64) + 1e-3)
+    np.testing.assert_allclose(fvars["params"]["stem"]["conv"]["kernel"], p["conv"]["kernel"] * s, rtol=1e-6)
+    np.testing.assert_allclose(
+        fvars["params"]["stem"]["conv"]["bias"], p["bn"]["bias"] - st["bn"]["mean"] * s, rtol=1e-5
+    )
+
+
+def test_fold_rejects_a_folded_model_and_a_vgg_model():
+    model = SSDLite(SMALL)
+    folded, fvars = fold_batchnorm(model, random_variables(model))
+    with pytest.raises(ConfigError, match="batchnorm=False"):
+        fold_batchnorm(folded, fvars)
+    with pytest.raises(ConfigError, match="SSD"):
+        fold_batchnorm(cj.SSD(SSDConfig.small(3)), {})
+
+
+# ---- converter errors ----------------------------------------------------------------------
+
+
+def _numpy_state_dict(num_classes: int = 5) -> dict:
+    cfg = SSDConfig.ssdlite320_mobilenet_v3_large(num_classes)
+    shapes = ssdlite_expected_shapes(cfg)
+    sd = {}
+    for tkey, okey in ssdlite_key_map().items():
+        s = shapes[okey]
+        sd[tkey] = np.zeros((s[3], s[2], s[0], s[1]) if okey.endswith("kernel") else s, np.float32)
+    return sd
+
+
+def test_converter_reads_classes_from_the_heads_and_keeps_batch_stats():
+    model, variables, meta = cj.convert_torchvision_ssdlite(_numpy_state_dict(5))
+    assert meta.num_classes == 5 and meta.config.num_anchors() == 3234
+    assert meta.mean == (0.5, 0.5, 0.5) and meta.std == (0.5, 0.5, 0.5)
+    assert "batch_stats" in variables and model.batchnorm
+    model, variables, _ = cj.convert_torchvision_ssdlite(_numpy_state_dict(5), fold=True)
+    assert set(variables) == {"params"} and not model.batchnorm
+
+
+def test_converter_lists_missing_extra_and_misshaped_keys():
+    sd = _numpy_state_dict()
+    del sd["backbone.features.0.5.block.2.fc1.weight"]
+    sd["backbone.features.0.0.0.extra_thing"] = np.zeros(3, np.float32)
+    sd["backbone.extra.1.1.0.weight"] = np.zeros((128, 1, 5, 5), np.float32)
+    sd["backbone.features.0.0.1.num_batches_tracked"] = np.zeros((), np.float32)  # ignored, as torch's
+    with pytest.raises(CheckpointError) as e:
+        cj.convert_torchvision_ssdlite(sd)
+    msg = str(e.value)
+    assert "missing keys (1): backbone.features.0.5.block.2.fc1.weight" in msg
+    assert "unexpected keys (1): backbone.features.0.0.0.extra_thing" in msg
+    assert "backbone.extra.1.1.0.weight expected (128, 1, 3, 3) found (128, 1, 5, 5)" in msg
+
+
+def test_converters_name_the_other_converter_for_the_other_architecture():
+    from crp_jax.ssd.convert import torch_key_map
+
+    vgg = {k: np.zeros(1, np.float32) for k in torch_key_map("torchvision")}
+    with pytest.raises(CheckpointError, match="convert_torchvision_ssd"):
+        cj.convert_torchvision_ssdlite(vgg)
+    with pytest.raises(CheckpointError, match="convert_torchvision_ssdlite"):
+        cj.convert_torchvision_ssd(_numpy_state_dict())
+    with pytest.raises(CheckpointError, match="convert_torchvision_ssdlite"):
+        cj.ssd.convert.convert_state_dict(_numpy_state_dict())
