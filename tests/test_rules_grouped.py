@@ -111,6 +111,10 @@ def reference(kind, M, mask, x, b, R, low=None, high=None, alpha=1.0, beta=0.0, 
     if kind == "alphabeta_contrib":
         Cp, Cn = np.maximum(xi * M, 0), np.minimum(xi * M, 0)
         return alpha * share(Cp, Cp.sum(0), eps, R) - beta * share(Cn, Cn.sum(0), eps, R)
+    if kind == "signed_wplus":  # contributions of the sign of the unit's output y = xM + b
+        Cp, Cn = np.maximum(xi * M, 0), np.minimum(xi * M, 0)
+        pos = (x @ M + b) >= 0
+        return share(Cp * pos, Cp.sum(0), eps, R) + share(Cn * ~pos, Cn.sum(0), eps, R)
     if kind == "zbox":
         C = xi * M - low[:, None] * Mp - high[:, None] * Mn
         return share(C, C.sum(0), eps, R)
@@ -153,6 +157,8 @@ RULES = {
         dict(alpha=1, beta=1, eps=0.5),
         "signed",
     ),
+    "signed_wplus": (rules.SignedWPlus(), "signed_wplus", {}, "signed"),
+    "signed_wplus_stab0.5": (rules.SignedWPlus(0.5), "signed_wplus", dict(eps=0.5), "signed"),
     "zbox": (rules.ZBox(LOW, HIGH), "zbox", {}, "box"),
     "zbox_per_channel": (lambda cin: rules.ZBox(*_channel_bounds(cin)), "zbox", {}, "box_channel"),
     "flat": (rules.Flat(), "flat", {}, "relu"),
@@ -316,6 +322,41 @@ def test_contribution_forms_never_exceed_their_relevance_bound(case, seed):
             bound = factor * np.abs(R[img]).sum()
             assert np.abs(R_in[img]).sum() <= bound * (1 + 1e-5), (rule, img)
             assert np.abs(R_in[img]).max() <= bound * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("case", ["depthwise5x5_s2_p2", "grouped2_3x3_s2_p1_dil", "dense"])
+def test_signed_wplus_conserves_exactly_without_bias_and_is_bounded_with_it(case):
+    """With zero bias a unit's output of sign s always has a contribution of sign s, so
+    sum_i R_i = sum_j R_j (where R_j reaches units of either sign); with a bias the
+    bound sum_i |R_i| <= sum_j |R_j| holds."""
+    op = _op(case)
+    rng = np.random.default_rng(7)
+    xs, ws, ys = _shapes(case)
+    x = rng.normal(size=xs).astype(np.float32)
+    w = rng.normal(size=ws).astype(np.float32)
+    R = rng.normal(size=ys).astype(np.float32)
+    rule = rules.SignedWPlus()
+    for b, exact in ((np.zeros(ys[-1]), True), (rng.normal(size=ys[-1]), False)):
+        b = b.astype(np.float32)
+        R_in = np.asarray(jax.vjp(lambda x: rule(op, x, w, b), x)[1](R)[0])
+        for img in range(xs[0]):
+            total = np.abs(R[img]).sum()
+            assert np.abs(R_in[img]).sum() <= total * (1 + 1e-5)
+            if exact:
+                np.testing.assert_allclose(R_in[img].sum(), R[img].sum(), atol=1e-5 * total)
+
+
+def test_signed_wplus_equals_wplus_on_relu_inputs_and_positive_outputs():
+    op = _op("plain3x3")
+    rng = np.random.default_rng(3)
+    xs, ws, ys = _shapes("plain3x3")
+    x = np.maximum(rng.normal(size=xs), 0).astype(np.float32)
+    w = rng.normal(size=ws).astype(np.float32)
+    b = np.full(ys[-1], 50.0, np.float32)  # every output positive
+    R = rng.normal(size=ys).astype(np.float32)
+    a = jax.vjp(lambda x: rules.WPlus()(op, x, w, b), x)[1](R)[0]
+    c = jax.vjp(lambda x: rules.SignedWPlus()(op, x, w, b), x)[1](R)[0]
+    np.testing.assert_allclose(np.asarray(c), np.asarray(a), atol=1e-6, rtol=1e-5)
 
 
 def test_contributions_flag_must_be_a_bool():

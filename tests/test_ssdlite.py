@@ -91,15 +91,13 @@ def test_layers_declare_their_relevance_kinds():
     assert "stem/act" in kinds["activation"] and "block_12/se/gate_act" in kinds["activation"]
     assert "block_2/add" in kinds["add"] and "block_1/add" not in kinds["add"]  # block 1 is strided
     assert "block_3/se/gate" in kinds["gate"]
-    # convs whose input can be negative: the stem, every expand conv, hardswish blocks' dw
-    # and project convs, the last conv, the first extra block, heads on sources 0 and 1
-    signed = kinds["signed_input"]
-    assert {"stem/conv", "block_1/expand/conv", "block_0/dw/conv", "block_7/dw/conv", "block_7/project/conv"} <= signed
+    # convs whose input or output can be negative: the stem, every expand and project conv,
+    # hardswish blocks' dw convs, the last conv, the first extra block, heads on sources 0, 1
+    signed = kinds["signed"]
+    assert {"stem/conv", "block_1/expand/conv", "block_0/dw/conv", "block_7/dw/conv", "block_1/project/conv"} <= signed
     assert {"last/conv", "extra_0/pw1/conv", "dw_cls_0/conv", "dw_loc_1/conv"} <= signed
-    # ... and not those that read ReLU / ReLU6 outputs
-    assert (
-        not {"block_1/dw/conv", "block_1/project/conv", "extra_1/pw1/conv", "dw_cls_2/conv", "cls_0", "loc_0"} & signed
-    )
+    # ... and not those between ReLU / ReLU6 outputs, nor the heads' last convs
+    assert not {"block_1/dw/conv", "block_4/dw/conv", "extra_1/pw1/conv", "dw_cls_2/conv", "cls_0", "loc_0"} & signed
 
 
 def test_folding_batchnorm_keeps_outputs_with_negative_gammas():
@@ -188,3 +186,70 @@ def test_converters_name_the_other_converter_for_the_other_architecture():
         cj.convert_torchvision_ssd(_numpy_state_dict())
     with pytest.raises(CheckpointError, match="convert_torchvision_ssdlite"):
         cj.ssd.convert.convert_state_dict(_numpy_state_dict())
+
+
+# ---- relevance presets on SSDlite ----------------------------------------------------------
+
+
+def _source_anchor(cfg, k):
+    """The anchor of the central cell of source ``k`` (first box of that cell)."""
+    sizes, per = cfg.feature_sizes(), cfg.anchors_per_cell
+    start = sum(f * f * a for f, a in zip(sizes[:k], per[:k]))
+    f = sizes[k]
+    return start + ((f // 2) * f + f // 2) * per[k]
+
+
+@pytest.fixture(scope="module")
+def folded_zero_bias():
+    """The reduced SSDlite, BN folded, every bias then set to zero; one random image."""
+    from crp_jax.ssd.meta import Meta, default_class_names
+
+    model = SSDLite(SMALL)
+    folded, fvars = fold_batchnorm(model, random_variables(model, seed=3))
+    flat = traverse_util.flatten_dict(fvars, sep="/")
+    flat = {k: (np.zeros_like(v) if k.endswith("bias") else v) for k, v in flat.items()}
+    meta = Meta(SMALL, default_class_names(SMALL.num_classes), (0.5,) * 3, (0.5,) * 3)
+    img = np.random.default_rng(0).integers(0, 256, (96, 96, 3)).astype(np.uint8)
+    return folded, traverse_util.unflatten_dict(flat, sep="/"), meta, cj.preprocess(img, meta)
+
+
+def test_relevance_is_conserved_in_every_source_of_folded_ssdlite(folded_zero_bias):
+    """LRP-ab one-hot sums to 1; CRP's class contrast and alpha1beta1 localization targets
+    sum to 0, within 1e-3 of sum |R|: through w+ with contributions (signed inputs), z^B at
+    the stem, pass-through activations and gates, and proportional residual adds."""
+    model, variables, meta, x = folded_zero_bias
+    anchors = [_source_anchor(SMALL, k) for k in range(SMALL.num_sources)]
+    one_hot = cj.explain(model, variables, x, [cj.ClassTarget(0, a, 2) for a in anchors], method="lrp_ab", meta=meta)
+    contrast = cj.explain(
+        model, variables, x, [cj.ClassTarget(0, a, 2, contrast="others") for a in anchors], method="crp", meta=meta
+    )
+    for name, R, init in (("lrp_ab", one_hot, 1.0), ("crp", contrast, 0.0)):
+        sums = R.reshape(len(R), -1).sum(1).astype(np.float64)
+        scale = np.abs(R).reshape(len(R), -1).sum(1)
+        assert np.all(np.isfinite(R)) and np.all(scale > 0), name
+        for i, (s, a) in enumerate(zip(sums, scale)):
+            assert abs(s - init) <= 1e-3 * a, (name, i, s, a)
+    # alpha1beta1 at a localization head: + and - relevance of size 1 largely cancel on the
+    # way down (sum |R| at the input can be 1e-4), so the float32 error is measured against
+    # the initial relevance (|s| = 1) instead.
+    loc = cj.explain(
+        model, variables, x, [cj.LocTarget(0, anchors[0], "cx", 1), cj.LocTarget(0, anchors[5], "h", -1)], "crp", meta
+    )
+    assert np.all(np.abs(loc.reshape(2, -1).sum(1)) <= 1e-4)
+
+
+@pytest.mark.parametrize("method", ["crp", "lrp_ab", "lrp_eps", "gradient", "gradient_x_input"])
+def test_every_preset_explains_ssdlite(folded_zero_bias, method):
+    model, variables, meta, x = folded_zero_bias
+    R = cj.explain(
+        model, variables, x, [cj.ClassTarget(0, 5, 1), cj.LocTarget(0, 200, "w", 1)], method=method, meta=meta
+    )
+    assert R.shape == (2, 96, 96, 3) and np.all(np.isfinite(R)) and np.all(np.abs(R).sum((1, 2, 3)) > 0)
+
+
+def test_gradient_preset_is_the_true_input_gradient_of_ssdlite(folded_zero_bias):
+    model, variables, meta, x = folded_zero_bias
+    anchor, k = 7, 1
+    R = cj.explain(model, variables, x, [cj.ClassTarget(0, anchor, k, contrast="none")], method="gradient", meta=meta)
+    g = jax.grad(lambda v: model.apply(variables, v)[0][0, anchor, k])(x)
+    np.testing.assert_allclose(R[0], np.asarray(g[0]), rtol=1e-4, atol=1e-6 * np.abs(g).max())

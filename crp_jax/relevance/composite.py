@@ -50,7 +50,9 @@ CONTRASTS = ("others", "foreground", "none")
 #   "activation": elementwise non-linearity other than ReLU (hardswish, ReLU6): pass-through.
 #   "add":        residual addition of its inputs: proportional split.
 #   "gate":       product of features and a gate computed from them (squeeze-excitation).
-LAYER_KINDS = ("rescale", "activation", "add", "gate")
+#   "signed":     a Conv/Dense whose input or output can be negative where relevance flows
+#                 (hardswish, linear bottlenecks): w+ needs contributions of both signs.
+LAYER_KINDS = ("rescale", "activation", "add", "gate", "signed")
 
 
 @dataclass(frozen=True)
@@ -203,13 +205,25 @@ def _zbox(meta, who: str) -> R.ZBox:
     return R.ZBox(low, high)
 
 
+# Rules of the layer kinds beyond linear layers, shared by the LRP presets (docs/ssdlite.md):
+# activations and SE gates pass relevance to their (first) input, residual adds split it in
+# proportion to the addends.
+_KIND_RULES = (
+    (Kind("rescale"), R.PassThrough()),
+    (Kind("activation"), R.PassThrough()),
+    (Kind("gate"), R.PassThrough()),
+    (Kind("add"), R.Proportional()),
+)
+
+
 def _crp(meta) -> Composite:
     return Composite(
         rules=(
             (INPUT_LAYER, _zbox(meta, "crp")),
+            (Kind("signed"), R.SignedWPlus()),
             ("cls_*", R.WPlus()),
             ("loc_*", R.AlphaBeta(1.0, 1.0)),
-            (Kind("rescale"), R.PassThrough()),
+            *_KIND_RULES,
             (nn.Conv, R.WPlus()),
             (nn.Dense, R.WPlus()),
         ),
@@ -222,7 +236,8 @@ def _lrp_ab(meta) -> Composite:
     return Composite(
         rules=(
             (INPUT_LAYER, _zbox(meta, "lrp_ab")),
-            (Kind("rescale"), R.PassThrough()),
+            (Kind("signed"), R.SignedWPlus()),
+            *_KIND_RULES,
             (nn.Conv, R.WPlus()),
             (nn.Dense, R.WPlus()),
         ),
@@ -233,7 +248,7 @@ def _lrp_ab(meta) -> Composite:
 
 def _lrp_eps(meta) -> Composite:
     return Composite(
-        rules=((Kind("rescale"), R.PassThrough()), (nn.Conv, R.Epsilon(1e-6)), (nn.Dense, R.Epsilon(1e-6))),
+        rules=(*_KIND_RULES, (nn.Conv, R.Epsilon(1e-6)), (nn.Dense, R.Epsilon(1e-6))),
         contrast="none",
         name="lrp_eps",
     )

@@ -12,6 +12,8 @@ WPlus          sum_j x_i w+_ij / stab(z+_j, eps) R_j,  z+_j = sum_i x_i w+_ij   
  contributions sum_j (x_i w_ij)^+ / stab(z+_j) R_j,  z+_j = sum_i (x_i w_ij)^+        no
 AlphaBeta      sum_j (alpha x_i w+_ij / stab(z+_j) - beta x_i w-_ij / stab(z-_j)) R_j  no
  contributions same with (x_i w_ij)^+ and (x_i w_ij)^- for x_i w+_ij and x_i w-_ij     no
+SignedWPlus    sum_j (x_i w_ij)^{s_j} / stab(z^{s_j}_j) R_j, s_j = sign(z_j + b_j):       no
+               contributions of the sign of the unit's output
 ZBox           sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / stab(z^B_j) R_j             no
 Flat           sum_j 1 / stab(sum_i' 1) R_j  (all weights and inputs set to 1)        no
 WSquare        sum_j w_ij^2 / stab(sum_i' w_i'j^2) R_j                                no
@@ -251,12 +253,54 @@ class AlphaBeta(LinearRule):
         return x, wt, self.alpha * inv_p, -self.beta * inv_n
 
     def backward(self, op, res, R, in_hw):
-        x, wt, cp, cn = res
-        t = op.transpose(op.concat_out((R * cp, R * cn)), wt, in_hw)
         if self.contributions:
-            tp, tn = op.split_in(t, 2)
-            return jnp.maximum(x, 0) * tp + jnp.minimum(x, 0) * tn
-        return x * t
+            return _contributions_backward(op, res, R, in_hw)
+        x, wt, cp, cn = res
+        return x * op.transpose(op.concat_out((R * cp, R * cn)), wt, in_hw)
+
+
+@dataclass(frozen=True)
+class SignedWPlus(LinearRule):
+    """w+ for units of either sign: a unit whose output ``y_j = z_j + b_j`` is >= 0 splits
+    its relevance over its positive contributions, one whose output is negative over its
+    negative contributions:
+
+        R_i = sum_j [y_j >= 0] (x_i w_ij)^+ / stab(z+_j) R_j + [y_j < 0] (x_i w_ij)^- / stab(z-_j) R_j
+
+    For layers where relevance reaches negative outputs: before hardswish (which keeps the
+    sign) and in linear bottlenecks feeding residual adds. There plain positive
+    contributions lose the relevance of every negative unit (no positive contribution, so
+    z+_j = 0); here a unit's output of sign s always has a contribution of sign s when the
+    bias is zero, so relevance is conserved exactly. Where relevance only reaches positive
+    outputs and inputs are >= 0 (ReLU networks) it equals :class:`WPlus`. Every share is in
+    [0, 1]: ``sum_i |R_i| <= sum_j |R_j|``.
+    """
+
+    stabilizer: float = 1e-9
+
+    def __post_init__(self):
+        _check_stabilizer("SignedWPlus.stabilizer", self.stabilizer)
+
+    def residuals(self, op, x, w, b, z, zs):
+        wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
+        zp, zn = _signed_parts(op, x, wp, wn)
+        pos = z + b >= 0
+        wt = op.transpose_kernel(op.concat_in((op.concat_out((wp, wn)), op.concat_out((wn, wp)))))
+        cp = jnp.where(pos, 1.0 / stabilize(zp, self.stabilizer), 0.0)
+        cn = jnp.where(pos, 0.0, 1.0 / stabilize(zn, self.stabilizer))
+        return x, wt, cp, cn
+
+    def backward(self, op, res, R, in_hw):
+        return _contributions_backward(op, res, R, in_hw)
+
+
+def _contributions_backward(op, res, R, in_hw):
+    """``R_i = x+_i (w+^T a + w-^T c)_i + x-_i (w-^T a + w+^T c)_i`` with ``a = cp R`` (shares
+    of the positive contributions) and ``c = cn R`` (of the negative ones), from one adjoint
+    conv of the kernel stacked as in AlphaBeta's contribution form."""
+    x, wt, cp, cn = res
+    tp, tn = op.split_in(op.transpose(op.concat_out((R * cp, R * cn)), wt, in_hw), 2)
+    return jnp.maximum(x, 0) * tp + jnp.minimum(x, 0) * tn
 
 
 def _signed_parts(op, x, wp, wn) -> tuple[jax.Array, jax.Array]:

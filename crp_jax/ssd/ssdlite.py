@@ -9,10 +9,11 @@ without the model being edited to be explained (docs/ssdlite.md):
 - the residual addition of an inverted residual block is :class:`Add` ("add");
 - the squeeze-excitation product ``x * g`` is :class:`Gate` ("gate"), with the gate ``g``
   computed from ``x`` by the small :class:`SqueezeExcite` container;
-- a convolution whose input can be negative (after hardswish, or reading a linear
-  bottleneck) is a :class:`SignedInputConv` ("signed_input"), so that composites can give
-  it the positive-*contribution* form of w+ (crp_jax/relevance/rules.py), while convolutions
-  reading ReLU/ReLU6 outputs stay plain ``nn.Conv``;
+- a convolution whose input or output can be negative where relevance flows (reading
+  hardswish or a linear bottleneck; followed by hardswish or by nothing) is a
+  :class:`SignedConv` ("signed"), so that composites can give it a rule for signed
+  contributions (``SignedWPlus``, crp_jax/relevance/rules.py), while convolutions between
+  ReLU/ReLU6 outputs stay plain ``nn.Conv``;
 - BatchNorm follows every conv (:class:`ConvBN`); ``SSDLite(config, batchnorm=False)`` is
   the same network with BN folded into the convs' biases (``crp_jax.ssd.fold``), which is
   the form rules should see.
@@ -124,11 +125,12 @@ class Gate(nn.Module):
         return x * g
 
 
-class SignedInputConv(nn.Conv):
-    """An ``nn.Conv`` whose input can be negative (after hardswish, or a linear bottleneck):
-    declared so that composites give it the positive-contribution form of w+."""
+class SignedConv(nn.Conv):
+    """An ``nn.Conv`` whose input or output can be negative where relevance flows (after
+    hardswish or a linear bottleneck; before hardswish or as a linear bottleneck): declared
+    so that composites give it a rule for contributions of both signs."""
 
-    relevance_kind: ClassVar[str] = "signed_input"
+    relevance_kind: ClassVar[str] = "signed"
 
 
 _ACTIVATIONS = {"hardswish": Hardswish, "relu6": ReLU6}
@@ -140,6 +142,8 @@ class ConvBN(nn.Module):
 
     ``batchnorm=False``: the folded form, a conv with bias and no BN (``crp_jax.ssd.fold``).
     ``act``: "relu" (a function), "hardswish"/"relu6" (modules named ``act``) or None.
+    ``signed_input``: the input can be negative; the conv is then a :class:`SignedConv`, as
+    it is whenever ``act`` is hardswish or None (a signed output).
     """
 
     features: int
@@ -153,7 +157,9 @@ class ConvBN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         p = (self.kernel - 1) // 2
-        conv_cls = SignedInputConv if self.signed_input else nn.Conv
+        # ReLU and ReLU6 outputs are >= 0 (and pass no relevance where the input is < 0)
+        signed = self.signed_input or self.act not in ("relu", "relu6")
+        conv_cls = SignedConv if signed else nn.Conv
         x = conv_cls(
             self.features,
             (self.kernel, self.kernel),
