@@ -18,35 +18,10 @@ from crp_jax.errors import CheckpointError, ConfigError
 from crp_jax.ssd import SSDConfig
 from crp_jax.ssd.convert_ssdlite import ssdlite_expected_shapes, ssdlite_key_map
 from crp_jax.ssd.fold import fold_batchnorm
-from crp_jax.ssd.ssdlite import SSDLite
+from crp_jax.ssd.ssdlite import SSDLite, random_variables
 
 # A reduced SSDlite (every layer type, all six sources) that runs in seconds on a CPU.
 SMALL = dataclasses.replace(SSDConfig.ssdlite320_mobilenet_v3_large(4), image_size=96, width=0.35)
-
-
-def random_variables(model: SSDLite, seed: int = 0, negative_gamma: float = 0.3) -> dict:
-    """Random kernels, biases and BN statistics (a share of gammas negative) for ``model``,
-    scaled so that activations stay of order 1 through the depth of the network."""
-    S = model.config.image_size
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, S, S, 3), np.float32))
-    flat = traverse_util.flatten_dict(shapes, sep="/")
-    rng = np.random.default_rng(seed)
-    out = {}
-    for key, s in flat.items():
-        if key.endswith("kernel"):
-            kh, kw, cin, _cout = s.shape
-            v = rng.normal(size=s.shape) * np.sqrt(2.0 / (kh * kw * cin))
-        elif key.endswith("bn/scale"):
-            sign = np.where(rng.uniform(size=s.shape) < negative_gamma, -1.0, 1.0)
-            v = sign * rng.uniform(0.5, 1.5, size=s.shape)
-        elif key.endswith("bn/mean"):
-            v = rng.normal(scale=0.3, size=s.shape)
-        elif key.endswith("bn/var"):
-            v = rng.uniform(0.5, 2.0, size=s.shape)
-        else:  # biases
-            v = rng.normal(scale=0.1, size=s.shape)
-        out[key] = np.asarray(v, np.float32)
-    return traverse_util.unflatten_dict(out, sep="/")
 
 
 def test_ssdlite320_config_has_torchvisions_3234_anchors_on_six_sources():
@@ -223,12 +198,19 @@ def test_relevance_is_conserved_in_every_source_of_folded_ssdlite(folded_zero_bi
     contrast = cj.explain(
         model, variables, x, [cj.ClassTarget(0, a, 2, contrast="others") for a in anchors], method="crp", meta=meta
     )
-    for name, R, init in (("lrp_ab", one_hot, 1.0), ("crp", contrast, 0.0)):
+    # Float32 floor: rounding errors scale with the relevance flowing through the network
+    # (the initial mass: 1 for one-hot, 2 for a contrast), not with what reaches the input.
+    # On random weights a deep source's contrast nearly cancels on the way down (source 5:
+    # sum |R| ~ 6e-5 of its initial 2, benchmarks/conservation_ssdlite.py), below what 1e-3
+    # of sum |R| can resolve in float32; there the floor 1e-6 of the initial mass applies.
+    for name, R, init, mass in (("lrp_ab", one_hot, 1.0, 1.0), ("crp", contrast, 0.0, 2.0)):
         sums = R.reshape(len(R), -1).sum(1).astype(np.float64)
         scale = np.abs(R).reshape(len(R), -1).sum(1)
         assert np.all(np.isfinite(R)) and np.all(scale > 0), name
         for i, (s, a) in enumerate(zip(sums, scale)):
-            assert abs(s - init) <= 1e-3 * a, (name, i, s, a)
+            assert abs(s - init) <= max(1e-3 * a, 1e-6 * mass), (name, i, s, a)
+        # sources 0-4: the criterion itself, with no floor
+        assert np.all(np.abs(sums[:5] - init) <= 1e-3 * scale[:5]), (name, sums, scale)
     # alpha1beta1 at a localization head: + and - relevance of size 1 largely cancel on the
     # way down (sum |R| at the input can be 1e-4), so the float32 error is measured against
     # the initial relevance (|s| = 1) instead.

@@ -38,6 +38,8 @@ from typing import ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
 
 from crp_jax.errors import ConfigError
 from crp_jax.ssd.config import SSDConfig
@@ -317,3 +319,31 @@ class SSDLite(nn.Module):
 
 def _backbone_channels(c: int, width: float) -> int:
     return make_divisible(c * width)
+
+
+def random_variables(model: SSDLite, seed: int = 0, negative_gamma: float = 0.3) -> dict:
+    """Random variables for ``model`` (numpy, no JAX random graph), for tests and benchmarks
+    of canonizers and rules: He-normal kernels, biases N(0, 0.1), and with BatchNorm random
+    statistics (mean N(0, 0.3), var U(0.5, 2)) and gammas of magnitude U(0.5, 1.5), a share
+    ``negative_gamma`` of them negative. Activations stay of order 1 through the network.
+    Returns ``{"params": ..., "batch_stats": ...}`` (only ``params`` when folded)."""
+    S = model.config.image_size
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, S, S, 3), np.float32))
+    flat = traverse_util.flatten_dict(shapes, sep="/")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, s in flat.items():
+        if key.endswith("kernel"):
+            kh, kw, cin, _cout = s.shape
+            v = rng.normal(size=s.shape) * np.sqrt(2.0 / (kh * kw * cin))
+        elif key.endswith("bn/scale"):
+            sign = np.where(rng.uniform(size=s.shape) < negative_gamma, -1.0, 1.0)
+            v = sign * rng.uniform(0.5, 1.5, size=s.shape)
+        elif key.endswith("bn/mean"):
+            v = rng.normal(scale=0.3, size=s.shape)
+        elif key.endswith("bn/var"):
+            v = rng.uniform(0.5, 2.0, size=s.shape)
+        else:  # biases
+            v = rng.normal(scale=0.1, size=s.shape)
+        out[key] = np.asarray(v, np.float32)
+    return traverse_util.unflatten_dict(out, sep="/")
