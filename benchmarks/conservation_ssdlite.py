@@ -30,15 +30,9 @@ from flax import traverse_util
 
 from crp_jax.relevance import INPUT_LAYER, Composite, Kind, rules
 from crp_jax.ssd import Meta, SSDConfig
+from crp_jax.ssd.anchors import central_anchor
 from crp_jax.ssd.meta import default_class_names
 from crp_jax.ssd.ssdlite import SSDLite, random_variables
-
-
-def source_anchor(cfg, k):
-    sizes, per = cfg.feature_sizes(), cfg.anchors_per_cell
-    start = sum(f * f * a for f, a in zip(sizes[:k], per[:k]))
-    f = sizes[k]
-    return start + ((f // 2) * f + f // 2) * per[k]
 
 
 def main(argv=None) -> int:
@@ -56,7 +50,7 @@ def main(argv=None) -> int:
     meta = Meta(cfg, default_class_names(cfg.num_classes), (0.5,) * 3, (0.5,) * 3)
     S = cfg.image_size
     x = cj.preprocess(np.random.default_rng(0).integers(0, 256, (S, S, 3)).astype(np.uint8), meta)
-    anchors = [source_anchor(cfg, k) for k in range(cfg.num_sources)]
+    anchors = [central_anchor(cfg, k) for k in range(cfg.num_sources)]
     lo, hi = meta.pixel_bounds
     kinds = (
         (Kind("activation"), rules.PassThrough()),

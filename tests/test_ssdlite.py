@@ -16,6 +16,7 @@ from flax import traverse_util
 import crp_jax as cj
 from crp_jax.errors import CheckpointError, ConfigError
 from crp_jax.ssd import SSDConfig
+from crp_jax.ssd.anchors import central_anchor
 from crp_jax.ssd.convert_ssdlite import ssdlite_expected_shapes, ssdlite_key_map
 from crp_jax.ssd.fold import fold_batchnorm
 from crp_jax.ssd.ssdlite import SSDLite, random_variables
@@ -166,14 +167,6 @@ def test_converters_name_the_other_converter_for_the_other_architecture():
 # ---- relevance presets on SSDlite ----------------------------------------------------------
 
 
-def _source_anchor(cfg, k):
-    """The anchor of the central cell of source ``k`` (first box of that cell)."""
-    sizes, per = cfg.feature_sizes(), cfg.anchors_per_cell
-    start = sum(f * f * a for f, a in zip(sizes[:k], per[:k]))
-    f = sizes[k]
-    return start + ((f // 2) * f + f // 2) * per[k]
-
-
 @pytest.fixture(scope="module")
 def folded_zero_bias():
     """The reduced SSDlite, BN folded, every bias then set to zero; one random image."""
@@ -193,7 +186,7 @@ def test_relevance_is_conserved_in_every_source_of_folded_ssdlite(folded_zero_bi
     sum to 0, within 1e-3 of sum |R|: through w+ with contributions (signed inputs), z^B at
     the stem, pass-through activations and gates, and proportional residual adds."""
     model, variables, meta, x = folded_zero_bias
-    anchors = [_source_anchor(SMALL, k) for k in range(SMALL.num_sources)]
+    anchors = [central_anchor(SMALL, k) for k in range(SMALL.num_sources)]
     one_hot = cj.explain(model, variables, x, [cj.ClassTarget(0, a, 2) for a in anchors], method="lrp_ab", meta=meta)
     contrast = cj.explain(
         model, variables, x, [cj.ClassTarget(0, a, 2, contrast="others") for a in anchors], method="crp", meta=meta
@@ -235,3 +228,16 @@ def test_gradient_preset_is_the_true_input_gradient_of_ssdlite(folded_zero_bias)
     R = cj.explain(model, variables, x, [cj.ClassTarget(0, anchor, k, contrast="none")], method="gradient", meta=meta)
     g = jax.grad(lambda v: model.apply(variables, v)[0][0, anchor, k])(x)
     np.testing.assert_allclose(R[0], np.asarray(g[0]), rtol=1e-4, atol=1e-6 * np.abs(g).max())
+
+
+def test_central_anchor_is_the_first_box_of_each_sources_middle_cell():
+    cfg = SSDConfig.ssdlite320_mobilenet_v3_large(5)
+    # by hand: source 0 is 20x20 with 6 boxes per cell; the last source's only cell ends the list
+    assert central_anchor(cfg, 0) == (10 * 20 + 10) * 6 == 1260
+    assert central_anchor(cfg, 5) == 3234 - 6
+    boxes = cj.default_boxes(cfg)
+    for k, f in enumerate(cfg.feature_sizes()):
+        cx, cy = boxes[central_anchor(cfg, k), :2]
+        np.testing.assert_allclose([cx, cy], [(f // 2 + 0.5) / f] * 2, atol=1e-6)
+    with pytest.raises(ConfigError, match="source"):
+        central_anchor(cfg, 6)
