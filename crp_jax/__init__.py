@@ -39,6 +39,9 @@ _LAZY = {
     "convert_torchvision_ssd": "crp_jax.ssd.convert",
     "convert_ssdpytorch": "crp_jax.ssd.convert",
     "load_torch_state_dict": "crp_jax.ssd.convert",
+    "SSDLite": "crp_jax.ssd.ssdlite",
+    "convert_torchvision_ssdlite": "crp_jax.ssd.convert_ssdlite",
+    "fold_batchnorm": "crp_jax.ssd.fold",
     # relevance engine
     "relevance_vjp": "crp_jax.relevance.core",
     "Composite": "crp_jax.relevance.composite",

@@ -50,7 +50,9 @@ CONTRASTS = ("others", "foreground", "none")
 #   "activation": elementwise non-linearity other than ReLU (hardswish, ReLU6): pass-through.
 #   "add":        residual addition of its inputs: proportional split.
 #   "gate":       product of features and a gate computed from them (squeeze-excitation).
-LAYER_KINDS = ("rescale", "activation", "add", "gate")
+#   "signed":     a Conv/Dense whose input or output can be negative where relevance flows
+#                 (hardswish, linear bottlenecks): w+ needs contributions of both signs.
+LAYER_KINDS = ("rescale", "activation", "add", "gate", "signed")
 
 
 @dataclass(frozen=True)
@@ -209,13 +211,25 @@ def _zbox(meta, who: str) -> rules.ZBox:
     return rules.ZBox(low, high)
 
 
+# Rules of the layer kinds beyond linear layers, shared by the LRP presets (docs/ssdlite.md):
+# activations and SE gates pass relevance to their (first) input, residual adds split it in
+# proportion to the addends.
+_KIND_RULES = (
+    (Kind("rescale"), rules.PassThrough()),
+    (Kind("activation"), rules.PassThrough()),
+    (Kind("gate"), rules.PassThrough()),
+    (Kind("add"), rules.Proportional()),
+)
+
+
 def _crp(meta) -> Composite:
     return Composite(
         rules=(
             (INPUT_LAYER, _zbox(meta, "crp")),
+            (Kind("signed"), rules.SignedWPlus()),
             ("cls_*", rules.WPlus()),
             ("loc_*", rules.AlphaBeta(1.0, 1.0)),
-            (Kind("rescale"), rules.PassThrough()),
+            *_KIND_RULES,
             (nn.Conv, rules.WPlus()),
             (nn.Dense, rules.WPlus()),
         ),
@@ -228,7 +242,8 @@ def _lrp_ab(meta) -> Composite:
     return Composite(
         rules=(
             (INPUT_LAYER, _zbox(meta, "lrp_ab")),
-            (Kind("rescale"), rules.PassThrough()),
+            (Kind("signed"), rules.SignedWPlus()),
+            *_KIND_RULES,
             (nn.Conv, rules.WPlus()),
             (nn.Dense, rules.WPlus()),
         ),
@@ -239,7 +254,7 @@ def _lrp_ab(meta) -> Composite:
 
 def _lrp_eps(meta) -> Composite:
     return Composite(
-        rules=((Kind("rescale"), rules.PassThrough()), (nn.Conv, rules.Epsilon(1e-6)), (nn.Dense, rules.Epsilon(1e-6))),
+        rules=(*_KIND_RULES, (nn.Conv, rules.Epsilon(1e-6)), (nn.Dense, rules.Epsilon(1e-6))),
         contrast="none",
         name="lrp_eps",
     )

@@ -9,11 +9,16 @@ rule           R_i =                                                            
 =============  =====================================================================  ======
 Epsilon        sum_j x_i w_ij / stab(z_j, eps) R_j                                    kept
 WPlus          sum_j x_i w+_ij / stab(z+_j, eps) R_j,  z+_j = sum_i x_i w+_ij         no
+ contributions sum_j (x_i w_ij)^+ / stab(z+_j) R_j,  z+_j = sum_i (x_i w_ij)^+        no
 AlphaBeta      sum_j (alpha x_i w+_ij / stab(z+_j) - beta x_i w-_ij / stab(z-_j)) R_j  no
+ contributions same with (x_i w_ij)^+ and (x_i w_ij)^- for x_i w+_ij and x_i w-_ij     no
+SignedWPlus    sum_j (x_i w_ij)^{s_j} / stab(z^{s_j}_j) R_j, s_j = sign(z_j + b_j):       no
+               contributions of the sign of the unit's output
 ZBox           sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / stab(z^B_j) R_j             no
 Flat           sum_j 1 / stab(sum_i' 1) R_j  (all weights and inputs set to 1)        no
 WSquare        sum_j w_ij^2 / stab(sum_i' w_i'j^2) R_j                                no
-PassThrough    R_i = R_i (shape-preserving layers such as L2Norm)                     -
+PassThrough    R_in = R_out for the first argument (L2Norm, hardswish, SE's x * g)     -
+Proportional   y = sum_k z_k (a residual add): R_k = z_k / stab(y) R_y                 -
 =============  =====================================================================  ======
 
 ``w+ = max(w, 0)``, ``w- = min(w, 0)``, ``stab(z, eps) = z + eps * sign(z)`` with
@@ -21,7 +26,15 @@ PassThrough    R_i = R_i (shape-preserving layers such as L2Norm)               
 rule's stabiliser is an explicit, documented field (a float >= ``MIN_STABILIZER`` = 1e-20,
 so that its reciprocal stays finite in float32). WPlus and AlphaBeta take
 ``x`` as it is (DESIGN's formula), which is the classic rule for the non-negative inputs
-that follow a ReLU.
+that follow a ReLU. Where inputs can be negative (after hardswish, or a linear bottleneck),
+``x_i w+_ij`` is no longer >= 0, ``z+_j`` can cancel to ~0 and relevance blows up by
+1/stabiliser; ``contributions=True`` splits by the sign of each product ``x_i w_ij``
+instead (``(a)^+ = max(a, 0)``, ``(a)^- = min(a, 0)``), which keeps every share in [0, 1]:
+``sum_i |R_i| <= sum_j |R_j|`` for WPlus, ``<= (alpha + beta) sum_j |R_j|`` for AlphaBeta.
+For x >= 0 both forms are equal, and the default one costs half.
+
+Grouped and depthwise convolutions (``feature_group_count``) work with every linear rule
+(``ConvOp.groups``, ``linear.py``).
 
 Everything per image (modified kernels, their flipped transposes, the reciprocal
 denominators) is computed in the forward pass and kept as residuals, so the per-target
@@ -30,6 +43,7 @@ backward is one forward-style convolution plus elementwise work (see ``linear.py
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +62,11 @@ def stabilize(z: jax.Array, eps: float) -> jax.Array:
 
 # Smallest stabiliser accepted: 1 / MIN_STABILIZER must stay far from float32 overflow.
 MIN_STABILIZER = 1e-20
+
+
+def _check_flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
 
 
 def _check_stabilizer(name: str, value: float) -> None:
@@ -115,9 +134,9 @@ def _rule_vjp(rule: LinearRule, op, in_shape: tuple[int, ...]):
     def fwd(x, w, b):
         extra = rule.forward_kernels(w)
         if extra:
-            n = w.shape[-1]
-            zz = op.apply(x, jnp.concatenate((w,) + tuple(extra), axis=-1))
-            z, zs = zz[..., :n], tuple(zz[..., n * (k + 1) : n * (k + 2)] for k in range(len(extra)))
+            # stacked within each group, so that grouped kernels stay grouped (linear.py)
+            z, *zs = op.split_out(op.apply(x, op.concat_out((w,) + tuple(extra))), 1 + len(extra))
+            zs = tuple(zs)
         else:
             z, zs = op.apply(x, w), ()
         return z + b, rule.residuals(op, x, w, b, z, zs)
@@ -152,23 +171,41 @@ class Epsilon(LinearRule):
 
 @dataclass(frozen=True)
 class WPlus(LinearRule):
-    """w+ / z+ (= alpha1beta0 for x >= 0): ``R_i = x_i sum_j w+_ij R_j / stab(z+_j)``."""
+    """w+ / z+ (= alpha1beta0 for x >= 0): ``R_i = x_i sum_j w+_ij R_j / stab(z+_j)``.
+
+    ``contributions=True``: the general form for inputs of either sign,
+    ``R_i = sum_j (x_i w_ij)^+ R_j / stab(sum_i' (x_i' w_i'j)^+)``; equal to the default
+    form where ``x >= 0``, at about twice its cost. Every share is then in [0, 1], so
+    ``sum_i |R_i| <= sum_j |R_j|`` (no relevance is created).
+    """
 
     stabilizer: float = 1e-9
+    contributions: bool = False
 
     def __post_init__(self):
         _check_stabilizer("WPlus.stabilizer", self.stabilizer)
+        _check_flag("WPlus.contributions", self.contributions)
 
     def forward_kernels(self, w):
-        return (jnp.maximum(w, 0),)
+        return () if self.contributions else (jnp.maximum(w, 0),)
 
     def residuals(self, op, x, w, b, z, zs):
+        if self.contributions:
+            wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
+            zp, _ = _signed_parts(op, x, wp, wn)
+            # (x w)^+ = x+ w+ + x- w-: x+ reads w+^T s, x- reads w-^T s (one adjoint conv)
+            wt = op.transpose_kernel(op.concat_in((wp, wn)))
+            return x, wt, 1.0 / stabilize(zp, self.stabilizer)
         (zp,) = zs
         return x, op.transpose_kernel(jnp.maximum(w, 0)), 1.0 / stabilize(zp, self.stabilizer)
 
     def backward(self, op, res, R, in_hw):
-        x, wpt, inv = res
-        return x * op.transpose(R * inv, wpt, in_hw)
+        x, wt, inv = res
+        t = op.transpose(R * inv, wt, in_hw)
+        if self.contributions:
+            tp, tn = op.split_in(t, 2)
+            return jnp.maximum(x, 0) * tp + jnp.minimum(x, 0) * tn
+        return x * t
 
 
 @dataclass(frozen=True)
@@ -177,33 +214,102 @@ class AlphaBeta(LinearRule):
 
     alpha=1, beta=0 is WPlus; alpha=1, beta=1 is CRP's localization-layer rule: what pushes
     in the asked direction gets positive relevance, what pushes against it negative.
+
+    ``contributions=True``: the general form for inputs of either sign, with the positive
+    and negative *contributions* ``(x_i w_ij)^+`` and ``(x_i w_ij)^-`` in place of
+    ``x_i w+_ij`` and ``x_i w-_ij`` (and their sums as z+ and z-); equal to the default form
+    where ``x >= 0``. Then ``sum_i |R_i| <= (alpha + beta) sum_j |R_j|``.
     """
 
     alpha: float = 1.0
     beta: float = 0.0
     stabilizer: float = 1e-9
+    contributions: bool = False
 
     def __post_init__(self):
         _check_stabilizer("AlphaBeta.stabilizer", self.stabilizer)
+        _check_flag("AlphaBeta.contributions", self.contributions)
         for name in ("alpha", "beta"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0 and v < float("inf")):
                 raise ConfigError(f"AlphaBeta.{name} must be a finite float >= 0, got {v!r}")
 
     def forward_kernels(self, w):
-        return (jnp.maximum(w, 0), jnp.minimum(w, 0))
+        return () if self.contributions else (jnp.maximum(w, 0), jnp.minimum(w, 0))
 
     def residuals(self, op, x, w, b, z, zs):
-        zp, zn = zs
+        wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
+        if self.contributions:
+            zp, zn = _signed_parts(op, x, wp, wn)
+            # x+ gets w+^T a + w-^T c and x- gets w-^T a + w+^T c (a, c: the two rescaled
+            # relevances): one adjoint conv of the kernel stacked along both channel axes.
+            wt = op.transpose_kernel(op.concat_in((op.concat_out((wp, wn)), op.concat_out((wn, wp)))))
+        else:
+            zp, zn = zs
+            # One transposed conv serves both terms: stack (w+, w-) along the output channels.
+            wt = op.transpose_kernel(op.concat_out((wp, wn)))
         inv_p = 1.0 / stabilize(zp, self.stabilizer)
         inv_n = 1.0 / stabilize(zn, self.stabilizer)
-        # One transposed conv serves both terms: stack (w+, w-) along the output channels.
-        wt = op.transpose_kernel(jnp.concatenate(self.forward_kernels(w), axis=-1))
         return x, wt, self.alpha * inv_p, -self.beta * inv_n
 
     def backward(self, op, res, R, in_hw):
+        if self.contributions:
+            return _contributions_backward(op, res, R, in_hw)
         x, wt, cp, cn = res
-        return x * op.transpose(jnp.concatenate([R * cp, R * cn], axis=-1), wt, in_hw)
+        return x * op.transpose(op.concat_out((R * cp, R * cn)), wt, in_hw)
+
+
+@dataclass(frozen=True)
+class SignedWPlus(LinearRule):
+    """w+ for units of either sign: a unit whose output ``y_j = z_j + b_j`` is >= 0 splits
+    its relevance over its positive contributions, one whose output is negative over its
+    negative contributions:
+
+        R_i = sum_j [y_j >= 0] (x_i w_ij)^+ / stab(z+_j) R_j + [y_j < 0] (x_i w_ij)^- / stab(z-_j) R_j
+
+    For layers where relevance reaches negative outputs: before hardswish (which keeps the
+    sign) and in linear bottlenecks feeding residual adds. There plain positive
+    contributions lose the relevance of every negative unit (no positive contribution, so
+    z+_j = 0); here a unit's output of sign s always has a contribution of sign s when the
+    bias is zero, so relevance is conserved exactly. Where relevance only reaches positive
+    outputs and inputs are >= 0 (ReLU networks) it equals :class:`WPlus`. Every share is in
+    [0, 1]: ``sum_i |R_i| <= sum_j |R_j|``.
+    """
+
+    stabilizer: float = 1e-9
+
+    def __post_init__(self):
+        _check_stabilizer("SignedWPlus.stabilizer", self.stabilizer)
+
+    def residuals(self, op, x, w, b, z, zs):
+        wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
+        zp, zn = _signed_parts(op, x, wp, wn)
+        pos = z + b >= 0
+        wt = op.transpose_kernel(op.concat_in((op.concat_out((wp, wn)), op.concat_out((wn, wp)))))
+        cp = jnp.where(pos, 1.0 / stabilize(zp, self.stabilizer), 0.0)
+        cn = jnp.where(pos, 0.0, 1.0 / stabilize(zn, self.stabilizer))
+        return x, wt, cp, cn
+
+    def backward(self, op, res, R, in_hw):
+        return _contributions_backward(op, res, R, in_hw)
+
+
+def _contributions_backward(op, res, R, in_hw):
+    """``R_i = x+_i (w+^T a + w-^T c)_i + x-_i (w-^T a + w+^T c)_i`` with ``a = cp R`` (shares
+    of the positive contributions) and ``c = cn R`` (of the negative ones), from one adjoint
+    conv of the kernel stacked as in AlphaBeta's contribution form."""
+    x, wt, cp, cn = res
+    tp, tn = op.split_in(op.transpose(op.concat_out((R * cp, R * cn)), wt, in_hw), 2)
+    return jnp.maximum(x, 0) * tp + jnp.minimum(x, 0) * tn
+
+
+def _signed_parts(op, x, wp, wn) -> tuple[jax.Array, jax.Array]:
+    """``(z+, z-)`` of the contributions: ``z+_j = sum_i (x_i w_ij)^+ = x+ w+ + x- w-`` and
+    ``z-_j = sum_i (x_i w_ij)^- = x+ w- + x- w+``, in one convolution of ``[x+, x-]``."""
+    xp, xn = jnp.maximum(x, 0), jnp.minimum(x, 0)
+    xx = op.concat_out((xp, xn))  # (group, sign, channel): a grouped input of 2 Cin/G per group
+    k = op.concat_out((op.concat_in((wp, wn)), op.concat_in((wn, wp))))
+    return op.split_out(op.apply(xx, k), 2)
 
 
 @dataclass(frozen=True)
@@ -235,17 +341,24 @@ class ZBox(LinearRule):
         h = jnp.broadcast_to(jnp.asarray(self.high, x.dtype), x.shape[-1:])
         # The bounds are per input channel, so they fold into one kernel:
         # wb_ij = -l_i w+_ij - h_i w-_ij, and z^B = x*w + 1*wb (the 1s respect the padding).
-        wb = -l[:, None] * jnp.maximum(w, 0) - h[:, None] * jnp.minimum(w, 0)
+        wb = -_per_tap(l, op, w) * jnp.maximum(w, 0) - _per_tap(h, op, w) * jnp.minimum(w, 0)
         zb = z + op.apply(jnp.ones_like(x), wb)
         # One transposed conv gives both W^T s and wb^T s (2 * Cin output channels).
-        wt = op.transpose_kernel(jnp.concatenate([w, wb], axis=-2))
+        wt = op.transpose_kernel(op.concat_in((w, wb)))
         return x, wt, 1.0 / stabilize(zb, self.stabilizer)
 
     def backward(self, op, res, R, in_hw):
         x, wt, inv = res
-        parts = op.transpose(R * inv, wt, in_hw)  # [..., 2 * Cin]
-        c = x.shape[-1]
-        return x * parts[..., :c] + parts[..., c:]
+        tx, tb = op.split_in(op.transpose(R * inv, wt, in_hw), 2)  # [..., 2 * Cin] -> 2 x [..., Cin]
+        return x * tx + tb
+
+
+def _per_tap(v: jax.Array, op, w: jax.Array) -> jax.Array:
+    """A per-input-channel vector ``[Cin]`` as ``[Cin/G, Cout]``, aligned with the kernel
+    ``w [..., Cin/G, Cout]``: entry (i, o) is input channel ``group(o) * Cin/G + i``."""
+    g = op.groups
+    cig, co = w.shape[-2], w.shape[-1]
+    return v.reshape(g, cig).T[:, jnp.repeat(jnp.arange(g), co // g)]
 
 
 @dataclass(frozen=True)
@@ -287,7 +400,12 @@ class WSquare(LinearRule):
 @dataclass(frozen=True)
 class PassThrough(Rule):
     """Relevance passes unchanged (``R_in = R_out``) through a shape-preserving layer, e.g.
-    L2Norm, which only rescales each position (docs/design.md §2)."""
+    L2Norm, which only rescales each position (docs/design.md §2), or an elementwise activation
+    such as hardswish (not multiplied by its derivative, which is not 0/1).
+
+    Only the first argument receives relevance: for a gate module ``y = x * g`` (squeeze-
+    excitation) that is ``x``, and the gate ``g`` is held constant (relevance 0).
+    """
 
     def apply(self, module, next_fun, args, kwargs):
         x = args[0]
@@ -314,6 +432,46 @@ def _pass_through_bwd(_, R):
 
 
 _pass_through.defvjp(_pass_through_fwd, _pass_through_bwd)
+
+
+@dataclass(frozen=True)
+class Proportional(Rule):
+    """Residual addition ``y = z_1 + z_2 + ...`` (all of one shape): each addend gets
+    relevance in proportion to its value, ``R_k = z_k / stab(y, stabilizer) R_y``, so
+    ``sum_k R_k = y / stab(y) R_y`` (conserved up to the stabiliser)."""
+
+    stabilizer: float = 1e-9
+
+    def __post_init__(self):
+        _check_stabilizer("Proportional.stabilizer", self.stabilizer)
+
+    def apply(self, module, next_fun, args, kwargs):
+        y = next_fun(*args, **kwargs)
+        shapes = [tuple(a.shape) for a in args]
+        if kwargs or any(s != tuple(y.shape) for s in shapes):
+            raise ConfigError(
+                f"Proportional needs a sum of same-shaped arrays; {'/'.join(module.path)} maps {shapes} -> {y.shape}"
+            )
+        return _proportional(self.stabilizer, tuple(args), y)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _proportional(eps, zs, y):
+    return y
+
+
+def _proportional_fwd(eps, zs, y):
+    return y, (zs, 1.0 / stabilize(y, eps))
+
+
+def _proportional_bwd(eps, res, R):
+    zs, inv = res
+    s = R * inv
+    # y's own dependence on the addends gets a symbolic zero: the split above is the rule.
+    return tuple(z * s for z in zs), None
+
+
+_proportional.defvjp(_proportional_fwd, _proportional_bwd)
 
 
 @dataclass(frozen=True)

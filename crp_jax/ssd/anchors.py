@@ -106,3 +106,14 @@ def default_boxes_xyxy(config: SSDConfig) -> np.ndarray:
     if not isinstance(config, SSDConfig):
         raise ConfigError(f"default_boxes_xyxy needs an SSDConfig, got {type(config).__name__}")
     return _default_boxes_xyxy_cached(config)
+
+
+def central_anchor(config: SSDConfig, source: int) -> int:
+    """Index of the first default box of the central cell (row and column ``f // 2``) of
+    source ``source``, in the layout above (for one target per source in tests/benchmarks)."""
+    if not isinstance(config, SSDConfig) or not 0 <= source < config.num_sources:
+        raise ConfigError(f"central_anchor needs an SSDConfig and 0 <= source < num_sources, got {source!r}")
+    sizes, per = config.feature_sizes(), config.anchors_per_cell
+    start = sum(f * f * a for f, a in zip(sizes[:source], per[:source]))
+    f = sizes[source]
+    return start + ((f // 2) * f + f // 2) * per[source]

@@ -16,6 +16,9 @@ from typing import Any
 from crp_jax.errors import ConfigError
 
 ANCHOR_CONVENTIONS = ("torchvision", "ssd.pytorch")
+# "vgg16": SSD300's VGG backbone (crp_jax.ssd.model.SSD); "mobilenet_v3_large": SSDlite's
+# MobileNetV3-Large with torchvision's reduced tail (crp_jax.ssd.ssdlite.SSDLite).
+BACKBONES = ("vgg16", "mobilenet_v3_large")
 
 # VGG16 up to conv4_3: ints are 3x3 convs (padding 1), "M" a 2x2/2 max-pool, "C" the same
 # pool in ceil mode (torchvision patches pool3 to ceil mode so that 300 -> 38).
@@ -43,6 +46,10 @@ class SSDConfig:
       steps: pixel stride of each source's cells; ``None`` derives ``image_size / cells``.
       clip_anchors: clamp default-box width/height to [0, 1] (both conventions do).
       l2norm_init: initial per-channel scale of the L2Norm on the first source.
+      backbone: "vgg16" (the fields vgg ... fc_dilation, l2norm_init describe it) or
+        "mobilenet_v3_large" (SSDlite: those fields are unused; ``width`` is MobileNetV3's
+        width multiplier; ``extras`` are torchvision's SSDlite extra blocks, 1x1 to ``mid``
+        = ``out // 2``, depthwise 3x3 with that stride and padding, 1x1 to ``out``).
     """
 
     num_classes: int = 21
@@ -66,6 +73,7 @@ class SSDConfig:
     steps: tuple[float, ...] | None = (8, 16, 32, 64, 100, 300)
     clip_anchors: bool = True
     l2norm_init: float = 20.0
+    backbone: str = "vgg16"
 
     def __post_init__(self):
         # Normalise lists (e.g. from JSON) to tuples so the config stays hashable.
@@ -124,10 +132,31 @@ class SSDConfig:
         )
 
     @classmethod
+    def ssdlite320_mobilenet_v3_large(cls, num_classes: int = 91) -> SSDConfig:
+        """torchvision's ``ssdlite320_mobilenet_v3_large``: MobileNetV3-Large (reduced tail,
+        as torchvision builds it whenever no ImageNet backbone is given, its COCO weights
+        included), four extra blocks, sources at 20, 10, 5, 3, 2, 1 cells, six default
+        boxes per cell (3234 at 320 px) from ``DefaultBoxGenerator([[2, 3]] * 6,
+        min_ratio=0.2, max_ratio=0.95)``."""
+        n = 6
+        # torchvision's float arithmetic, so that the anchors match to the last bit
+        scales = tuple(0.2 + (0.95 - 0.2) * k / (n - 1.0) for k in range(n)) + (1.0,)
+        return cls(
+            num_classes=num_classes,
+            image_size=320,
+            backbone="mobilenet_v3_large",
+            extras=((256, 512, 2, 1), (128, 256, 2, 1), (128, 256, 2, 1), (64, 128, 2, 1)),
+            aspect_ratios=((2, 3),) * n,
+            scales=scales,
+            steps=None,
+        )
+
+    @classmethod
     def from_name(cls, name: str, num_classes: int = 21) -> SSDConfig:
         presets = {
             "ssd300_vgg16": cls.ssd300_vgg16,
             "ssd300_vgg16_ssdpytorch": cls.ssd300_vgg16_ssdpytorch,
+            "ssdlite320_mobilenet_v3_large": cls.ssdlite320_mobilenet_v3_large,
         }
         if name not in presets:
             raise ConfigError(f"unknown config name {name!r}; known: {sorted(presets)}")
@@ -149,6 +178,16 @@ class SSDConfig:
     def feature_sizes(self) -> tuple[int, ...]:
         """Side length (cells) of each source feature map."""
         n = self.image_size
+        if self.backbone == "mobilenet_v3_large":
+            for _ in range(4):  # stem and the C1..C3 blocks: stride 2, "same" padding
+                n = (n - 1) // 2 + 1
+            sizes = [n]  # C4's expansion; its stride-2 depthwise conv follows
+            n = (n - 1) // 2 + 1
+            sizes.append(n)
+            for _mid, _out, stride, pad in self.extras:
+                n = (n + 2 * pad - 3) // stride + 1
+                sizes.append(n)
+            return tuple(sizes)
         for v in self.vgg:
             if v == "M":
                 n = n // 2
@@ -177,6 +216,12 @@ class SSDConfig:
             raise ConfigError(f"image_size must be an int >= 16, got {self.image_size!r}")
         if not self.width > 0:
             raise ConfigError(f"width must be > 0, got {self.width!r}")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone {self.backbone!r} unknown; use one of {BACKBONES}")
+        if self.backbone == "mobilenet_v3_large":
+            for mid, out, _stride, _pad in self.extras:
+                if mid != out // 2:
+                    raise ConfigError(f"SSDlite extra blocks need mid == out // 2, got (mid, out) = ({mid}, {out})")
         if self.anchor_convention not in ANCHOR_CONVENTIONS:
             raise ConfigError(f"anchor_convention {self.anchor_convention!r} unknown; use one of {ANCHOR_CONVENTIONS}")
         ns = self.num_sources

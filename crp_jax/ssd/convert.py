@@ -160,6 +160,7 @@ def _strip_module_prefix(state_dict: Mapping) -> dict:
 def detect_format(state_dict: Mapping) -> str:
     """ "torchvision" or "ssd.pytorch" from the key names (CheckpointError if neither)."""
     keys = set(_strip_module_prefix(_check_mapping(state_dict)))
+    _reject_ssdlite(keys)
     tv = sum(k in keys for k in torch_key_map("torchvision"))
     sp = sum(k in keys for k in torch_key_map("ssd.pytorch"))
     if tv == 0 and sp == 0:
@@ -169,6 +170,14 @@ def detect_format(state_dict: Mapping) -> str:
             f"(first keys: {sample or 'none'})"
         )
     return "torchvision" if tv >= sp else "ssd.pytorch"
+
+
+def _reject_ssdlite(sd: Mapping) -> None:
+    if "backbone.features.0.0.0.weight" in sd:  # MobileNetV3's stem: torchvision's SSDlite
+        raise CheckpointError(
+            "this state dict looks like torchvision's ssdlite320_mobilenet_v3_large, not an SSD300-VGG16 "
+            "checkpoint: use crp_jax.convert_torchvision_ssdlite"
+        )
 
 
 def _check_mapping(state_dict) -> Mapping:
@@ -215,6 +224,7 @@ def _convert(
     from crp_jax.ssd.io import check_finite, check_variables, expected_shapes, format_problems, unflatten_variables
 
     sd = _strip_module_prefix(_check_mapping(state_dict))
+    _reject_ssdlite(sd)
     keymap = torch_key_map(fmt)
     layout, _ = _layout(fmt)
     # Number of classes from the first classification head present: out channels = A_k * K.

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from crp_jax.checks import check_image_batch
+from crp_jax.errors import ConfigError
 from crp_jax.ssd.config import SSDConfig
 from crp_jax.ssd.pool import max_pool
 
@@ -104,6 +105,10 @@ class SSD(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         cfg = self.config
+        if cfg.backbone != "vgg16":
+            raise ConfigError(
+                f"SSD builds the VGG16 backbone; a {cfg.backbone!r} config needs crp_jax.ssd.ssdlite.SSDLite"
+            )
         check_image_batch(x, cfg.image_size)
         K = cfg.num_classes
         cls_out, loc_out = [], []

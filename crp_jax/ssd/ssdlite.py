@@ -1,0 +1,349 @@
+"""SSDlite320-MobileNetV3-Large as a pure ``flax.linen`` module (torchvision's layout).
+
+What SSDlite has that SSD300 has not, and how it is made addressable by relevance rules
+without the model being edited to be explained (docs/ssdlite.md):
+
+- every non-linearity other than ReLU is a module declaring ``relevance_kind =
+  "activation"`` (:class:`Hardswish`, :class:`ReLU6`, :class:`Hardsigmoid`); ReLU stays a
+  function (its gradient is already the LRP rule);
+- the residual addition of an inverted residual block is :class:`Add` ("add");
+- the squeeze-excitation product ``x * g`` is :class:`Gate` ("gate"), with the gate ``g``
+  computed from ``x`` by the small :class:`SqueezeExcite` container;
+- a convolution whose input or output can be negative where relevance flows (reading
+  hardswish or a linear bottleneck; followed by hardswish or by nothing) is a
+  :class:`SignedConv` ("signed"), so that composites can give it a rule for signed
+  contributions (``SignedWPlus``, crp_jax/relevance/rules.py), while convolutions between
+  ReLU/ReLU6 outputs stay plain ``nn.Conv``;
+- BatchNorm follows every conv (:class:`ConvBN`); ``SSDLite(config, batchnorm=False)`` is
+  the same network with BN folded into the convs' biases (``crp_jax.ssd.fold``), which is
+  the form rules should see.
+
+Module paths (``/``-joined, as composites' globs see them)::
+
+    stem/conv                      the input conv (3x3/2, hardswish)
+    block_{i}/{expand,dw,project}/conv, block_{i}/se/{fc1,fc2}, block_{i}/add
+    last/conv                      1x1 to 6 x 80 channels (source 1)
+    extra_{j}/{pw1,dw,pw2}/conv    torchvision's SSDlite extra blocks (ReLU6)
+    dw_cls_{k}/conv, dw_loc_{k}/conv   the heads' depthwise 3x3 + BN + ReLU6
+    cls_{k}, loc_{k}               the heads' last 1x1 convs (bias), as SSD300's ``cls_*`` / ``loc_*``
+
+Nothing here imports the relevance engine: the kinds are plain strings.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from crp_jax.errors import ConfigError
+from crp_jax.ssd.config import SSDConfig
+from crp_jax.ssd.model import check_image_batch
+
+BN_EPS = 1e-3  # torchvision's ssdlite: BatchNorm2d(eps=0.001, momentum=0.03)
+
+# torchvision's MobileNetV3-Large bottlenecks, reduced tail (C4 and C5 halved):
+# (kernel, expanded, out, squeeze-excite, hardswish, stride)
+MOBILENET_V3_LARGE_BLOCKS = (
+    (3, 16, 16, False, False, 1),
+    (3, 64, 24, False, False, 2),  # C1
+    (3, 72, 24, False, False, 1),
+    (5, 72, 40, True, False, 2),  # C2
+    (5, 120, 40, True, False, 1),
+    (5, 120, 40, True, False, 1),
+    (3, 240, 80, False, True, 2),  # C3
+    (3, 200, 80, False, True, 1),
+    (3, 184, 80, False, True, 1),
+    (3, 184, 80, False, True, 1),
+    (3, 480, 112, True, True, 1),
+    (3, 672, 112, True, True, 1),
+    (5, 672, 80, True, True, 2),  # C4: source 0 is its expansion's output
+    (5, 480, 80, True, True, 1),
+    (5, 480, 80, True, True, 1),
+)
+C4_BLOCK = 12
+STEM_CHANNELS = 16
+
+
+def make_divisible(v: float, divisor: int = 8) -> int:
+    """torchvision's ``_make_divisible``: nearest multiple of ``divisor``, >= 0.9 v."""
+    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+# ---- layer modules (each declares its kind for relevance composites) -------------------
+
+
+class Hardswish(nn.Module):
+    """``x * relu6(x + 3) / 6``, elementwise: ``[..., C] -> [..., C]``."""
+
+    relevance_kind: ClassVar[str] = "activation"
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x * jnp.clip(x + 3.0, 0.0, 6.0) / 6.0
+
+
+class ReLU6(nn.Module):
+    """``min(max(x, 0), 6)``, elementwise."""
+
+    relevance_kind: ClassVar[str] = "activation"
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.clip(x, 0.0, 6.0)
+
+
+class Hardsigmoid(nn.Module):
+    """``relu6(x + 3) / 6``, elementwise (squeeze-excitation's gate activation)."""
+
+    relevance_kind: ClassVar[str] = "activation"
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.clip(x + 3.0, 0.0, 6.0) / 6.0
+
+
+class Add(nn.Module):
+    """Residual addition of same-shaped arrays ``[B, H, W, C]``."""
+
+    relevance_kind: ClassVar[str] = "add"
+
+    def __call__(self, *xs: jax.Array) -> jax.Array:
+        return functools.reduce(jnp.add, xs)
+
+
+class Gate(nn.Module):
+    """Squeeze-excitation's product ``x [B, H, W, C] * g [B, 1, 1, C]``; rules hold ``g``
+    constant and give relevance to ``x`` (the first argument)."""
+
+    relevance_kind: ClassVar[str] = "gate"
+
+    def __call__(self, x: jax.Array, g: jax.Array) -> jax.Array:
+        return x * g
+
+
+class SignedConv(nn.Conv):
+    """An ``nn.Conv`` whose input or output can be negative where relevance flows (after
+    hardswish or a linear bottleneck; before hardswish or as a linear bottleneck): declared
+    so that composites give it a rule for contributions of both signs."""
+
+    relevance_kind: ClassVar[str] = "signed"
+
+
+_ACTIVATIONS = {"hardswish": Hardswish, "relu6": ReLU6}
+
+
+class ConvBN(nn.Module):
+    """Conv (no bias) + BatchNorm (inference statistics) + activation, as torchvision's
+    ``Conv2dNormActivation``; ``[B, H, W, Cin] -> [B, H', W', features]``.
+
+    ``batchnorm=False``: the folded form, a conv with bias and no BN (``crp_jax.ssd.fold``).
+    ``act``: "relu" (a function), "hardswish"/"relu6" (modules named ``act``) or None.
+    ``signed_input``: the input can be negative; the conv is then a :class:`SignedConv`, as
+    it is whenever ``act`` is hardswish or None (a signed output).
+    """
+
+    features: int
+    kernel: int = 1
+    stride: int = 1
+    depthwise: bool = False
+    act: str | None = None
+    signed_input: bool = False
+    batchnorm: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        p = (self.kernel - 1) // 2
+        # ReLU and ReLU6 outputs are >= 0 (and pass no relevance where the input is < 0)
+        signed = self.signed_input or self.act not in ("relu", "relu6")
+        conv_cls = SignedConv if signed else nn.Conv
+        x = conv_cls(
+            self.features,
+            (self.kernel, self.kernel),
+            strides=(self.stride, self.stride),
+            padding=((p, p), (p, p)),
+            feature_group_count=x.shape[-1] if self.depthwise else 1,
+            use_bias=not self.batchnorm,
+            kernel_init=nn.initializers.normal(0.03),
+            name="conv",
+        )(x)
+        if self.batchnorm:
+            x = nn.BatchNorm(use_running_average=True, epsilon=BN_EPS, name="bn")(x)
+        if self.act == "relu":
+            return nn.relu(x)
+        if self.act is not None:
+            return _ACTIVATIONS[self.act](name="act")(x)
+        return x
+
+
+class SqueezeExcite(nn.Module):
+    """``x * hardsigmoid(fc2(relu(fc1(mean_hw(x)))))``, as torchvision's
+    ``SqueezeExcitation(scale_activation=Hardsigmoid)``; ``[B, H, W, C] -> [B, H, W, C]``."""
+
+    squeeze: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        s = nn.relu(nn.Conv(self.squeeze, (1, 1), name="fc1")(s))
+        g = Hardsigmoid(name="gate_act")(nn.Conv(c, (1, 1), name="fc2")(s))
+        return Gate(name="gate")(x, g)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV3 bottleneck: [1x1 expand] -> depthwise kxk -> [SE] -> 1x1 project (linear)
+    [+ input]. ``[B, H, W, Cin] -> ([B, H', W', out], expansion [B, H, W, expanded])``;
+    the expansion (the input when there is none) is what SSDlite taps as its first source.
+    Every block input can be negative (a linear bottleneck, or the stem's hardswish).
+    """
+
+    kernel: int
+    expanded: int
+    out: int
+    use_se: bool
+    hardswish: bool
+    stride: int
+    batchnorm: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        act = "hardswish" if self.hardswish else "relu"
+        cin = x.shape[-1]
+        h = x
+        if self.expanded != cin:
+            # reads the previous block's linear output (or the stem's hardswish): signed
+            h = ConvBN(self.expanded, 1, act=act, signed_input=True, batchnorm=self.batchnorm, name="expand")(x)
+        expansion = h
+        # the depthwise conv reads ReLU outputs (>= 0) except after hardswish or no expansion
+        signed = self.hardswish or self.expanded == cin
+        h = ConvBN(
+            self.expanded,
+            self.kernel,
+            self.stride,
+            depthwise=True,
+            act=act,
+            signed_input=signed,
+            batchnorm=self.batchnorm,
+            name="dw",
+        )(h)
+        if self.use_se:
+            h = SqueezeExcite(make_divisible(self.expanded // 4), name="se")(h)
+        # the gate is in [0, 1], so the project conv's input has the sign of the activation's
+        h = ConvBN(self.out, 1, signed_input=self.hardswish, batchnorm=self.batchnorm, name="project")(h)
+        if self.stride == 1 and cin == self.out:
+            h = Add(name="add")(h, x)
+        return h, expansion
+
+
+class ExtraBlock(nn.Module):
+    """torchvision's SSDlite extra block: 1x1 to ``out // 2``, depthwise 3x3 with ``stride``
+    (padding 1), 1x1 to ``out``, each + BN + ReLU6. ``signed_input``: the block input can be
+    negative (the first block reads the last conv's hardswish output; the others ReLU6)."""
+
+    out: int
+    stride: int
+    signed_input: bool = False
+    batchnorm: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        bn, mid = self.batchnorm, self.out // 2
+        x = ConvBN(mid, 1, act="relu6", signed_input=self.signed_input, batchnorm=bn, name="pw1")(x)
+        x = ConvBN(mid, 3, self.stride, depthwise=True, act="relu6", batchnorm=bn, name="dw")(x)
+        return ConvBN(self.out, 1, act="relu6", batchnorm=bn, name="pw2")(x)
+
+
+class SSDLite(nn.Module):
+    """SSDlite with a MobileNetV3-Large backbone: ``[B, S, S, 3]`` float32 NHWC -> raw outputs.
+
+    Returns ``(cls_logits [B, A, K], loc [B, A, 4])`` (no softmax), anchors ordered as
+    torchvision (sources in order, then row, column, box). ``config.backbone`` must be
+    "mobilenet_v3_large" (``SSDConfig.ssdlite320_mobilenet_v3_large``).
+    """
+
+    config: SSDConfig
+    batchnorm: bool = True
+
+    def sources(self, x: jax.Array) -> list[jax.Array]:
+        cfg = self.config
+        bn = self.batchnorm
+        ch = functools.partial(_backbone_channels, width=cfg.width)
+        x = ConvBN(ch(STEM_CHANNELS), 3, 2, act="hardswish", signed_input=True, batchnorm=bn, name="stem")(x)
+        srcs = []
+        for i, (k, exp, out, se, hs, stride) in enumerate(MOBILENET_V3_LARGE_BLOCKS):
+            x, expansion = InvertedResidual(k, ch(exp), ch(out), se, hs, stride, batchnorm=bn, name=f"block_{i}")(x)
+            if i == C4_BLOCK:
+                srcs.append(expansion)
+        x = ConvBN(6 * x.shape[-1], 1, act="hardswish", signed_input=True, batchnorm=bn, name="last")(x)
+        srcs.append(x)
+        for j, (_mid, out, stride, _pad) in enumerate(cfg.extras):
+            c = max(16, int(out * cfg.width))  # torchvision's get_depth (min_depth 16)
+            x = ExtraBlock(c, stride, signed_input=(j == 0), batchnorm=bn, name=f"extra_{j}")(x)
+            srcs.append(x)
+        return srcs
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        cfg = self.config
+        if cfg.backbone != "mobilenet_v3_large":
+            raise ConfigError(f"SSDLite needs a mobilenet_v3_large config, got backbone {cfg.backbone!r}")
+        check_image_batch(x, cfg.image_size)
+        K = cfg.num_classes
+        cls_out, loc_out = [], []
+        for k, (src, a) in enumerate(zip(self.sources(x), cfg.anchors_per_cell)):
+            B = src.shape[0]
+            signed = k < 2  # sources 0 and 1 are hardswish outputs, the rest ReLU6
+            outs = []
+            for head, n in (("cls", a * K), ("loc", a * 4)):
+                h = ConvBN(
+                    src.shape[-1],
+                    3,
+                    depthwise=True,
+                    act="relu6",
+                    signed_input=signed,
+                    batchnorm=self.batchnorm,
+                    name=f"dw_{head}_{k}",
+                )(src)
+                outs.append(nn.Conv(n, (1, 1), kernel_init=nn.initializers.normal(0.03), name=f"{head}_{k}")(h))
+            # NHWC channel index a*K + k  ->  anchor order (row, col, box), as torchvision.
+            cls_out.append(outs[0].reshape(B, -1, K))
+            loc_out.append(outs[1].reshape(B, -1, 4))
+        return jnp.concatenate(cls_out, axis=1), jnp.concatenate(loc_out, axis=1)
+
+
+def _backbone_channels(c: int, width: float) -> int:
+    return make_divisible(c * width)
+
+
+def random_variables(model: SSDLite, seed: int = 0, negative_gamma: float = 0.3) -> dict:
+    """Random variables for ``model`` (numpy, no JAX random graph), for tests and benchmarks
+    of canonizers and rules: He-normal kernels, biases N(0, 0.1), and with BatchNorm random
+    statistics (mean N(0, 0.3), var U(0.5, 2)) and gammas of magnitude U(0.5, 1.5), a share
+    ``negative_gamma`` of them negative. Activations stay of order 1 through the network.
+    Returns ``{"params": ..., "batch_stats": ...}`` (only ``params`` when folded)."""
+    S = model.config.image_size
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, S, S, 3), np.float32))
+    flat = traverse_util.flatten_dict(shapes, sep="/")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, s in flat.items():
+        if key.endswith("kernel"):
+            kh, kw, cin, _cout = s.shape
+            v = rng.normal(size=s.shape) * np.sqrt(2.0 / (kh * kw * cin))
+        elif key.endswith("bn/scale"):
+            sign = np.where(rng.uniform(size=s.shape) < negative_gamma, -1.0, 1.0)
+            v = sign * rng.uniform(0.5, 1.5, size=s.shape)
+        elif key.endswith("bn/mean"):
+            v = rng.normal(scale=0.3, size=s.shape)
+        elif key.endswith("bn/var"):
+            v = rng.uniform(0.5, 2.0, size=s.shape)
+        else:  # biases
+            v = rng.normal(scale=0.1, size=s.shape)
+        out[key] = np.asarray(v, np.float32)
+    return traverse_util.unflatten_dict(out, sep="/")

@@ -1,0 +1,52 @@
+"""Measured parity with torchvision's ssdlite320_mobilenet_v3_large (converted random weights
+with random BatchNorm statistics, one image). Setup and figures come from
+``benchmarks/parity_ssdlite.py`` (see its docstring)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+
+pytestmark = [pytest.mark.slow, pytest.mark.torch]
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "parity_ssdlite.py"
+
+
+@pytest.fixture(scope="module")
+def parity():
+    spec = importlib.util.spec_from_file_location("parity_ssdlite", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.run_parity(seed=0)
+
+
+def test_preprocess_equals_torchvision_transform(parity):
+    assert parity["input_max_abs_diff"] <= 1e-5
+
+
+def test_raw_outputs_within_1e_4_of_their_largest_value(parity):
+    # outputs of a useful size (random BN statistics keep the signal from vanishing)
+    assert parity["cls_max_abs"] > 1.0 and parity["loc_max_abs"] > 1.0
+    assert parity["cls_max_rel_diff"] <= 1e-4, parity["cls_max_rel_diff"]
+    assert parity["loc_max_rel_diff"] <= 1e-4, parity["loc_max_rel_diff"]
+
+
+def test_default_boxes_are_torchvisions_3234(parity):
+    assert parity["anchors_shape"] == (3234, 4)
+    assert parity["anchors_max_abs_diff_px"] <= 1e-3
+
+
+def test_top20_detections_agree(parity):
+    ours, tv = parity["arrays"]["ours"], parity["arrays"]["torchvision"]
+    assert parity["top"] == 20 and len(set(tv["labels"].tolist())) >= 2
+    # no near-tie among the top 20, so the order is well defined
+    assert parity["top_min_neighbour_score_gap"] > 1e-5
+    np.testing.assert_array_equal(ours["labels"], tv["labels"])
+    np.testing.assert_allclose(ours["scores"], tv["scores"], atol=1e-5)
+    np.testing.assert_allclose(ours["boxes"], tv["boxes"], atol=5e-3)  # pixels at 320
