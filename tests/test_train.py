@@ -9,29 +9,23 @@ import jax
 import numpy as np
 import pytest
 
+from crp_jax.cli.train import train_main
 from crp_jax.errors import CheckpointError, ConfigError
 from crp_jax.ssd.boxes import decode, encode
-from crp_jax.train import (
+from crp_jax.ssd.loss import assign_targets as _assign_targets
+from crp_jax.ssd.loss import assign_targets_batch as _assign_targets_batch
+from crp_jax.ssd.loss import multibox_loss as _multibox_loss
+from crp_jax.training import (
     TrainConfig,
-    _compiled,
-    _result_config,
     batch_for_step,
     init_state,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
     train,
-    train_main,
 )
-from crp_jax.train import (
-    assign_targets as _assign_targets,
-)
-from crp_jax.train import (
-    assign_targets_batch as _assign_targets_batch,
-)
-from crp_jax.train import (
-    multibox_loss as _multibox_loss,
-)
+from crp_jax.training.config import _result_config
+from crp_jax.training.loop import _compiled
 
 # jitted: one XLA program per case compiles faster than dispatching every op eagerly
 assign_targets = jax.jit(_assign_targets, static_argnames=("iou_threshold", "variances"))
@@ -226,7 +220,7 @@ def test_checkpoint_round_trip_and_settings_check(tmp_path):
 
 
 def test_config_validation():
-    from crp_jax.evaluate import HELDOUT_SEED
+    from crp_jax.data.splits import HELDOUT_SEED
 
     with pytest.raises(ConfigError, match="reserved"):
         TrainConfig(seed=HELDOUT_SEED)
