@@ -249,3 +249,19 @@ def test_train_config_dict_round_trip_and_unknown_fields():
     assert TrainConfig.from_dict(TINY.to_dict()) == TINY
     with pytest.raises(ConfigError, match=r"unknown TrainConfig fields \['stpes'\]"):
         TrainConfig.from_dict({**TINY.to_dict(), "stpes": 3})
+
+
+def test_read_checkpoint_returns_step_settings_and_parameters(tmp_path):
+    from crp_jax.training import read_checkpoint
+
+    model, tx, _, _ = _compiled(_result_config(TINY))
+    state = init_state(TINY, model, tx)
+    path = save_checkpoint(tmp_path, state, TINY)
+    rec = read_checkpoint(path)
+    assert rec.step == 0 and rec.config == TINY and rec.path == path
+    for x, y in zip(_leaves(state["params"]), _leaves(rec.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    bad = tmp_path / "ckpt_00000001.msgpack"
+    bad.write_bytes(b"\x93not a checkpoint")
+    with pytest.raises(CheckpointError, match="ckpt_00000001.msgpack"):
+        read_checkpoint(bad)

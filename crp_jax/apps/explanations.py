@@ -19,6 +19,7 @@ __all__ = [
     "class_name",
     "describe",
     "detect_image",
+    "detect_pixels",
     "explain_detections",
     "first_detected_scene",
     "heatmaps",
@@ -72,17 +73,15 @@ class DetectedImage:
         return np.asarray(boxes, np.float32) * np.array([w / W, h / H, w / W, h / H], np.float32)
 
 
-def detect_image(
-    model, variables, meta, path: str, stem: str, *, score_threshold: float, max_detections: int, max_side: int
-) -> DetectedImage:
-    """Read ``path`` (longest side reduced to at most ``max_side`` while reading, see
-    :func:`crp_jax.viz.load_image_bounded`) and detect at the model's input size; boxes in
-    the original image's pixels."""
-    from crp_jax import viz
+def detect_pixels(
+    model, variables, meta, pixels: np.ndarray, size=None, *, score_threshold: float, max_detections: int
+):
+    """Detect in one image ``pixels`` uint8 ``[h, w, 3]`` at the model's input size:
+    ``(x [1, S, S, 3], Detections)``, boxes in pixels of ``size`` ``(H, W)`` (default: of
+    ``pixels``)."""
     from crp_jax.ssd.detect import detect, preprocess_with_sizes
 
-    pixels, size = viz.load_image_bounded(path, max_side)
-    x = preprocess_with_sizes([pixels], meta)[0]
+    x, sizes = preprocess_with_sizes([pixels], meta)
     det = detect(
         model,
         variables,
@@ -90,8 +89,23 @@ def detect_image(
         meta,
         score_threshold=score_threshold,
         max_detections=max_detections,
-        image_sizes=[size],
+        image_sizes=sizes if size is None else [size],
     )[0]
+    return x, det
+
+
+def detect_image(
+    model, variables, meta, path: str, stem: str, *, score_threshold: float, max_detections: int, max_side: int
+) -> DetectedImage:
+    """Read ``path`` (longest side reduced to at most ``max_side`` while reading, see
+    :func:`crp_jax.viz.load_image_bounded`) and detect at the model's input size; boxes in
+    the original image's pixels."""
+    from crp_jax import viz
+
+    pixels, size = viz.load_image_bounded(path, max_side)
+    x, det = detect_pixels(
+        model, variables, meta, pixels, size, score_threshold=score_threshold, max_detections=max_detections
+    )
     return DetectedImage(path, stem, pixels, x, det, size)
 
 
@@ -214,20 +228,12 @@ def first_detected_scene(
     """The first of the generated scenes ``first .. first + scan`` of data set ``seed`` in
     which the model detects something above ``score_threshold``, or None."""
     from crp_jax.data import generate_scene
-    from crp_jax.ssd.detect import detect, preprocess_with_sizes
 
     for index in range(first, first + scan + 1):
         scene = generate_scene(seed, index)
-        x, sizes = preprocess_with_sizes([scene.image], meta)
-        det = detect(
-            model,
-            variables,
-            x,
-            meta,
-            score_threshold=score_threshold,
-            max_detections=max_detections,
-            image_sizes=sizes,
-        )[0]
+        x, det = detect_pixels(
+            model, variables, meta, scene.image, score_threshold=score_threshold, max_detections=max_detections
+        )
         if len(det):
             return DetectedImage(f"scene {index} of data set {seed}", "scene", scene.image, x, det)
     return None
