@@ -265,3 +265,13 @@ def test_read_checkpoint_returns_step_settings_and_parameters(tmp_path):
     bad.write_bytes(b"\x93not a checkpoint")
     with pytest.raises(CheckpointError, match="ckpt_00000001.msgpack"):
         read_checkpoint(bad)
+
+
+def test_training_starts_from_the_one_initializer_of_the_model():
+    from crp_jax.ssd.model import init_variables
+
+    model, tx, _, _ = _compiled(_result_config(TINY))
+    state = init_state(TINY, model, tx)
+    reference = init_variables(model, seed=TINY.seed)["params"]
+    for x, y in zip(_leaves(state["params"]), _leaves(reference), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
