@@ -71,7 +71,7 @@ _LAZY = {
 __all__ = sorted([*_LAZY, "rules"])
 
 
-_SUBMODULES = ("ssd", "relevance", "metrics", "data", "viz", "cli", "train", "evaluate", "errors", "numerics")
+_SUBMODULES = ("ssd", "relevance", "metrics", "data", "viz", "cli", "training", "eval", "apps", "errors", "numerics")
 
 
 def __getattr__(name: str):

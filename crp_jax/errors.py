@@ -35,8 +35,11 @@ class NumericsError(CRPError, ArithmeticError):
 
 def one_line(e: BaseException) -> str:
     """An error as one line for command-line output: the message's first line for the
-    package's own and OS/value errors, ``Type: first line`` for anything unexpected."""
+    package's own and OS/value errors (``FILE: reason`` for an OS error about a file),
+    ``Type: first line`` for anything unexpected."""
     text = str(e).strip()
+    if isinstance(e, OSError) and getattr(e, "filename", None) and e.strerror:
+        text = f"{e.filename}: {e.strerror}"
     first = text.splitlines()[0] if text else ""
     if isinstance(e, (CRPError, OSError, ValueError, MemoryError)):
         return first or type(e).__name__

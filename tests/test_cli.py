@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crp_jax.cli import METHODS, main
+from crp_jax.cli import main
+from crp_jax.cli.explain import METHODS
 from crp_jax.data import CLASS_NAMES
 from crp_jax.ssd import SSD, Meta, SSDConfig
 from crp_jax.ssd.io import save_weights
@@ -299,10 +300,10 @@ def test_methods_are_the_documented_five():
 
 
 def test_progress_bar_without_tqdm(monkeypatch, capsys):
-    from crp_jax import cli
+    from crp_jax.cli.progress import Progress
 
     monkeypatch.setitem(sys.modules, "tqdm", None)  # `from tqdm import tqdm` -> ImportError
-    bar = cli._Progress(3, "explain", enabled=True)
+    bar = Progress(3, "explain", enabled=True)
     bar.update()
     bar.write("a result line")
     bar.update()
@@ -310,7 +311,7 @@ def test_progress_bar_without_tqdm(monkeypatch, capsys):
     captured = capsys.readouterr()
     assert "a result line" in captured.out
     assert "1/3" in captured.err and "2/3" in captured.err
-    quiet = cli._Progress(1, "explain", enabled=True)  # one image: no bar
+    quiet = Progress(1, "explain", enabled=True)  # one image: no bar
     quiet.update()
     quiet.close()
     assert capsys.readouterr().err == ""

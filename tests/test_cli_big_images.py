@@ -22,10 +22,11 @@ import pytest
 from PIL import Image
 
 from crp_jax import viz
-from crp_jax.cli import MAX_SIDE, main
+from crp_jax.cli import main
+from crp_jax.cli.common import MAX_SIDE
 from crp_jax.data import generate_scene
+from crp_jax.data.splits import HELDOUT_SEED
 from crp_jax.errors import InputError
-from crp_jax.evaluate import HELDOUT_SEED
 
 ROOT = Path(__file__).resolve().parents[1]
 MAGNIFY = 98

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from crp_jax.cli import Shard, main, parse_shard, shard_images
+from crp_jax.cli import main
+from crp_jax.cli.common import Shard, parse_shard, shard_images
 from crp_jax.data import generate_scene
-from crp_jax.evaluate import HELDOUT_SEED
+from crp_jax.data.splits import HELDOUT_SEED
 
 
 @pytest.fixture(scope="module")

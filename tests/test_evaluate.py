@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crp_jax.evaluate import (
-    HELDOUT_SEED,
-    VALIDATION_SEED,
+from crp_jax.cli.evaluate import evaluate_main
+from crp_jax.data.splits import HELDOUT_SEED, VALIDATION_SEED
+from crp_jax.eval import (
     average_precision,
     evaluate,
     evaluate_detections,
-    evaluate_main,
     format_table,
     match_detections,
 )
@@ -83,7 +82,7 @@ def test_table_lists_every_class_and_map():
 
 
 def test_heldout_seed_is_not_a_training_seed():
-    from crp_jax.train import TrainConfig
+    from crp_jax.training import TrainConfig
 
     assert HELDOUT_SEED != VALIDATION_SEED
     assert TrainConfig().seed not in (HELDOUT_SEED, VALIDATION_SEED)

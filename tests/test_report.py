@@ -210,7 +210,7 @@ def test_cli_writes_compiled_programs_to_the_cache_dir_and_not_with_no_cache(tmp
 
 
 def test_cache_options_are_taken_from_any_position_of_any_command():
-    from crp_jax.cli import _cache_options
+    from crp_jax.cli.app import _cache_options
 
     assert _cache_options(["--no-cache", "detect", "a.png"]) == (["detect", "a.png"], True, None)
     assert _cache_options(["train", "--steps", "3", "--cache-dir", "/c"]) == (["train", "--steps", "3"], False, "/c")

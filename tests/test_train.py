@@ -9,29 +9,23 @@ import jax
 import numpy as np
 import pytest
 
+from crp_jax.cli.train import train_main
 from crp_jax.errors import CheckpointError, ConfigError
 from crp_jax.ssd.boxes import decode, encode
-from crp_jax.train import (
+from crp_jax.ssd.loss import assign_targets as _assign_targets
+from crp_jax.ssd.loss import assign_targets_batch as _assign_targets_batch
+from crp_jax.ssd.loss import multibox_loss as _multibox_loss
+from crp_jax.training import (
     TrainConfig,
-    _compiled,
-    _result_config,
     batch_for_step,
     init_state,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
     train,
-    train_main,
 )
-from crp_jax.train import (
-    assign_targets as _assign_targets,
-)
-from crp_jax.train import (
-    assign_targets_batch as _assign_targets_batch,
-)
-from crp_jax.train import (
-    multibox_loss as _multibox_loss,
-)
+from crp_jax.training.config import _result_config
+from crp_jax.training.loop import _compiled
 
 # jitted: one XLA program per case compiles faster than dispatching every op eagerly
 assign_targets = jax.jit(_assign_targets, static_argnames=("iou_threshold", "variances"))
@@ -226,7 +220,7 @@ def test_checkpoint_round_trip_and_settings_check(tmp_path):
 
 
 def test_config_validation():
-    from crp_jax.evaluate import HELDOUT_SEED
+    from crp_jax.data.splits import HELDOUT_SEED
 
     with pytest.raises(ConfigError, match="reserved"):
         TrainConfig(seed=HELDOUT_SEED)
@@ -255,3 +249,29 @@ def test_train_config_dict_round_trip_and_unknown_fields():
     assert TrainConfig.from_dict(TINY.to_dict()) == TINY
     with pytest.raises(ConfigError, match=r"unknown TrainConfig fields \['stpes'\]"):
         TrainConfig.from_dict({**TINY.to_dict(), "stpes": 3})
+
+
+def test_read_checkpoint_returns_step_settings_and_parameters(tmp_path):
+    from crp_jax.training import read_checkpoint
+
+    model, tx, _, _ = _compiled(_result_config(TINY))
+    state = init_state(TINY, model, tx)
+    path = save_checkpoint(tmp_path, state, TINY)
+    rec = read_checkpoint(path)
+    assert rec.step == 0 and rec.config == TINY and rec.path == path
+    for x, y in zip(_leaves(state["params"]), _leaves(rec.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    bad = tmp_path / "ckpt_00000001.msgpack"
+    bad.write_bytes(b"\x93not a checkpoint")
+    with pytest.raises(CheckpointError, match="ckpt_00000001.msgpack"):
+        read_checkpoint(bad)
+
+
+def test_training_starts_from_the_one_initializer_of_the_model():
+    from crp_jax.ssd.model import init_variables
+
+    model, tx, _, _ = _compiled(_result_config(TINY))
+    state = init_state(TINY, model, tx)
+    reference = init_variables(model, seed=TINY.seed)["params"]
+    for x, y in zip(_leaves(state["params"]), _leaves(reference), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

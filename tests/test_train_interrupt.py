@@ -19,15 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import crp_jax.train as train_module
-from crp_jax.train import TrainConfig, TrainingInterrupted, latest_checkpoint, train, train_main
+import crp_jax.cli.train as train_module
+from crp_jax.cli.train import train_main
+from crp_jax.training import TrainConfig, TrainingInterrupted, latest_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # `crp-jax train` with a 64 px model: the same command-line code, a model that compiles fast.
 WRAPPER = """
 import dataclasses, sys
-import crp_jax.train as t
+import crp_jax.cli.train as t
 
 @dataclasses.dataclass(frozen=True)
 class Tiny(t.TrainConfig):

@@ -8,8 +8,9 @@ Q from O, R from P). Nothing is stored; every scene is generated on demand::
     scene = generate_scene(seed=0, index=17)                  # Scene
     batch = make_batch(0, range(32), SceneSpec(image_size=128))  # dict of numpy arrays
 
-See :mod:`crp_jax.data.scenes` for the exact definitions of boxes and masks and
-:mod:`crp_jax.data.glyphs` for the font and the pair geometry.
+See :mod:`crp_jax.data.scenes` for the exact definitions of boxes and masks,
+:mod:`crp_jax.data.glyphs` for the font and the pair geometry and :mod:`crp_jax.data.splits`
+for the data-set seeds of the splits (training, validation, held-out test).
 """
 
 from crp_jax.data.glyphs import (
@@ -39,18 +40,23 @@ from crp_jax.data.scenes import (
     iter_scenes,
     make_batch,
 )
+from crp_jax.data.splits import HELDOUT_SEED, RESERVED_SEEDS, TRAIN_SEED, VALIDATION_SEED
 
 __all__ = [
     "CLASS_NAMES",
     "FOREGROUND_CLASSES",
+    "HELDOUT_SEED",
     "INK_THRESHOLD",
     "LARGER",
     "NUM_CLASSES",
     "PAIRS",
     "PARTNER",
+    "RESERVED_SEEDS",
     "SMALLER",
     "STREAM_VERSION",
     "STROKE_FRACTION",
+    "TRAIN_SEED",
+    "VALIDATION_SEED",
     "Glyph",
     "GlyphPair",
     "Scene",

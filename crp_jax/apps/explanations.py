@@ -1,0 +1,239 @@
+"""Explaining the detections of one image: read and detect it, build one target per
+detection from a request (:class:`Ask`), run every method asked for and describe each
+heatmap in words ("CRP: E not F").
+
+Each ``explain`` call holds one target per detection, so its compiled shapes repeat from
+image to image (XLA compiles dominate a command's run time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "METHOD_TITLES",
+    "Ask",
+    "DetectedImage",
+    "class_name",
+    "describe",
+    "detect_image",
+    "detect_pixels",
+    "explain_detections",
+    "first_detected_scene",
+    "heatmaps",
+    "partner",
+    "target_for",
+]
+
+#: Display name of every method (figure titles, overlay labels).
+METHOD_TITLES = {
+    "crp": "CRP",
+    "lrp_ab": "LRP-ab",
+    "lrp_eps": "LRP-eps",
+    "gradient": "gradient",
+    "gradient_x_input": "grad x input",
+}
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What is asked of every detection: target kind, sign, contrast spec."""
+
+    target: str  # cls | cx | cy | w | h
+    sign: int
+    contrast: object  # None | "others" | "foreground" | tuple of class indices
+
+
+@dataclass
+class DetectedImage:
+    """An image with its detections: ``pixels`` uint8 ``[h, w, 3]`` (reduced to the reading
+    bound when the file is larger), model input ``x`` ``[1, S, S, 3]``, ``det`` the
+    :class:`crp_jax.ssd.detect.Detections` with boxes in original pixels, ``size`` the
+    original ``(H, W)`` (None: ``pixels``' own size)."""
+
+    path: str
+    stem: str
+    pixels: np.ndarray
+    x: object
+    det: object
+    size: tuple | None = None
+
+    @property
+    def full_size(self) -> tuple[int, int]:
+        return tuple(self.size) if self.size is not None else tuple(self.pixels.shape[:2])
+
+    def on_pixels(self, boxes):
+        """Boxes ``[..., 4]`` in original pixels -> in ``pixels``' pixels (for drawing)."""
+        H, W = self.full_size
+        h, w = self.pixels.shape[:2]
+        if (h, w) == (H, W):
+            return boxes
+        return np.asarray(boxes, np.float32) * np.array([w / W, h / H, w / W, h / H], np.float32)
+
+
+def detect_pixels(
+    model, variables, meta, pixels: np.ndarray, size=None, *, score_threshold: float, max_detections: int
+):
+    """Detect in one image ``pixels`` uint8 ``[h, w, 3]`` at the model's input size:
+    ``(x [1, S, S, 3], Detections)``, boxes in pixels of ``size`` ``(H, W)`` (default: of
+    ``pixels``)."""
+    from crp_jax.ssd.detect import detect, preprocess_with_sizes
+
+    x, sizes = preprocess_with_sizes([pixels], meta)
+    det = detect(
+        model,
+        variables,
+        x,
+        meta,
+        score_threshold=score_threshold,
+        max_detections=max_detections,
+        image_sizes=sizes if size is None else [size],
+    )[0]
+    return x, det
+
+
+def detect_image(
+    model, variables, meta, path: str, stem: str, *, score_threshold: float, max_detections: int, max_side: int
+) -> DetectedImage:
+    """Read ``path`` (longest side reduced to at most ``max_side`` while reading, see
+    :func:`crp_jax.viz.load_image_bounded`) and detect at the model's input size; boxes in
+    the original image's pixels."""
+    from crp_jax import viz
+
+    pixels, size = viz.load_image_bounded(path, max_side)
+    x, det = detect_pixels(
+        model, variables, meta, pixels, size, score_threshold=score_threshold, max_detections=max_detections
+    )
+    return DetectedImage(path, stem, pixels, x, det, size)
+
+
+def class_name(meta, k: int) -> str:
+    """Name of class ``k`` in ``meta`` (its number when out of range)."""
+    names = meta.class_names
+    return names[k] if 0 <= k < len(names) else str(k)
+
+
+def partner(meta, k: int) -> int | None:
+    """Index of the confusable partner of class ``k`` in ``meta`` (E/F, O/Q, P/R), or None."""
+    from crp_jax.data import PARTNER
+
+    other = PARTNER.get(class_name(meta, k))
+    if other is None or other not in meta.class_names:
+        return None
+    return meta.class_names.index(other)
+
+
+def target_for(ask: Ask, anchor: int, cls: int, contrast="default"):
+    """The target of one detection (class ``cls`` at ``anchor``), or None when the contrast
+    set leaves nothing to contrast with."""
+    from crp_jax.relevance.targets import ClassTarget, LocTarget
+
+    if ask.target != "cls":
+        return LocTarget(0, int(anchor), ask.target, ask.sign)
+    c = ask.contrast if contrast == "default" else contrast
+    if isinstance(c, tuple):
+        c = tuple(k for k in c if k != cls)
+        if not c:
+            return None
+    return ClassTarget(0, int(anchor), int(cls), c)
+
+
+def describe(meta, target, method: str) -> str:
+    """Short human description: 'CRP: E not F' / 'LRP-ab: cx +'."""
+    from crp_jax.relevance.targets import ClassTarget
+
+    m = METHOD_TITLES.get(method, method)
+    if not isinstance(target, ClassTarget):
+        return f"{m}: {target.coord} {'+' if target.sign > 0 else '-'}"
+    name = class_name(meta, target.cls)
+    c = target.contrast if target.contrast is not None else ("others" if method == "crp" else "none")
+    if c == "none":
+        return f"{m}: {name}"
+    if isinstance(c, str):
+        return f"{m}: {name} not {c}"
+    return f"{m}: {name} not {'/'.join(class_name(meta, k) for k in c)}"
+
+
+def heatmaps(model, variables, meta, x, targets, method: str) -> list:
+    """``T`` signed heatmaps ``[S, S]`` (channels summed) for ``targets`` of one image ``x``
+    ``[1, S, S, 3]``."""
+    from crp_jax.relevance import explain, heatmap
+
+    if not targets:
+        return []
+    R = explain(model, variables, x, list(targets), method=method, meta=meta)
+    return list(heatmap(R))
+
+
+def explain_detections(model, variables, meta, im: DetectedImage, ask: Ask, method: str, compare: str):
+    """All heatmaps of one image. Returns ``(dets, main, columns)``: ``dets`` the detection
+    numbers explained (a detection whose contrast set is empty is left out), ``main`` the
+    overlays' ``{det: (target, heatmap)}`` for ``method``, ``columns`` the grid's comparison
+    columns as ``(title, method, {det: (target, heatmap)})``: every method of
+    :data:`crp_jax.relevance.composite.PRESETS` for ``compare="methods"``, the detected
+    class against the other classes for ``"classes"``, none for ``"none"``."""
+    from crp_jax.relevance.composite import PRESETS
+
+    d = im.det
+    base = {}
+    for i in range(len(d)):
+        t = target_for(ask, d.anchors[i], int(d.labels[i]))
+        if t is not None:
+            base[i] = t
+    dets = sorted(base)
+    cache: dict[str, dict] = {}
+
+    def run(m: str, targets: dict) -> dict:
+        hs = heatmaps(model, variables, meta, im.x, [targets[i] for i in sorted(targets)], m)
+        return {i: (targets[i], h) for i, h in zip(sorted(targets), hs)}
+
+    cache[method] = run(method, base)
+    columns = []
+    if compare == "methods":
+        for m in PRESETS:
+            if m not in cache:
+                cache[m] = run(m, base)
+            columns.append((METHOD_TITLES[m], m, cache[m]))
+    elif compare == "classes":
+        # column p: the p-th class of each detection's list: its own class first, then the
+        # explicit contrast classes, or all other foreground classes.
+        per_det = {}
+        for i in dets:
+            own = int(d.labels[i])
+            if isinstance(ask.contrast, tuple):
+                others = [k for k in ask.contrast if k != own]
+                per_det[i] = [(own, tuple(others))] + [(k, tuple(j for j in [own] + others if j != k)) for k in others]
+            else:
+                fg = [k for k in range(1, meta.num_classes) if k != own]
+                per_det[i] = [(k, "default") for k in [own] + fg]
+        ncols = max((len(v) for v in per_det.values()), default=0)
+        for p in range(ncols):
+            targets = {}
+            for i, cl in per_det.items():
+                if p < len(cl):
+                    k, c = cl[p]
+                    t = target_for(ask, d.anchors[i], k, c)
+                    if t is not None:
+                        targets[i] = t
+            title = "detected class" if p == 0 else f"class #{p + 1}"
+            columns.append((title, method, cache[method] if p == 0 else run(method, targets)))
+    return dets, cache[method], columns
+
+
+def first_detected_scene(
+    model, variables, meta, seed: int, first: int, scan: int, *, score_threshold: float, max_detections: int
+) -> DetectedImage | None:
+    """The first of the generated scenes ``first .. first + scan`` of data set ``seed`` in
+    which the model detects something above ``score_threshold``, or None."""
+    from crp_jax.data import generate_scene
+
+    for index in range(first, first + scan + 1):
+        scene = generate_scene(seed, index)
+        x, det = detect_pixels(
+            model, variables, meta, scene.image, score_threshold=score_threshold, max_detections=max_detections
+        )
+        if len(det):
+            return DetectedImage(f"scene {index} of data set {seed}", "scene", scene.image, x, det)
+    return None

@@ -1,0 +1,154 @@
+"""Figures of explained detections, laid out from :mod:`crp_jax.viz`'s drawing functions:
+the per-image grid of ``crp-jax explain`` and the three kinds of demo picture (per-detection
+overlays, the methods grid, the class-swap grid). Every function returns PIL images; the
+caller names and writes the files.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from crp_jax.apps.explanations import (
+    Ask,
+    DetectedImage,
+    class_name,
+    describe,
+    heatmaps,
+    partner,
+    target_for,
+)
+
+__all__ = ["safe_name", "display", "explain_grid", "demo_figures", "class_swap_grid"]
+
+
+def display(pixels: np.ndarray, small: int = 160, large: int = 400):
+    """Grid cells at a readable size: ``(pixels, box_factor, scale)``. Small images are
+    magnified by an integer ``scale`` (nearest), large ones shrunk to ``large`` pixels on
+    their longer side (boxes multiplied by ``box_factor`` ``[4]``); the heatmap follows
+    either way."""
+    from PIL import Image
+
+    H, W = pixels.shape[:2]
+    side = max(H, W)
+    if side > large:
+        f = large / side
+        w, h = max(1, round(W * f)), max(1, round(H * f))
+        small_px = np.asarray(Image.fromarray(pixels).resize((w, h), Image.Resampling.LANCZOS))
+        return small_px, np.array([w / W, h / H, w / W, h / H], np.float32), 1
+    return pixels, np.ones(4, np.float32), max(1, min(8, math.ceil(small / max(1, side))))
+
+
+def explain_grid(im: DetectedImage, meta, dets, columns, alpha: float):
+    """Rows: detections ``dets``; first column the image with the box, then one column per
+    entry of ``columns`` (as :func:`crp_jax.apps.explanations.explain_detections` returns
+    them; an empty cell where a detection has no such column)."""
+    from crp_jax import viz
+
+    pixels, f, s = display(im.pixels)
+    d = im.det
+    cells, titles = [], []
+    for i in dets:
+        name = class_name(meta, int(d.labels[i]))
+        box = im.on_pixels(d.boxes[i]) * f
+        cells.append(
+            viz.draw_detections(pixels, box[None], d.labels[i : i + 1], d.scores[i : i + 1], meta.class_names, scale=s)
+        )
+        titles.append(f"det {i}: {name} {float(d.scores[i]):.2f}\ninput")
+        for _, method, col in columns:
+            if i not in col:
+                cells.append(None)
+                titles.append("")
+                continue
+            target, h = col[i]
+            cells.append(viz.overlay(pixels, h, box=box, alpha=alpha, scale=s))
+            titles.append(describe(meta, target, method).replace(": ", ":\n", 1))
+    return viz.grid(cells, titles, ncols=len(columns) + 1)
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a class name or file stem (``[A-Za-z0-9._-]``, never
+    empty)."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._")
+    return s or "x"
+
+
+def demo_figures(model, variables, meta, im: DetectedImage) -> tuple[list, int | None]:
+    """The demo's pictures of a (small) scene ``im``, magnified for viewing: the scene, its
+    detections, per detection a CRP and an LRP-ab overlay, the methods grid (rows:
+    detections; columns: input, CRP, LRP-ab) and, for the first detection of a confusable
+    pair class (E/F, O/Q, P/R), the class-swap grid. Returns ``([(file name, image)...],
+    that detection's number or None)``."""
+    from crp_jax import viz
+
+    d = im.det
+    H, W = im.pixels.shape[:2]
+    s = max(1, math.ceil(384 / max(H, W)))  # magnify the small scenes for viewing
+    out = [
+        ("scene.png", viz.grid([im.pixels], [""], scale=s, pad=0)),
+        ("detections.png", viz.draw_detections(im.pixels, d.boxes, d.labels, d.scores, meta.class_names, scale=s)),
+    ]
+    ask = Ask("cls", 1, None)
+    per_method = {}
+    for m in ("crp", "lrp_ab"):
+        targets = [target_for(ask, d.anchors[i], int(d.labels[i])) for i in range(len(d))]
+        per_method[m] = heatmaps(model, variables, meta, im.x, targets, m)
+        for i in range(len(d)):
+            name = class_name(meta, int(d.labels[i]))
+            label = f"{name} {float(d.scores[i]):.2f} | {describe(meta, targets[i], m)}"
+            out.append(
+                (
+                    f"det{i:02d}_{safe_name(name)}_{m}.png",
+                    viz.overlay(im.pixels, per_method[m][i], box=d.boxes[i], label=label, scale=s),
+                )
+            )
+    cells, titles = [], []
+    for i in range(len(d)):
+        name = class_name(meta, int(d.labels[i]))
+        cells.append(
+            viz.draw_detections(
+                im.pixels, d.boxes[i : i + 1], d.labels[i : i + 1], d.scores[i : i + 1], meta.class_names, scale=s
+            )
+        )
+        titles.append(f"det {i}: {name} {float(d.scores[i]):.2f}")
+        for m, desc in (("crp", f"CRP: why {name} (vs all others)"), ("lrp_ab", f"LRP-ab: {name}")):
+            cells.append(viz.overlay(im.pixels, per_method[m][i], box=d.boxes[i], scale=s))
+            titles.append(desc)
+    out.append(("methods_grid.png", viz.grid(cells, titles, ncols=3)))
+    swap = next((i for i in range(len(d)) if partner(meta, int(d.labels[i])) is not None), None)
+    if swap is not None:
+        out.append(class_swap_grid(model, variables, meta, im, swap, s))
+    return out, swap
+
+
+def class_swap_grid(model, variables, meta, im: DetectedImage, i: int, s: int):
+    """``(file name, image)``: rows LRP-ab and CRP, columns the detected class of detection
+    ``i`` and its partner; CRP contrasts the pair ("why E and not F", "why F and not E").
+    Each row shares one colour scale, so the two columns are comparable. Two targets per
+    explain call, like the other calls."""
+    from crp_jax import viz
+    from crp_jax.relevance.targets import ClassTarget
+
+    d = im.det
+    k = int(d.labels[i])
+    p = partner(meta, k)
+    a = int(d.anchors[i])
+    kn, pn = class_name(meta, k), class_name(meta, p)
+    rows = [
+        ("lrp_ab", [ClassTarget(0, a, k), ClassTarget(0, a, p)], [f"LRP-ab: {kn}", f"LRP-ab: {pn}"]),
+        (
+            "crp",
+            [ClassTarget(0, a, k, (p,)), ClassTarget(0, a, p, (k,))],
+            [f"CRP: why {kn} and not {pn}", f"CRP: why {pn} and not {kn}"],
+        ),
+    ]
+    cells, titles = [], []
+    for method, targets, names in rows:
+        hs = heatmaps(model, variables, meta, im.x, targets, method)
+        vmax = max(viz.robust_max(h) for h in hs)
+        for h, t in zip(hs, names):
+            cells.append(viz.overlay(im.pixels, h, box=d.boxes[i], vmax=vmax, scale=s))
+            titles.append(f"{t}\n(det {i}, score {float(d.scores[i]):.2f})")
+    return f"class_swap_det{i:02d}_{safe_name(kn)}_{safe_name(pn)}.png", viz.grid(cells, titles, ncols=2)
