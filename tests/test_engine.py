@@ -308,7 +308,6 @@ def test_contrast_coefficients_by_hand():
         (cj.ClassTarget(0, 3, 1, "everything"), r"contrast 'everything' unknown"),
         (cj.LocTarget(0, 3, "x", 1), r"coord 'x' unknown"),
         (cj.LocTarget(0, 3, 4, 1), r"coord 4 out of range: valid is 0\.\.3"),
-        (cj.LocTarget(0, 3, "cx", 0), r"sign must be \+1 or -1, got 0"),
         ("not a target", r"not a ClassTarget or LocTarget"),
     ],
 )
@@ -316,6 +315,11 @@ def test_bad_targets(tiny, target, match):
     model, variables, meta, x = tiny
     with pytest.raises(TargetError, match=match):
         cj.explain(model, variables, x, [target], method="crp", meta=meta)
+
+
+def test_a_sign_other_than_plus_or_minus_one_is_refused_when_the_target_is_made():
+    with pytest.raises(TargetError, match=r"sign must be the integer \+1 or -1, got 0"):
+        cj.LocTarget(0, 3, "cx", 0)
 
 
 def test_bad_inputs(tiny):

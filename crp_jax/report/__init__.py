@@ -19,7 +19,7 @@ replaced; other files in it are kept).
 
 The numbers are computed in :mod:`crp_jax.report.build`, the pictures in
 :mod:`crp_jax.report.figures`, the markup in :mod:`crp_jax.report.html`, the data-set table
-in :mod:`crp_jax.report.scenes`. The command line (``crp_jax.cli.cmd_report``) loads the
+in :mod:`crp_jax.report.scenes`. The command line (``crp_jax.cli.report``) loads the
 model and the images and drives a :class:`ReportWriter`.
 """
 
