@@ -81,3 +81,15 @@ def test_explain_refuses_a_meta_of_another_architecture_as_detect_does(shipped):
         cj.explain(model, variables, x, [cj.ClassTarget(0, 5, 1)], method="crp", meta=other)
     with pytest.raises(ConfigError, match="different architecture"):
         cj.detect(model, variables, x, meta=other)
+
+
+def test_a_mesh_with_device_output_or_layer_flow_is_refused_clearly(shipped):
+    # a mesh's devices may belong to other processes: results are gathered to the host
+    model, variables, meta, x = shipped
+    t = [cj.ClassTarget(0, 5, 1)]
+    with pytest.raises(ConfigError, match="mesh"):
+        cj.explain(model, variables, x, t, method="crp", meta=meta, mesh="auto", to_host=False)
+    with pytest.raises(ConfigError, match="mesh"):
+        cj.explain(model, variables, x, t, method="crp", meta=meta, mesh="auto", layers=True)
+    with pytest.raises(ConfigError, match="mesh must be"):
+        cj.explain(model, variables, x, t, method="crp", meta=meta, mesh="all")
