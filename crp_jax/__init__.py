@@ -50,6 +50,8 @@ _LAZY = {
     "explain": "crp_jax.relevance.explain",
     "heatmap": "crp_jax.relevance.explain",
     "composite_names": "crp_jax.relevance.composite",
+    # sanity checks
+    "model_randomization": "crp_jax.sanity",
     # errors
     "CRPError": "crp_jax.errors",
     "InputError": "crp_jax.errors",
@@ -61,7 +63,7 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-_SUBMODULES = ("ssd", "relevance", "metrics", "data", "viz", "cli", "train", "evaluate", "errors")
+_SUBMODULES = ("ssd", "relevance", "metrics", "data", "viz", "cli", "train", "evaluate", "errors", "sanity")
 
 
 def __getattr__(name: str):
