@@ -863,7 +863,11 @@ def spearman(heatmap_a: Any, heatmap_b: Any) -> float:
     a, b = a.ravel(), b.ravel()
     if np.ptp(a) == 0.0 or np.ptp(b) == 0.0:
         return 1.0 if np.array_equal(a, b) else 0.0
-    return _pearson(_rankdata(a), _rankdata(b))
+    # elementwise sums, not np.dot: BLAS threads make a dot of 16k values 20x slower on a busy CPU
+    ra, rb = _rankdata(a), _rankdata(b)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    return float(np.clip((ra * rb).sum() / math.sqrt((ra * ra).sum() * (rb * rb).sum()), -1.0, 1.0))
 
 
 SSIM_WINDOW = 7
