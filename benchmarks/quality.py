@@ -1095,7 +1095,105 @@ def format_sanity(result: dict) -> str:
             lab = "random order (control)" if r == "random" else METHOD_LABELS.get(r, r)
             lines.append(f"| {lab} | " + " | ".join(cells) + " |")
         lines.append("")
+    reading = _sanity_reading(result)
+    if reading:
+        lines += ["Reading of these sections (generated from the numbers above):", ""] + reading + [""]
     return "\n".join(lines)
+
+
+def _sanity_reading(result: dict) -> list[str]:
+    """Plain statements quoting crp vs lrp_ab vs gradient_x_input on each new table."""
+    t = result["table"]
+    san = result.get("sanity_table") or {}
+    trio = [m for m in ("crp", "lrp_ab", "gradient_x_input") if m in t]
+
+    def ci(c, d=3):
+        return f"{c[0]:.{d}f} [{c[1]:.{d}f}, {c[2]:.{d}f}]" if c and c[3] > 0 and math.isfinite(c[0]) else "n/a"
+
+    def names(cells):
+        return ", ".join(f"{METHOD_LABELS.get(m, m)} {ci(c)}" for m, c in cells)
+
+    out = []
+    if trio and "centre" in t:
+        out.append(
+            "- Pointing game (15 px @ 224): "
+            + names([(m, t[m].get("pg")) for m in trio])
+            + f"; centre-of-box baseline {ci(t['centre'].get('pg'))}. Without tolerance: "
+            + names([(m, t[m].get("pg0")) for m in trio])
+            + f"; baseline {ci(t['centre'].get('pg0'))}."
+        )
+    if "randomization" in san:
+        tab = san["randomization"]["table"]
+        have = [m for m in trio if (m, "half", "spearman") in tab]
+        for tag, what in (("half", "half of the blocks randomized"), ("all", "all blocks randomized")):
+            for metric, lab in (("spearman_abs", "Spearman |R|"), ("spearman", "Spearman R"), ("ssim", "SSIM")):
+                out.append(
+                    f"- Randomization, {what}, {lab}: " + names([(m, tab[(m, tag, metric)]) for m in have]) + "."
+                )
+        flagged = [
+            METHOD_LABELS.get(m, m)
+            for m in result["sanity"]["randomization"]["per_method"]
+            if m != CONTROL and any(tab[(m, "half", k)][0] > FLAG_LEVEL for k in ("spearman_abs", "spearman", "ssim"))
+        ]
+        strict = [
+            METHOD_LABELS.get(m, m)
+            for m in result["sanity"]["randomization"]["per_method"]
+            if m != CONTROL and tab[(m, "half", "spearman")][0] > FLAG_LEVEL
+        ]
+        out.append(
+            f"- Flagged (some similarity > {FLAG_LEVEL} at half): {', '.join(flagged) or 'none'}; by the signed "
+            f"Spearman alone: {', '.join(strict) or 'none'}."
+        )
+    if "box" in san:
+        tab = san["box"]["table"]
+        fr = san["box"]["fractions"][san["box"]["k10"]]
+        have = [m for m in trio if (m, "d_aopc_shift") in tab]
+        out.append(
+            "- Box deletion, ΔAOPC shift (px) vs random: " + names([(m, tab[(m, "d_aopc_shift")]) for m in have]) + "."
+        )
+        out.append(
+            f"- Box deletion, share moved the correct way at {fr:.0%}: "
+            + names([(m, tab[(m, "correct10")]) for m in have])
+            + f"; random order {ci(tab[('random', 'correct10')])}."
+        )
+        paper = next((r for r, spec in LOC_VARIANTS.items() if spec is None), None)
+        variants = [r for r in LOC_VARIANTS if (r, "d_aopc_shift") in tab]
+        if paper in variants and len(variants) > 1:
+            p = tab[(paper, "d_aopc_shift")]
+            best = max(variants, key=lambda r: tab[(r, "d_aopc_shift")][0])
+            b = tab[(best, "d_aopc_shift")]
+            clear = best != paper and b[1] > p[2]
+            out.append(
+                f"- H1 (loc-head rule): ΔAOPC shift, paper's α1β1 {ci(p)}; best variant: {best} {ci(b)}. "
+                + (
+                    "The intervals do not overlap: clear evidence for the variant on this test."
+                    if clear
+                    else "Not clearly better (intervals overlap or the paper's rule is best)."
+                )
+                + " (crp with w+ at the loc heads propagates exactly as lrp_ab does for a localization target.)"
+            )
+            plus = [tab[(paper, f"ok10_{c}_+1")][0] for c in COORDS]
+            minus = [tab[(paper, f"ok10_{c}_-1")][0] for c in COORDS]
+            out.append(
+                f"- H2 (two signs), paper's rule, share correct at {fr:.0%} for (cx, cy, w, h): sign +1 "
+                + ", ".join(f"{v:.2f}" for v in plus)
+                + "; sign −1 "
+                + ", ".join(f"{v:.2f}" for v in minus)
+                + "."
+            )
+            L = len(san["box"]["fractions"]) - 1
+            rows3 = [r for r in (paper, "gradient_x_input", "random") if (r, f"shift@{L}") in tab]
+            out.append(
+                "- H3 (deletion size), mean shift after the first / last step "
+                f"({san['box']['fractions'][1]:.1%} / {san['box']['fractions'][L]:.0%}): "
+                + "; ".join(
+                    f"{'random order' if r == 'random' else METHOD_LABELS.get(r, r)} "
+                    f"{tab[(r, 'shift@1')][0]:+.2f} / {tab[(r, f'shift@{L}')][0]:+.2f} px"
+                    for r in rows3
+                )
+                + "."
+            )
+    return out
 
 
 def cascade_figure(model, variables, meta, x, shown, case, rz: dict, methods, seed: int, n_cols: int = 7):

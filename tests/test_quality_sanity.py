@@ -101,4 +101,5 @@ def test_the_report_has_the_new_sections_and_the_cascade_figure(run):
         assert title in text
     assert "H1, the rule at the localization heads" in text and "H3, the deletion size" in text
     assert "| edge map (control) |" in text
+    assert "Reading of these sections" in text and "- H1 (loc-head rule)" in text
     assert any(p.endswith("randomization_cascade.png") for p in res["figures"])
