@@ -1835,10 +1835,10 @@ def line_chart(
     # x labels, rotated
     for x, lab in zip(xs, xlabels):
         tw = int(d.textlength(lab, font=fs)) + 4
-        t = Image.new("RGB", (tw, 14), "white")
-        ImageDraw.Draw(t).text((2, 0), lab, fill="black", font=fs)
-        t = t.rotate(60, expand=True, fillcolor="white")
-        img.paste(t, (int(x - t.width + 6), int(y + 2)))
+        t = Image.new("L", (tw, 14), 0)  # a mask: neighbouring labels must not blank each other
+        ImageDraw.Draw(t).text((2, 0), lab, fill=255, font=fs)
+        t = t.rotate(60, expand=True, fillcolor=0)
+        img.paste((0, 0, 0), (int(x - t.width + 6), int(y + 2)), t)
     d.text((left, H - 16), footer, fill=(90, 90, 90), font=fs)
     return img
 
