@@ -55,6 +55,8 @@ _LAZY = {
     "explain": "crp_jax.relevance.batched",
     "heatmap": "crp_jax.relevance.batched",
     "composite_names": "crp_jax.relevance.composite",
+    # sanity checks
+    "model_randomization": "crp_jax.sanity",
     # errors
     "CRPError": "crp_jax.errors",
     "InputError": "crp_jax.errors",
@@ -71,7 +73,21 @@ _LAZY = {
 __all__ = sorted([*_LAZY, "rules"])
 
 
-_SUBMODULES = ("ssd", "relevance", "metrics", "data", "viz", "cli", "training", "eval", "apps", "errors", "numerics")
+_SUBMODULES = (
+    "ssd",
+    "relevance",
+    "metrics",
+    "data",
+    "viz",
+    "cli",
+    "training",
+    "eval",
+    "apps",
+    "errors",
+    "numerics",
+    "sanity",
+    "report",
+)
 
 
 def __getattr__(name: str):
