@@ -19,6 +19,7 @@ def _argv(name: str, tmp_path) -> list[str]:
         "evaluate": ["--n", "2"],
         "train": ["--steps", "2", "--out", str(tmp_path / "w.msgpack"), "--ckpt-dir", str(tmp_path / "ck")],
         "convert": [str(tmp_path / "src.pth"), str(tmp_path / "out.msgpack")],
+        "report": [str(tmp_path / "image.png"), "--out", str(tmp_path / "report")],
     }[name]
 
 
@@ -30,13 +31,13 @@ def _stop_first_expensive_call(monkeypatch, exc: BaseException) -> None:
     import crp_jax.ssd.convert
     import crp_jax.ssd.io
 
-    monkeypatch.setattr(crp_jax.ssd.io, "load_pretrained", stop)  # demo, detect, explain, evaluate
+    monkeypatch.setattr(crp_jax.ssd.io, "load_pretrained", stop)  # demo, detect, explain, report, evaluate
     monkeypatch.setattr(crp_jax.cli.train, "train", stop)
     monkeypatch.setattr(crp_jax.ssd.convert, "load_torch_state_dict", stop)
 
 
 def test_every_command_is_covered():
-    assert {c.name for c in COMMANDS} == {"demo", "detect", "explain", "evaluate", "train", "convert"}
+    assert {c.name for c in COMMANDS} == {"demo", "detect", "explain", "report", "evaluate", "train", "convert"}
 
 
 @pytest.mark.parametrize("name", [c.name for c in COMMANDS])

@@ -23,13 +23,14 @@ def _rules_by_path(apply_fn, variables, x, comp: Composite) -> dict[str, tuple[t
     calls, recorded under ``jax.eval_shape`` (traced, never compiled)."""
     seen = {}
 
-    def record(next_fun, args, kwargs, context):
-        m = context.module
-        if context.method_name == "__call__" and isinstance(m, (nn.Conv, nn.Dense, L2Norm)):
-            seen["/".join(m.path)] = (type(m), comp.rule_for(m))
-        return next_fun(*args, **kwargs)
-
     def run(variables, x):
+        def record(next_fun, args, kwargs, context):
+            m = context.module
+            if context.method_name == "__call__" and isinstance(m, (nn.Conv, nn.Dense, L2Norm)):
+                # INPUT_LAYER matches the layer that receives the model input itself
+                seen["/".join(m.path)] = (type(m), comp.rule_for(m, reads_input=args[0] is x))
+            return next_fun(*args, **kwargs)
+
         with nn.intercept_methods(record):
             return apply_fn(variables, x)
 
