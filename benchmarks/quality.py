@@ -1,6 +1,6 @@
 """Explanation quality against the CRP paper's claims (docs/design.md §5), on held-out glyph scenes.
 
-For ``--n`` held-out generated scenes (data-set seed ``crp_jax.evaluate.HELDOUT_SEED`` unless
+For ``--n`` held-out generated scenes (data-set seed ``crp_jax.data.splits.HELDOUT_SEED`` unless
 ``--seed`` says otherwise; training refuses that seed), the detector runs (score threshold
 ``--score-threshold``, default 0.5) and every detection is matched to a ground-truth object
 of the same label with IoU >= 0.5 (VOC rule: the ground truth it overlaps most, if still
@@ -67,7 +67,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import hashlib
-import json
 import math
 import os
 import platform
@@ -93,8 +92,9 @@ import crp_jax as cj
 from crp_jax import metrics as M
 from crp_jax import viz
 from crp_jax.data import CLASS_NAMES, LARGER, SceneSpec, generate_scene, partner_label
+from crp_jax.data.splits import HELDOUT_SEED
 from crp_jax.errors import CheckpointError, ConfigError, CRPError
-from crp_jax.evaluate import HELDOUT_SEED
+from crp_jax.eval.voc import match_to_ground_truth
 from crp_jax.relevance.composite import PRESETS
 from crp_jax.relevance.targets import ClassTarget, LocTarget
 from crp_jax.ssd.anchors import default_boxes_xyxy
@@ -142,24 +142,21 @@ def load_model(weights: str | None):
     if p.with_suffix(".json").is_file():
         model, variables, meta = load_weights(p)
         return model, variables, meta, _describe_file(p, "weights file")
-    from flax import serialization
-
     from crp_jax.ssd.model import SSD
-    from crp_jax.train import TrainConfig
+    from crp_jax.training.checkpoints import read_checkpoint
 
     try:
-        record = serialization.msgpack_restore(p.read_bytes())
-    except Exception as e:
-        raise CheckpointError(
-            f"{p}: neither a weights file with a .json sidecar nor a training checkpoint ({type(e).__name__})"
-        ) from None
-    if not isinstance(record, dict) or record.get("format") != "crp-jax-train-checkpoint-1":
-        raise CheckpointError(f"{p}: neither a weights file with a .json sidecar nor a training checkpoint")
-    cfg = TrainConfig.from_dict(json.loads(record["train_config"]))
-    model = SSD(cfg.model_config())
-    variables = check_variables(model, {"params": record["params"]}, where=str(p))
-    step = int(record["step"])
-    return model, variables, cfg.meta(), _describe_file(p, f"training checkpoint, step {step} of {cfg.steps}")
+        rec = read_checkpoint(p)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (and no .json sidecar: not a weights file either)") from None
+    model = SSD(rec.config.model_config())
+    variables = check_variables(model, {"params": rec.params}, where=str(p))
+    return (
+        model,
+        variables,
+        rec.config.meta(),
+        _describe_file(p, f"training checkpoint, step {rec.step} of {rec.config.steps}"),
+    )
 
 
 def _describe_file(path: Path, kind: str) -> str:
@@ -192,11 +189,6 @@ class Case:
     part_mask: np.ndarray
     source: int = 0  # which source feature map holds the anchor
     values: dict = field(default_factory=dict)  # metric name -> per row -> float
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # empty boxes give 0/0 in box_iou (torchvision's convention); count them as no overlap
-    return np.nan_to_num(np.asarray(box_iou(a, b), np.float64))
 
 
 def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
@@ -265,27 +257,23 @@ def collect_cases(
             stats["objects"] += sc.num_objects
             found = []
             if detector == "oracle":
-                iou = _iou(gt_boxes, anchors_xyxy.astype(np.float64))
+                # empty boxes give 0/0 in box_iou (torchvision's convention): no overlap
+                iou = np.nan_to_num(np.asarray(box_iou(gt_boxes, anchors_xyxy.astype(np.float64)), np.float64))
                 for g in range(sc.num_objects):
                     found.append((int(np.argmax(iou[g])), int(sc.labels[g]), 1.0, gt_boxes[g], g))
             else:
                 d = dets[j]
                 stats["detections"] += len(d)
-                taken = np.zeros(sc.num_objects, bool)
-                for k in np.argsort(-d.scores, kind="stable"):
-                    same = np.flatnonzero(sc.labels == d.labels[k])
-                    if same.size == 0:
-                        stats["unmatched"] += 1
-                        continue
-                    ious = _iou(d.boxes[k : k + 1].astype(np.float64), gt_boxes[same])[0]
-                    g = int(same[np.argmax(ious)])
-                    if ious.max() >= iou_threshold and not taken[g]:
-                        taken[g] = True
+                matched = match_to_ground_truth(
+                    d.boxes, d.scores, gt_boxes, iou_threshold, det_labels=d.labels, gt_labels=sc.labels
+                )
+                stats["unmatched"] += int(np.sum(matched < 0))
+                for k in np.argsort(-np.asarray(d.scores), kind="stable"):  # the old visiting order
+                    g = int(matched[k])
+                    if g >= 0:
                         found.append(
                             (int(d.anchors[k]), int(d.labels[k]), float(d.scores[k]), d.boxes[k].astype(np.float64), g)
                         )
-                    else:
-                        stats["unmatched"] += 1
             if not found:
                 continue
             img_idx = len(xs)
@@ -1399,7 +1387,7 @@ def format_report(result: dict, *, weights_desc: str = "", command: str = "") ->
         f"- runtime: {result['seconds']:.0f} s ("
         + ", ".join(f"{k} {v:.0f} s" for k, v in result["timings"].items())
         + ")",
-        f"- data: {result['n']} held-out scenes of data set seed {result['seed']} (`crp_jax.evaluate.HELDOUT_SEED` = "
+        f"- data: {result['n']} held-out scenes of data set seed {result['seed']} (`crp_jax.data.splits.HELDOUT_SEED` = "
         f"{HELDOUT_SEED}; training refuses it), {st['objects']} objects; detector "
         + (
             "**oracle anchors (not the model's detections)**"

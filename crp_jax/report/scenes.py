@@ -1,7 +1,7 @@
 """Data-set mode (``crp-jax report --scenes N``): generated held-out scenes and a quality table.
 
 The scenes come from ``crp_jax.data.generate_scene`` with the held-out seed
-(``crp_jax.evaluate.HELDOUT_SEED``, never trained on) and are written as PNG files into the
+(``crp_jax.data.splits.HELDOUT_SEED``, never trained on) and are written as PNG files into the
 report, so they go through exactly the same loading and detection path as the user's images.
 
 The table is a *reduced* version of ``benchmarks/quality.py``'s (that script is not an
