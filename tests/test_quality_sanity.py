@@ -1,7 +1,7 @@
-"""Smoke test of the quality benchmark's --sanity sections (:mod:`crp_jax.eval.quality`) (randomization cascade, pointing
-game, box-aware deletion, localization-head variants) on a tiny random SSD with oracle
-detections: every section runs, the weight-independent control stays at 1 and the report
-has the new tables."""
+"""Smoke test of the quality benchmark's --sanity sections (:mod:`crp_jax.eval.quality`:
+randomization cascade, pointing game, box-aware deletion, localization-head variants) on a
+tiny random SSD with oracle detections: every section runs, the weight-independent control
+stays at 1 and the report has the new tables."""
 
 from __future__ import annotations
 
