@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from crp_jax.data import generate_scene
-    from crp_jax.evaluate import HELDOUT_SEED
+    from crp_jax.data.splits import HELDOUT_SEED
 
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("CRP_JAX_CACHE_DIR", None)

@@ -156,8 +156,8 @@ def randomize(variables, fresh, modules: Sequence[str]):
 def _explainer(method, meta) -> Callable:
     if callable(method) and not isinstance(method, str):
         return method
+    from crp_jax.relevance.batched import explain
     from crp_jax.relevance.composite import get_composite
-    from crp_jax.relevance.explain import explain
 
     comp = get_composite(method, meta)  # unknown names raise ConfigError here, before any work
     return lambda model, variables, x, targets: explain(model, variables, x, targets, method=comp, meta=meta)

@@ -1,30 +1,19 @@
-"""Smoke test of benchmarks/quality.py's --sanity sections (randomization cascade, pointing
-game, box-aware deletion, localization-head variants) on a tiny random SSD with oracle
-detections: every section runs, the weight-independent control stays at 1 and the report
-has the new tables."""
+"""Smoke test of the quality benchmark's --sanity sections (:mod:`crp_jax.eval.quality`:
+randomization cascade, pointing game, box-aware deletion, localization-head variants) on a
+tiny random SSD with oracle detections: every section runs, the weight-independent control
+stays at 1 and the report has the new tables."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from crp_jax.eval import quality
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # compiles seven composites and runs a 20-step cascade per method
-
-
-def _load_script():
-    name = "crp_benchmarks_quality"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +28,7 @@ def run(tmp_path_factory):
     variables = init_variables(model, seed=0)
     meta = Meta(config=cfg, class_names=CLASS_NAMES, mean=(0.5,) * 3, std=(0.25,) * 3)
     out = tmp_path_factory.mktemp("q")
-    q = _load_script()
-    res = q.run_quality(
+    res = quality.run_quality(
         model,
         variables,
         meta,
@@ -57,7 +45,7 @@ def run(tmp_path_factory):
         box_steps=2,
         box_fraction=0.1,
     )
-    return q, res, out
+    return quality, res, out
 
 
 def test_the_pointing_game_rows_are_hit_shares_and_the_centre_baseline_is_reported(run):

@@ -1,14 +1,17 @@
-"""Smoke test of benchmarks/quality.py on a tiny random SSD (64 px, width 0.125).
+"""Smoke test of the quality benchmark (:mod:`crp_jax.eval.quality`, the library behind
+benchmarks/quality.py) on a tiny random SSD (64 px, width 0.125).
 
 A random model detects nothing at score 0.5, so the detector path must report 0 counted
 detections; the "oracle" path (every ground-truth object explained at its best default box)
-forces cases through every metric, the markdown report and both figures.
+forces cases through every metric, the markdown report and both figures. The script itself
+runs once end to end (slow) and once on a file that is not a checkpoint.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,18 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from crp_jax.eval import quality
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-    name = "crp_benchmarks_quality"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +39,9 @@ def tiny():
 
 
 def test_no_detections_are_reported_as_zero(tiny, tmp_path):
-    q = _load_script()
     model, variables, meta = tiny
     md = tmp_path / "q.md"
-    res = q.run_quality(
+    res = quality.run_quality(
         model,
         variables,
         meta,
@@ -67,10 +60,9 @@ def test_no_detections_are_reported_as_zero(tiny, tmp_path):
 
 
 def test_forced_detections_run_every_metric(tiny, tmp_path):
-    q = _load_script()
     model, variables, meta = tiny
     md = tmp_path / "q.md"
-    res = q.run_quality(
+    res = quality.run_quality(
         model,
         variables,
         meta,
@@ -109,3 +101,40 @@ def test_forced_detections_run_every_metric(tiny, tmp_path):
         with Image.open(p) as im:
             assert im.width > 100 and im.height > 100
         assert Path(p).stat().st_size < 300_000
+
+
+def _script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "quality.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_the_script_reports_a_file_that_is_no_checkpoint_as_a_one_line_error(tmp_path):
+    bad = tmp_path / "ckpt_000001.msgpack"
+    bad.write_bytes(b"not msgpack at all")
+    done = _script("--weights", str(bad), "--n", "1", "--no-md", "--no-figures", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("quality.py: error: ")
+    assert str(bad) in done.stderr and "not a crp-jax training checkpoint" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_the_script_runs_end_to_end_on_saved_weights(tiny, tmp_path):
+    from crp_jax.ssd.io import save_weights
+
+    model, variables, meta = tiny
+    weights = save_weights(tmp_path / "tiny.msgpack", variables, meta)
+    md = tmp_path / "q.md"
+    args = ("--weights", str(weights), "--n", "2", "--detector", "oracle", "--methods", "crp")
+    done = _script(*args, "--steps", "2", "--n-boot", "20", "--no-figures", "--md", str(md), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = md.read_text()
+    assert "tiny.msgpack (weights file; sha256" in text  # the script's description of --weights
+    assert "| crp (pair) |" in text and "oracle" in text

@@ -24,7 +24,7 @@ from crp_jax import report as report_pkg
 from crp_jax.cli import main
 from crp_jax.compile_cache import default_cache_dir, resolve_cache_dir
 from crp_jax.data import generate_scene
-from crp_jax.evaluate import HELDOUT_SEED
+from crp_jax.data.splits import HELDOUT_SEED
 from crp_jax.report.build import runner_up
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,7 +30,7 @@ from PIL import Image
 import crp_jax as cj
 from crp_jax.cli import main
 from crp_jax.data import generate_scene
-from crp_jax.evaluate import HELDOUT_SEED
+from crp_jax.data.splits import HELDOUT_SEED
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(

@@ -22,7 +22,7 @@ from crp_jax.sanity import randomization_blocks
 @pytest.fixture(scope="module")
 def shipped():
     from crp_jax.data import generate_scene
-    from crp_jax.evaluate import HELDOUT_SEED
+    from crp_jax.data.splits import HELDOUT_SEED
 
     model, variables, meta = cj.load_pretrained()
     scene = generate_scene(HELDOUT_SEED, 0)

@@ -1,11 +1,11 @@
 """Data-set mode (``crp-jax report --scenes N``): generated held-out scenes and a quality table.
 
 The scenes come from ``crp_jax.data.generate_scene`` with the held-out seed
-(``crp_jax.evaluate.HELDOUT_SEED``, never trained on) and are written as PNG files into the
+(``crp_jax.data.splits.HELDOUT_SEED``, never trained on) and are written as PNG files into the
 report, so they go through exactly the same loading and detection path as the user's images.
 
-The table is a *reduced* version of ``benchmarks/quality.py``'s (that script is not an
-importable module of the package, and its perturbation columns re-run the model thousands of
+The table is a *reduced* version of the quality benchmark's (:mod:`crp_jax.eval.quality`,
+run by ``benchmarks/quality.py``; its perturbation columns re-run the model thousands of
 times): the same matching (a detection counts when it overlaps a ground-truth object of its
 class with IoU >= 0.5, ground truth taken at most once, detections by descending score), the
 same definitions from ``crp_jax.metrics`` and the same percentile bootstrap intervals, for
