@@ -156,7 +156,7 @@ def randomize(variables, fresh, modules: Sequence[str]):
 def _explainer(method, meta) -> Callable:
     if callable(method) and not isinstance(method, str):
         return method
-    from crp_jax.relevance.batched import explain
+    from crp_jax.relevance import explain
     from crp_jax.relevance.composite import get_composite
 
     comp = get_composite(method, meta)  # unknown names raise ConfigError here, before any work
