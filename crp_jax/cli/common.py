@@ -220,3 +220,20 @@ def each_image(paths: Sequence[str], args, desc: str, work: Callable[[str, str, 
 def fmt_box(box) -> str:
     """``[x1, y1, x2, y2]`` with one decimal."""
     return "[" + ", ".join(f"{float(v):.1f}" for v in box) + "]"
+
+
+def detect_file(model, variables, meta, path: str, stem: str, args):
+    """Read and detect one image file with the command's --score-threshold and
+    --max-detections (the same defaults as ``crp-jax detect``)."""
+    from crp_jax.apps.explanations import detect_image
+
+    return detect_image(
+        model,
+        variables,
+        meta,
+        path,
+        stem,
+        score_threshold=args.score_threshold,
+        max_detections=args.max_detections,
+        max_side=MAX_SIDE,
+    )

@@ -29,10 +29,10 @@ import sys
 
 from crp_jax.cli.app import PROG, UsageError, run_parsed
 from crp_jax.cli.common import (
-    MAX_SIDE,
     add_model_options,
     add_progress_option,
     add_shard_option,
+    detect_file,
     each_image,
     fmt_box,
     load_model,
@@ -49,21 +49,6 @@ METHODS = ("crp", "lrp_ab", "lrp_eps", "gradient", "gradient_x_input")
 TARGETS = ("cls", "cx", "cy", "w", "h")
 DEFAULT_DEMO_DIR = "crp_jax_demo"
 _DEMO_SCAN = 50  # scenes tried after --index when a scene has no detection
-
-
-def _detect(model, variables, meta, path: str, stem: str, args):
-    from crp_jax.apps.explanations import detect_image
-
-    return detect_image(
-        model,
-        variables,
-        meta,
-        path,
-        stem,
-        score_threshold=args.score_threshold,
-        max_detections=args.max_detections,
-        max_side=MAX_SIDE,
-    )
 
 
 # ---- demo ---------------------------------------------------------------------------------
@@ -176,7 +161,7 @@ def run_detect(args) -> int:
     out = out_dir(args.out) if args.out else None
 
     def work(path, stem, bar):
-        im = _detect(model, variables, meta, path, stem, args)
+        im = detect_file(model, variables, meta, path, stem, args)
         H, W = im.full_size
         d = im.det
         lines = [f"{path} ({W}x{H}): {len(d)} detection{'s' if len(d) != 1 else ''}"]
@@ -292,7 +277,7 @@ def run_explain(args) -> int:
     out = out_dir(args.out)
 
     def work(path, stem, bar):
-        im = _detect(model, variables, meta, path, stem, args)
+        im = detect_file(model, variables, meta, path, stem, args)
         H, W = im.full_size
         d = im.det
         if len(d) == 0:

@@ -7,10 +7,10 @@ import argparse
 
 from crp_jax.cli.app import PROG, UsageError, run_parsed
 from crp_jax.cli.common import (
-    MAX_SIDE,
     add_model_options,
     add_progress_option,
     add_shard_option,
+    detect_file,
     each_image,
     load_model,
     nonneg_int,
@@ -61,7 +61,6 @@ def build_report_parser(prog: str = f"{PROG} report") -> argparse.ArgumentParser
 def run_report(args) -> int:
     import time
 
-    from crp_jax.apps.explanations import detect_image
     from crp_jax.apps.figures import display
     from crp_jax.data.splits import HELDOUT_SEED
     from crp_jax.errors import CRPError, one_line
@@ -98,16 +97,7 @@ def run_report(args) -> int:
 
         def work(path, stem, bar):
             try:
-                im = detect_image(
-                    model,
-                    variables,
-                    meta,
-                    path,
-                    stem,
-                    score_threshold=args.score_threshold,
-                    max_detections=args.max_detections,
-                    max_side=MAX_SIDE,
-                )
+                im = detect_file(model, variables, meta, path, stem, args)
                 n = writer.add_image(path, stem, im.pixels, im.x, im.det, display(im.pixels, 256, 384))
             except (CRPError, OSError) as e:  # listed on the index; each_image prints it
                 writer.add_failure(path, one_line(e))
