@@ -93,3 +93,13 @@ def test_a_mesh_with_device_output_or_layer_flow_is_refused_clearly(shipped):
         cj.explain(model, variables, x, t, method="crp", meta=meta, mesh="auto", layers=True)
     with pytest.raises(ConfigError, match="mesh must be"):
         cj.explain(model, variables, x, t, method="crp", meta=meta, mesh="all")
+
+
+def test_crop_is_a_flag_and_the_dense_path_is_what_every_call_runs(shipped):
+    model, variables, meta, x = shipped
+    t = [cj.ClassTarget(0, 5, 1), cj.LocTarget(1, 700, "cy", -1)]
+    a = cj.explain(model, variables, x, t, method="gradient", crop=False)
+    b = cj.explain(model, variables, x, t, method="gradient")
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(InputError, match="crop must be True or False"):
+        cj.explain(model, variables, x, t, method="gradient", crop="no")

@@ -53,6 +53,7 @@ def explain(
     layers: bool = False,
     mesh=None,
     to_host: bool = True,
+    crop: bool = True,
 ):
     """Relevance at the input for every target.
 
@@ -75,6 +76,10 @@ def explain(
         (``jax.distributed``): every process passes the same arguments and gets all of R.
       to_host: False keeps ``R`` on the device as a ``jax.Array`` (no device-to-host copy,
         which on a GPU costs more than the propagation itself: 1 MiB per SSD300 target).
+      crop: False forces the dense path. Receptive-field cropping (propagating each target
+        only inside its anchor's cone, docs/design.md) is not implemented yet, so today
+        every call is dense and ``crop`` changes nothing; it is accepted so that code written
+        for the cropped engine runs unchanged.
 
     Returns:
       ``R`` as numpy ``[T, H, W, C]`` float32 in target order (a ``jax.Array`` on the
@@ -90,6 +95,7 @@ def explain(
     xs = _check_images(x)
     layers = _check_flag("layers", layers)
     to_host = _check_flag("to_host", to_host)
+    _check_flag("crop", crop)
     chunk_size = _check_count("chunk_size", chunk_size)
     targets = _check_target_list(targets)
     comp = get_composite(method, meta)
