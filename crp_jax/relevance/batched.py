@@ -300,7 +300,7 @@ def _cached(key, build):
     return value
 
 
-def _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, comp, chunk_size, mesh, anchors_total):
+def _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, comp, chunk_size, mesh, num_boxes):
     """Images (and their targets) spread over the devices of ``mesh`` along its first axis.
 
     Every image gets the same number of target slots (the largest count, rounded up to a
@@ -340,7 +340,7 @@ def _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, 
         # Each process supplies the shards of its own devices (works on one or many hosts).
         return jax.make_array_from_callback(a.shape, sharded, lambda idx: a[idx])
 
-    fwd, bwd = compiled_functions(model, comp, chunk, anchors_total)
+    fwd, bwd = compiled_functions(model, comp, chunk, num_boxes)
     x_dev = put(xp)
     host_vars = jax.tree.map(np.asarray, variables)
     rep_vars = jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, replicated, lambda i: a[i]), host_vars)
