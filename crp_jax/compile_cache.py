@@ -34,6 +34,9 @@ OFF_WORDS = ("off", "0", "none", "false", "no")
 # leaves out the many 0.1-0.5 s compilations (preprocess, detect's post-processing, the small
 # explain chunks) that add up to several seconds of a CLI run.
 MIN_COMPILE_SECONDS = 0.2
+# Environment variable that overrides it (seconds; 0 caches every program, e.g. in tests,
+# where a fast machine may compile everything in less than the default).
+MIN_SECONDS_ENV_VAR = "CRP_JAX_CACHE_MIN_SECONDS"
 
 __all__ = ["ENV_VAR", "default_cache_dir", "resolve_cache_dir", "enable_compile_cache"]
 
@@ -73,5 +76,10 @@ def enable_compile_cache(path: Path | None, prog: str = "crp-jax") -> Path | Non
     import jax
 
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    try:
+        min_seconds = float(os.environ.get(MIN_SECONDS_ENV_VAR, MIN_COMPILE_SECONDS))
+    except ValueError:
+        print(f"{prog}: note: {MIN_SECONDS_ENV_VAR} is not a number; using {MIN_COMPILE_SECONDS} s", file=sys.stderr)
+        min_seconds = MIN_COMPILE_SECONDS
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
     return path

@@ -199,7 +199,8 @@ def test_cache_folder_follows_flag_then_environment_then_xdg(tmp_path):
 
 
 def test_cli_writes_compiled_programs_to_the_cache_dir_and_not_with_no_cache(tmp_path, scene_pngs):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CRP_JAX_CACHE_DIR="off")
+    # every program is cached (a fast machine compiles detect's in less than the default 0.2 s)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CRP_JAX_CACHE_DIR="off", CRP_JAX_CACHE_MIN_SECONDS="0")
     cache = tmp_path / "cache"
     cmd = [sys.executable, "-m", "crp_jax", "detect", str(scene_pngs[0])]
     subprocess.run(cmd + ["--cache-dir", str(cache)], env=env, check=True, capture_output=True, timeout=300)
