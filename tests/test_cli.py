@@ -300,7 +300,7 @@ def test_methods_are_the_documented_five():
 
 
 def test_progress_bar_without_tqdm(monkeypatch, capsys):
-    from crp_jax.cli.progress import Progress
+    from crp_jax.progress import Progress
 
     monkeypatch.setitem(sys.modules, "tqdm", None)  # `from tqdm import tqdm` -> ImportError
     bar = Progress(3, "explain", enabled=True)

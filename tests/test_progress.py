@@ -1,11 +1,11 @@
-"""The one progress bar (``crp_jax.cli.progress.Progress``) as the training loop uses it:
+"""The one progress bar (``crp_jax.progress.Progress``) as the training loop uses it:
 resumed at a step, a postfix, result lines that do not break the bar; without tqdm."""
 
 from __future__ import annotations
 
 import sys
 
-from crp_jax.cli.progress import Progress
+from crp_jax.progress import Progress
 
 
 def test_a_resumed_bar_counts_on_from_its_initial_step_and_shows_the_postfix(monkeypatch, capsys):

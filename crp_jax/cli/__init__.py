@@ -11,7 +11,7 @@ Subcommands::
     crp-jax train | evaluate | convert ...
 
 Modules: :mod:`~crp_jax.cli.app` (command table, dispatch, the exit policy: 0 ok, 2 usage,
-1 runtime error, 130 interrupted), :mod:`~crp_jax.cli.progress` (the progress bar),
+1 runtime error, 130 interrupted), :mod:`~crp_jax.progress` (the progress bar, shared with training and evaluation),
 :mod:`~crp_jax.cli.common` (shared options, sharding, the per-image loop) and one module per
 command group: :mod:`~crp_jax.cli.explain` (demo, detect, explain), :mod:`~crp_jax.cli.train`,
 :mod:`~crp_jax.cli.evaluate`, :mod:`~crp_jax.cli.convert`.

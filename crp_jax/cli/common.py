@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crp_jax.cli.progress import Progress
+from crp_jax.progress import Progress
 
 __all__ = [
     "MAX_SIDE",

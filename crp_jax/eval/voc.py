@@ -31,9 +31,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from crp_jax.cli.progress import Progress
 from crp_jax.data.splits import HELDOUT_SEED
 from crp_jax.errors import ConfigError
+from crp_jax.progress import Progress
 from crp_jax.ssd.boxes import box_iou
 
 __all__ = [

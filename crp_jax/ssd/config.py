@@ -80,7 +80,7 @@ class SSDConfig:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if isinstance(v, list):
-                object.__setattr__(self, f.name, _to_tuple(v))
+                object.__setattr__(self, f.name, nested_tuple(v))
         self.validate()
 
     # ---- presets -------------------------------------------------------------------
@@ -253,12 +253,12 @@ class SSDConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SSDConfig:
         reject_unknown_fields(cls, d)
-        return cls(**{k: _to_tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return cls(**{k: nested_tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def _to_tuple(v):
+def nested_tuple(v):
     if isinstance(v, (list, tuple)):
-        return tuple(_to_tuple(x) for x in v)
+        return tuple(nested_tuple(x) for x in v)
     return v
 
 

@@ -17,8 +17,11 @@ import numpy as np
 
 from crp_jax.data.splits import HELDOUT_SEED, RESERVED_SEEDS, TRAIN_SEED, VALIDATION_SEED
 from crp_jax.errors import ConfigError
-from crp_jax.ssd.config import SSDConfig, reject_unknown_fields
-from crp_jax.ssd.config import _to_tuple as nested_tuple  # one list -> tuple helper for both configs
+from crp_jax.ssd.config import (
+    SSDConfig,
+    nested_tuple,  # one list -> tuple helper for both configs
+    reject_unknown_fields,
+)
 from crp_jax.ssd.meta import Meta
 
 __all__ = ["TrainConfig", "BOOKKEEPING_FIELDS"]

@@ -37,9 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from crp_jax.cli.progress import Progress
 from crp_jax.data.splits import VALIDATION_SEED
 from crp_jax.errors import CheckpointError, ConfigError, CRPError
+from crp_jax.progress import Progress
 from crp_jax.ssd.anchors import default_boxes_xyxy
 from crp_jax.ssd.boxes import xyxy_to_cxcywh
 from crp_jax.ssd.loss import assign_targets_batch, multibox_loss
