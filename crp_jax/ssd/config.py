@@ -257,6 +257,7 @@ class SSDConfig:
 
 
 def nested_tuple(v):
+    """Lists (e.g. from JSON) -> tuples, recursively, so that frozen configs stay hashable."""
     if isinstance(v, (list, tuple)):
         return tuple(nested_tuple(x) for x in v)
     return v

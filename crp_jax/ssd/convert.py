@@ -204,6 +204,37 @@ def _class_names(class_names, num_classes: int) -> tuple[str, ...]:
     return names
 
 
+def read_state_dict(sd: Mapping, keymap: Mapping[str, str], expected: Mapping, *, fix=None, ignore=None):
+    """Torch tensors -> our flat float32 arrays: ``(flat, missing, unexpected, misshaped)``.
+
+    ``keymap``: torch key -> our ``path/kernel|bias|...``; ``expected``: our key -> our shape
+    (conv kernels ``[kh, kw, Cin, Cout]``, read from torch's ``[Cout, Cin, kh, kw]``);
+    ``fix(our_key, array)`` edits an array after the layout change (e.g. BGR -> RGB);
+    ``ignore(torch_key)`` marks extra keys that are not unexpected (e.g. BN counters).
+    Every key is checked before anything is reported, so one error lists all problems.
+    """
+    missing = [k for k in keymap if k not in sd]
+    unexpected = sorted(str(k) for k in sd if k not in keymap and not (ignore and ignore(str(k))))
+    misshaped = []
+    flat = {}
+    for tkey, okey in keymap.items():
+        if tkey not in sd:
+            continue
+        want = _expected_torch_shape(okey, expected[okey])
+        found = getattr(sd[tkey], "shape", None)
+        found = tuple(int(s) for s in found) if found is not None else None
+        if found != want:
+            misshaped.append((tkey, want, found))
+            continue
+        arr = to_numpy(sd[tkey], tkey)
+        if okey.endswith("/kernel"):
+            arr = np.transpose(arr, (2, 3, 1, 0))
+        if fix is not None:
+            arr = fix(okey, arr)
+        flat[okey] = np.ascontiguousarray(arr, dtype=np.float32)
+    return flat, missing, unexpected, misshaped
+
+
 def _expected_torch_shape(our_key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     if our_key.endswith("/kernel"):
         h, w, i, o = shape
@@ -247,25 +278,7 @@ def _convert(
     config = make_config(num_classes)
     expected = expected_shapes(config)
 
-    missing = [k for k in keymap if k not in sd]
-    unexpected = sorted(str(k) for k in sd if k not in keymap)
-    misshaped = []
-    flat = {}
-    for tkey, okey in keymap.items():
-        if tkey not in sd:
-            continue
-        want = _expected_torch_shape(okey, expected[okey])
-        found = getattr(sd[tkey], "shape", None)
-        found = tuple(int(s) for s in found) if found is not None else None
-        if found != want:
-            misshaped.append((tkey, want, found))
-            continue
-        arr = to_numpy(sd[tkey], tkey)
-        if okey.endswith("/kernel"):
-            arr = np.transpose(arr, (2, 3, 1, 0))
-        if fix is not None:
-            arr = fix(okey, arr)
-        flat[okey] = np.ascontiguousarray(arr, dtype=np.float32)
+    flat, missing, unexpected, misshaped = read_state_dict(sd, keymap, expected, fix=fix)
     if missing or unexpected or misshaped:
         raise CheckpointError(
             f"not a {fmt} SSD300-VGG16 state dict ({num_classes} classes): "

@@ -28,11 +28,10 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from crp_jax.errors import CheckpointError
 from crp_jax.ssd.config import SSDConfig
-from crp_jax.ssd.convert import _class_names, _strip_module_prefix, to_numpy
+from crp_jax.ssd.convert import _class_names, _strip_module_prefix, read_state_dict
 from crp_jax.ssd.io import flatten_variables, format_problems, unflatten_variables
 from crp_jax.ssd.meta import Meta
 from crp_jax.ssd.ssdlite import MOBILENET_V3_LARGE_BLOCKS, SSDLite
@@ -147,23 +146,9 @@ def convert_torchvision_ssdlite(
         num_classes = int(shape[0]) // _ANCHORS_PER_CELL
     config = SSDConfig.ssdlite320_mobilenet_v3_large(num_classes)
     expected = ssdlite_expected_shapes(config)
-    missing = [k for k in keymap if k not in sd]
-    unexpected = sorted(str(k) for k in sd if k not in keymap and not str(k).endswith(_IGNORED_SUFFIX))
-    misshaped, flat = [], {}
-    for tkey, okey in keymap.items():
-        if tkey not in sd:
-            continue
-        shape = expected[okey]
-        want = (shape[3], shape[2], shape[0], shape[1]) if okey.endswith("/kernel") else shape
-        found = getattr(sd[tkey], "shape", None)
-        found = tuple(int(s) for s in found) if found is not None else None
-        if found != want:
-            misshaped.append((tkey, want, found))
-            continue
-        arr = to_numpy(sd[tkey], tkey)
-        if okey.endswith("/kernel"):
-            arr = np.transpose(arr, (2, 3, 1, 0))
-        flat[okey] = np.ascontiguousarray(arr, dtype=np.float32)
+    flat, missing, unexpected, misshaped = read_state_dict(
+        sd, keymap, expected, ignore=lambda k: k.endswith(_IGNORED_SUFFIX)
+    )
     if missing or unexpected or misshaped:
         raise CheckpointError(
             f"not a torchvision ssdlite320_mobilenet_v3_large state dict ({num_classes} classes): "
