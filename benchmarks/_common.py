@@ -80,3 +80,27 @@ def block(tree):
     """Wait for every array of ``tree`` (timing)."""
     jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, tree)
     return tree
+
+
+def relative_max_diff(a, b) -> float:
+    """``max |a - b| / max |b|``."""
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def raw_output_diffs(x, tv_x, cls, tv_cls, loc, tv_loc, anchors, tv_anchors) -> dict:
+    """The parity scripts' figures for one image: preprocessing, raw outputs (absolute and
+    relative to torchvision's max |output|) and default boxes, ours against torchvision's."""
+
+    return {
+        "input_max_abs_diff": float(np.max(np.abs(x - tv_x))),
+        "cls_max_abs_diff": float(np.max(np.abs(cls - tv_cls))),
+        "cls_max_rel_diff": relative_max_diff(cls, tv_cls),
+        "cls_max_abs": float(np.max(np.abs(tv_cls))),
+        "loc_max_abs_diff": float(np.max(np.abs(loc - tv_loc))),
+        "loc_max_rel_diff": relative_max_diff(loc, tv_loc),
+        "loc_max_abs": float(np.max(np.abs(tv_loc))),
+        "anchors_shape": tuple(anchors.shape),
+        "anchors_max_abs_diff_px": (
+            float(np.max(np.abs(anchors - tv_anchors))) if anchors.shape == tv_anchors.shape else float("inf")
+        ),
+    }

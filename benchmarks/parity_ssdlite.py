@@ -27,10 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-try:  # run from a checkout without installing: python benchmarks/parity_ssdlite.py
-    import crp_jax  # noqa: F401
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common.py, beside this script
+from _common import raw_output_diffs, relative_max_diff  # noqa: E402
 
 NUM_CLASSES = 21
 FIRING_CLASSES = (3, 8, 12, 15)
@@ -85,10 +83,6 @@ def make_torch_model(seed: int = 0):
     return net.eval()
 
 
-def _rel(a, b) -> float:
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-
-
 def run_parity(seed: int = 0) -> dict:
     """Run both sides; returns the figures (the top detections under ``"arrays"``)."""
     import jax
@@ -135,19 +129,9 @@ def run_parity(seed: int = 0) -> dict:
     tv = {k: tv_det[k].numpy()[:TOP] for k in ("boxes", "scores", "labels")}
     n = min(len(ours["scores"]), len(tv["scores"]))
     return {
-        "input_max_abs_diff": float(np.max(np.abs(x - tv_x))),
-        "cls_max_abs_diff": float(np.max(np.abs(cls - tv_cls))),
-        "cls_max_rel_diff": _rel(cls, tv_cls),
-        "cls_max_abs": float(np.max(np.abs(tv_cls))),
-        "loc_max_abs_diff": float(np.max(np.abs(loc - tv_loc))),
-        "loc_max_rel_diff": _rel(loc, tv_loc),
-        "loc_max_abs": float(np.max(np.abs(tv_loc))),
-        "folded_cls_max_rel_diff": _rel(fcls, tv_cls),
-        "folded_loc_max_rel_diff": _rel(floc, tv_loc),
-        "anchors_shape": tuple(anchors.shape),
-        "anchors_max_abs_diff_px": (
-            float(np.max(np.abs(anchors - tv_anchors))) if anchors.shape == tv_anchors.shape else float("inf")
-        ),
+        **raw_output_diffs(x, tv_x, cls, tv_cls, loc, tv_loc, anchors, tv_anchors),
+        "folded_cls_max_rel_diff": relative_max_diff(fcls, tv_cls),
+        "folded_loc_max_rel_diff": relative_max_diff(floc, tv_loc),
         "top": n,
         "top_labels_equal": int(np.sum(ours["labels"][:n] == tv["labels"][:n])),
         "top_box_max_abs_diff_px": float(np.max(np.abs(ours["boxes"][:n] - tv["boxes"][:n]), initial=0.0)),

@@ -27,10 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-try:  # run from a checkout without installing: python benchmarks/parity_torchvision.py
-    import crp_jax  # noqa: F401
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common.py, beside this script
+from _common import raw_output_diffs  # noqa: E402
 
 NUM_CLASSES = 21
 # Head edits applied to the torch model before converting (see make_torch_model). With them
@@ -79,10 +77,6 @@ def make_torch_model(seed: int = 0):
         for conv in net.head.regression_head.module_list:
             conv.weight.mul_(LOC_WEIGHT_SCALE)  # offsets of the size a trained model produces
     return net
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def _match(ours, theirs, box_atol: float, score_atol: float):
@@ -199,17 +193,7 @@ def run_parity(seed: int = 0, box_atol: float = 1e-3, score_atol: float = 1e-5) 
     timings["jax_detect_with_compile_s"] = time.perf_counter() - t
 
     figures = {
-        "input_max_abs_diff": float(np.max(np.abs(x - tv_x))),
-        "cls_max_abs_diff": float(np.max(np.abs(cls - tv_cls))),
-        "cls_max_rel_diff": _rel(cls, tv_cls),
-        "cls_max_abs": float(np.max(np.abs(tv_cls))),
-        "loc_max_abs_diff": float(np.max(np.abs(loc - tv_loc))),
-        "loc_max_rel_diff": _rel(loc, tv_loc),
-        "loc_max_abs": float(np.max(np.abs(tv_loc))),
-        "anchors_shape": tuple(anchors.shape),
-        "anchors_max_abs_diff_px": (
-            float(np.max(np.abs(anchors - tv_anchors))) if anchors.shape == tv_anchors.shape else float("inf")
-        ),
+        **raw_output_diffs(x, tv_x, cls, tv_cls, loc, tv_loc, anchors, tv_anchors),
     }
     figures.update(_detection_figures(ours, tv, cut_gap, box_atol, score_atol))
 
