@@ -17,8 +17,9 @@ import crp_jax as cj
 from crp_jax.errors import CheckpointError, ConfigError
 from crp_jax.ssd import SSDConfig
 from crp_jax.ssd.anchors import central_anchor
-from crp_jax.ssd.convert_ssdlite import ssdlite_expected_shapes, ssdlite_key_map
+from crp_jax.ssd.convert_ssdlite import ssdlite_key_map
 from crp_jax.ssd.fold import fold_batchnorm
+from crp_jax.ssd.io import expected_shapes
 from crp_jax.ssd.ssdlite import SSDLite, random_variables
 
 # A reduced SSDlite (every layer type, all six sources) that runs in seconds on a CPU.
@@ -121,7 +122,7 @@ def test_fold_rejects_a_folded_model_and_a_vgg_model():
 
 def _numpy_state_dict(num_classes: int = 5) -> dict:
     cfg = SSDConfig.ssdlite320_mobilenet_v3_large(num_classes)
-    shapes = ssdlite_expected_shapes(cfg)
+    shapes = expected_shapes(cfg, batchnorm=True)
     sd = {}
     for tkey, okey in ssdlite_key_map().items():
         s = shapes[okey]

@@ -3,8 +3,8 @@
 
 Subcommands::
 
-    crp-jax demo     [--out DIR] [--seed N] [--index I] [--weights FILE] ...
-    crp-jax detect   IMAGE... [--weights FILE] [--score-threshold 0.5] [--out DIR]
+    crp-jax demo     [--out DIR] [--seed N] [--index I] [--weights NAME|FILE] ...
+    crp-jax detect   IMAGE... [--weights NAME|FILE] [--score-threshold 0.5] [--out DIR]
     crp-jax explain  IMAGE... --out DIR [--method M] [--target cls|cx|cy|w|h] [--sign +|-]
                      [--contrast others|foreground|CLASS...] [--compare methods|classes|none]
                      [--shard K/N]

@@ -70,9 +70,10 @@ nonneg_int = int_at_least(0)
 def add_model_options(p: argparse.ArgumentParser, default_threshold: float = 0.5) -> None:
     p.add_argument(
         "--weights",
-        metavar="FILE",
+        metavar="NAME|FILE",
         default=None,
-        help="weights NAME.msgpack (with its NAME.json sidecar); default: the shipped model in weights/",
+        help="a shipped model (default, ssdlite) or weights NAME.msgpack with its NAME.json sidecar; "
+        "default: the shipped default model",
     )
     p.add_argument(
         "--score-threshold",
@@ -101,12 +102,11 @@ def progress(total: int, desc: str, args) -> Progress:
 
 
 def load_model(args):
-    """``(model, variables, meta)`` of ``--weights``, or the shipped model."""
-    from crp_jax.ssd.io import load_pretrained, load_weights
+    """``(model, variables, meta)`` of ``--weights`` (a shipped model's name or a file), or
+    the shipped default model."""
+    from crp_jax.ssd.io import load_pretrained
 
-    if args.weights:
-        return load_weights(args.weights)
-    return load_pretrained()
+    return load_pretrained(args.weights)
 
 
 def out_dir(path) -> Path:

@@ -17,7 +17,11 @@ def build_evaluate_parser(prog: str = f"{PROG} evaluate") -> argparse.ArgumentPa
         description="VOC-style AP per class and mAP@0.5 of a detector on held-out generated glyph scenes.",
     )
     p.add_argument(
-        "--weights", default=None, help="weights file (NAME.msgpack + NAME.json); default: the shipped model"
+        "--weights",
+        metavar="NAME|FILE",
+        default=None,
+        help="a shipped model (default, ssdlite) or a weights file NAME.msgpack + NAME.json; default: the "
+        "shipped default model",
     )
     p.add_argument("--n", type=int, default=500, help="number of held-out scenes (default 500)")
     p.add_argument(
@@ -40,10 +44,10 @@ def run_evaluate(args) -> int:
     ):
         if not ok:
             raise UsageError(msg, show_usage=False)
+    from crp_jax.cli.common import load_model
     from crp_jax.eval import evaluate, format_table
-    from crp_jax.ssd.io import load_pretrained, load_weights
 
-    model, variables, meta = load_weights(args.weights) if args.weights else load_pretrained()
+    model, variables, meta = load_model(args)
     res = evaluate(model, variables, meta, seed=args.seed, n=args.n, batch_size=args.batch_size, iou_threshold=args.iou)
     print(format_table(res))
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from crp_jax.cli.app import PROG, UsageError, run_parsed
 from crp_jax.errors import ConfigError, one_line
-from crp_jax.training import TrainConfig, TrainingInterrupted, default_ckpt_dir, latest_checkpoint, train
+from crp_jax.training import TRAIN_PRESETS, TrainConfig, TrainingInterrupted, default_ckpt_dir, latest_checkpoint, train
 
 __all__ = ["build_train_parser", "run_train", "train_main"]
 
@@ -27,9 +27,20 @@ def build_train_parser(prog: str = f"{PROG} train") -> argparse.ArgumentParser:
         description="Train the small SSD on the generated glyph data set (E/F, O/Q, P/R) and save "
         "flax msgpack weights + a JSON sidecar.",
     )
-    p.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
+    p.add_argument(
+        "--model",
+        default="default",
+        choices=sorted(TRAIN_PRESETS),
+        help="which shipped model's settings to train: default (the small VGG SSD) or ssdlite "
+        "(SSDlite-MobileNetV3, width 0.35, 256 px); the options below override them",
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help=f"training steps (default: the preset's; {d.steps} for default)"
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"scenes per step (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
+    p.add_argument(
+        "--lr", type=float, default=None, help=f"peak learning rate (default: the preset's; {d.lr:g} for default)"
+    )
     p.add_argument("--seed", type=int, default=d.seed, help=f"data set and initialisation seed (default {d.seed})")
     p.add_argument(
         "--out",
@@ -107,11 +118,12 @@ def run_train(args) -> int:
     if out.suffix not in ("", ".msgpack"):
         raise UsageError(f"--out must name a .msgpack file, got {args.out}", show_usage=False)
     try:
-        cfg = TrainConfig(
+        overrides = {k: getattr(args, k) for k in ("steps", "lr") if getattr(args, k) is not None}
+        cfg = TrainConfig.preset(
+            args.model,
             seed=args.seed,
-            steps=args.steps,
             batch_size=args.batch_size,
-            lr=args.lr,
+            **overrides,
             ckpt_interval=args.ckpt_interval,
             eval_interval=args.eval_interval,
             log_interval=args.log_interval,

@@ -152,6 +152,35 @@ class SSDConfig:
         )
 
     @classmethod
+    def ssdlite_small(
+        cls,
+        num_classes: int,
+        image_size: int = 256,
+        width: float = 0.5,
+        num_sources: int = 4,
+        aspect_ratios: tuple[tuple[float, ...], ...] | None = None,
+        scales: tuple[float, ...] | None = None,
+    ) -> SSDConfig:
+        """A reduced SSDlite: MobileNetV3-Large at width multiplier ``width`` (every layer
+        type of ssdlite320: hardswish, SE, inverted residuals, depthwise convs), the first
+        ``num_sources - 2`` of its extra blocks, and :meth:`small`'s linear default scales.
+        At 256 px its sources have 16, 8, 4, 2 cells (strides 16 .. 128)."""
+        if not isinstance(num_sources, int) or not 2 <= num_sources <= 6:
+            raise ConfigError(f"SSDlite has 2 to 6 sources, got num_sources={num_sources!r}")
+        base = cls.ssdlite320_mobilenet_v3_large(num_classes)
+        if scales is None:
+            lo, hi = 0.1, 0.9
+            scales = tuple(round(lo + (hi - lo) * k / max(num_sources - 1, 1), 4) for k in range(num_sources)) + (1.05,)
+        return dataclasses.replace(
+            base,
+            image_size=image_size,
+            width=width,
+            extras=base.extras[: num_sources - 2],
+            aspect_ratios=tuple(tuple(a) for a in (aspect_ratios or base.aspect_ratios[:num_sources])),
+            scales=tuple(scales),
+        )
+
+    @classmethod
     def from_name(cls, name: str, num_classes: int = 21) -> SSDConfig:
         presets = {
             "ssd300_vgg16": cls.ssd300_vgg16,

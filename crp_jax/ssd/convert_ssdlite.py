@@ -26,13 +26,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
-
 from crp_jax.errors import CheckpointError
 from crp_jax.ssd.config import SSDConfig
 from crp_jax.ssd.convert import _class_names, _strip_module_prefix, read_state_dict
-from crp_jax.ssd.io import flatten_variables, format_problems, unflatten_variables
+from crp_jax.ssd.io import expected_shapes, format_problems, unflatten_variables
 from crp_jax.ssd.meta import Meta
 from crp_jax.ssd.ssdlite import MOBILENET_V3_LARGE_BLOCKS, SSDLite
 
@@ -98,14 +95,6 @@ def ssdlite_key_map() -> dict[str, str]:
     return keys
 
 
-@functools.lru_cache(maxsize=8)
-def ssdlite_expected_shapes(config: SSDConfig) -> dict[str, tuple[int, ...]]:
-    """``{"params/stem/conv/kernel": (3, 3, 3, 16), ...}`` of ``SSDLite(config)``."""
-    x = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
-    tree = jax.eval_shape(SSDLite(config).init, jax.random.PRNGKey(0), x)
-    return {k: tuple(v.shape) for k, v in flatten_variables(tree).items()}
-
-
 def looks_like_ssdlite(keys) -> bool:
     """Whether torch state-dict keys are torchvision SSDlite's (for other converters' errors)."""
     return "backbone.features.0.0.0.weight" in keys or "backbone.extra.0.0.0.weight" in keys
@@ -145,7 +134,7 @@ def convert_torchvision_ssdlite(
             )
         num_classes = int(shape[0]) // _ANCHORS_PER_CELL
     config = SSDConfig.ssdlite320_mobilenet_v3_large(num_classes)
-    expected = ssdlite_expected_shapes(config)
+    expected = expected_shapes(config, batchnorm=True)
     flat, missing, unexpected, misshaped = read_state_dict(
         sd, keymap, expected, ignore=lambda k: k.endswith(_IGNORED_SUFFIX)
     )

@@ -32,9 +32,9 @@ from flax import serialization, traverse_util
 
 from crp_jax.errors import CheckpointError, ConfigError
 from crp_jax.numerics import nonfinite_counts
+from crp_jax.ssd.build import Detector, build_detector
 from crp_jax.ssd.config import SSDConfig
 from crp_jax.ssd.meta import Meta
-from crp_jax.ssd.model import SSD
 
 WEIGHTS_SUFFIX = ".msgpack"
 META_SUFFIX = ".json"
@@ -49,10 +49,11 @@ _MAX_LISTED = 25  # keys listed per category in an error message
 # variables <-> expected tree
 # ---------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=16)
-def expected_shapes(config: SSDConfig) -> dict[str, tuple[int, ...]]:
-    """``{"params/conv1_1/kernel": (3, 3, 3, 64), ...}``: what ``SSD(config).init`` creates
-    (computed with ``jax.eval_shape``: no arrays are allocated)."""
-    model = SSD(config)
+def expected_shapes(config: SSDConfig, batchnorm: bool = False) -> dict[str, tuple[int, ...]]:
+    """``{"params/conv1_1/kernel": (3, 3, 3, 64), ...}``: what ``build_detector(config,
+    batchnorm=batchnorm).init`` creates (computed with ``jax.eval_shape``: no arrays are
+    allocated). ``batchnorm`` only matters for SSDlite (saved checkpoints are folded)."""
+    model = build_detector(config, batchnorm=batchnorm)
     x = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
     tree = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
     return {k: tuple(v.shape) for k, v in flatten_variables(tree).items()}
@@ -88,12 +89,13 @@ def _list(keys, limit: int = _MAX_LISTED, sep: str = ", ") -> str:
 
 
 def variable_problems(
-    config: SSDConfig, variables: Mapping
+    config: SSDConfig, variables: Mapping, batchnorm: bool = False
 ) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
-    """``(missing, unexpected, misshaped)`` of ``variables`` against ``SSD(config)``;
+    """``(missing, unexpected, misshaped)`` of ``variables`` against
+    ``build_detector(config, batchnorm=batchnorm)``;
     ``misshaped`` holds ``(key, expected_shape, found_shape)``. Keys as in
     :func:`flatten_variables`. Leaves that are not arrays count as mis-shaped (found ``None``)."""
-    expected = expected_shapes(config)
+    expected = expected_shapes(config, batchnorm)
     found = flatten_variables(variables)
     missing = sorted(k for k in expected if k not in found)
     unexpected = sorted(k for k in found if k not in expected)
@@ -118,18 +120,21 @@ def format_problems(missing, unexpected, misshaped) -> str:
     return "; ".join(parts)
 
 
-def check_variables(model: SSD, variables: Mapping, *, where: str | None = None) -> dict:
+def check_variables(model: Detector | SSDConfig, variables: Mapping, *, where: str | None = None) -> dict:
     """Check ``variables`` against the tree ``model.init`` would create.
 
+    ``model``: an ``SSD``, an ``SSDLite`` (with or without BatchNorm) or an ``SSDConfig``
+    (its :func:`~crp_jax.ssd.build.build_detector` module; SSDlite folded).
     Raises :class:`CheckpointError` listing missing keys, unexpected keys and mis-shaped
     keys (expected vs found shape). Returns the variables as a plain nested dict of float32
     numpy arrays (so FrozenDicts, jax arrays and float64 inputs all come out the same).
     ``where`` (a path or a description) prefixes the message.
     """
-    config = model.config if isinstance(model, SSD) else model
+    config = getattr(model, "config", model)
     if not isinstance(config, SSDConfig):
-        raise CheckpointError(f"check_variables needs an SSD model or SSDConfig, got {type(model).__name__}")
-    missing, unexpected, misshaped = variable_problems(config, variables)
+        raise CheckpointError(f"check_variables needs an SSD/SSDLite model or SSDConfig, got {type(model).__name__}")
+    batchnorm = bool(getattr(model, "batchnorm", False))
+    missing, unexpected, misshaped = variable_problems(config, variables, batchnorm)
     flat = flatten_variables(variables)
     bad_dtype = []
     if not (missing or unexpected or misshaped):
@@ -142,7 +147,10 @@ def check_variables(model: SSD, variables: Mapping, *, where: str | None = None)
         if bad_dtype:
             msg = f"non-floating arrays: {_list(bad_dtype)}"
         prefix = f"{where}: " if where else ""
-        raise CheckpointError(f"{prefix}variables do not fit SSD({_describe(config)}): {msg}")
+        hint = ""
+        if config.backbone == "mobilenet_v3_large" and not batchnorm and any("/bn/" in k for k in unexpected):
+            hint = " (an SSDlite with BatchNorm: fold it first with cj.fold_batchnorm(model, variables))"
+        raise CheckpointError(f"{prefix}variables do not fit {_describe(config, batchnorm)}: {msg}{hint}")
     with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes Inf: reported next
         flat32 = {k: np.asarray(v, dtype=np.float32) for k, v in flat.items()}
     check_finite(flat32, where=where)
@@ -166,10 +174,13 @@ def check_finite(variables: Mapping, *, where: str | None = None) -> None:
         raise CheckpointError(f"{prefix}non-finite values in {len(bad)} {arrays}: {_list(bad, sep='; ')}")
 
 
-def _describe(config: SSDConfig) -> str:
+def _describe(config: SSDConfig, batchnorm: bool = False) -> str:
+    name = "SSD"
+    if config.backbone == "mobilenet_v3_large":
+        name = "SSDLite" if batchnorm else "SSDLite (folded)"
     return (
-        f"num_classes={config.num_classes}, image_size={config.image_size}, width={config.width}, "
-        f"sources={config.num_sources}"
+        f"{name}(num_classes={config.num_classes}, image_size={config.image_size}, width={config.width}, "
+        f"sources={config.num_sources})"
     )
 
 
@@ -190,14 +201,15 @@ def _paths(path) -> tuple[Path, Path]:
 def save_weights(path, variables: Mapping, meta: Meta) -> Path:
     """Write ``variables`` to ``path`` (``.msgpack``; added when there is no suffix) and
     ``meta.to_json()`` to the sidecar with the same stem and ``.json``. The variables are
-    checked against ``SSD(meta.config)`` first, so a saved file always loads. Returns the
+    checked against ``build_detector(meta.config)`` first (an SSDlite must be
+    folded: :func:`crp_jax.ssd.fold.fold_batchnorm`), so a saved file always loads. Returns the
     weights path."""
     if not isinstance(meta, Meta):
         raise ConfigError(f"meta must be a crp_jax Meta, got {type(meta).__name__}")
     wpath, mpath = _paths(path)
     if wpath == mpath:
         raise ConfigError(f"weights path {path} would collide with its JSON sidecar")
-    plain = check_variables(SSD(meta.config), variables, where=str(wpath))
+    plain = check_variables(meta.config, variables, where=str(wpath))
     wpath.parent.mkdir(parents=True, exist_ok=True)
     data = serialization.msgpack_serialize(plain)
     tmp = wpath.with_name(wpath.name + ".tmp")
@@ -225,11 +237,11 @@ def read_meta(path) -> Meta:
         raise CheckpointError(f"{mpath}: not a valid crp-jax metadata sidecar: {e}") from None
 
 
-def load_weights(path) -> tuple[SSD, dict, Meta]:
+def load_weights(path) -> tuple[Detector, dict, Meta]:
     """Read a checkpoint written by :func:`save_weights`: ``(model, variables, meta)``.
 
     ``variables`` is a nested dict of float32 numpy arrays checked against
-    ``SSD(meta.config)``. Anything wrong raises :class:`CheckpointError` naming the path.
+    ``build_detector(meta.config)`` (SSDlite: folded). Anything wrong raises :class:`CheckpointError` naming the path.
     """
     wpath, _ = _paths(path)
     if not wpath.is_file():
@@ -250,7 +262,7 @@ def load_weights(path) -> tuple[SSD, dict, Meta]:
             f"{wpath}: not a crp-jax weights file (decoded to {type(tree).__name__}, expected a "
             "nested mapping of arrays)"
         )
-    model = SSD(meta.config)
+    model = build_detector(meta.config)
     variables = check_variables(model, tree, where=str(wpath))
     return model, variables, meta
 
@@ -271,24 +283,39 @@ def default_weights_dir() -> Path:
     return here.parent / "weights"
 
 
-def load_pretrained(path=None) -> tuple[SSD, dict, Meta]:
-    """The shipped default model ``(model, variables, meta)``, or the checkpoint at ``path``.
+#: The models shipped in ``weights/`` (``NAME.msgpack`` + ``NAME.json``), loaded by name.
+SHIPPED_MODELS = {
+    "default": "the small VGG SSD (128 px, width 0.125)",
+    "ssdlite": "SSDlite-MobileNetV3-Large (256 px, width 0.35, folded BatchNorm-free form)",
+}
 
-    Without ``path`` it reads ``weights/default.msgpack`` + ``weights/default.json`` from
-    :func:`default_weights_dir`. Those files are produced by ``crp-jax train``; when they are
-    missing the :class:`CheckpointError` says where it looked.
+
+def load_pretrained(name=None) -> tuple[Detector, dict, Meta]:
+    """A shipped model by name, or the checkpoint at a path: ``(model, variables, meta)``.
+
+    ``name``: None or "default" (the small VGG SSD), "ssdlite" (SSDlite-MobileNetV3), both
+    read from :func:`default_weights_dir` (offline; the files are produced by
+    ``crp-jax train [--model ssdlite]``); anything else is a checkpoint path, as
+    :func:`load_weights`. When a shipped file is missing the :class:`CheckpointError` says
+    where it looked.
     """
-    if path is not None:
-        return load_weights(path)
+    if name is None:
+        name = DEFAULT_NAME
+    if not (isinstance(name, str) and name in SHIPPED_MODELS):
+        if isinstance(name, str) and os.sep not in name and not Path(name).suffix and not Path(name).exists():
+            known = ", ".join(f"{k!r} ({v})" for k, v in SHIPPED_MODELS.items())
+            raise CheckpointError(f"no shipped model named {name!r} and no such file; shipped models: {known}")
+        return load_weights(name)
     folder = default_weights_dir()
-    wpath = folder / (DEFAULT_NAME + WEIGHTS_SUFFIX)
-    mpath = folder / (DEFAULT_NAME + META_SUFFIX)
+    wpath = folder / (name + WEIGHTS_SUFFIX)
+    mpath = folder / (name + META_SUFFIX)
     if not wpath.is_file() or not mpath.is_file():
         missing = [str(p) for p in (wpath, mpath) if not p.is_file()]
+        train = "crp-jax train" + ("" if name == DEFAULT_NAME else f" --model {name}")
         raise CheckpointError(
-            f"no shipped default model: looked for {wpath} and {mpath} "
-            f"(missing: {', '.join(missing)}). The default model is trained and saved there by "
-            f"`crp-jax train`; set {WEIGHTS_DIR_ENV} to use another folder, or pass a path "
+            f"no shipped {name!r} model: looked for {wpath} and {mpath} "
+            f"(missing: {', '.join(missing)}). It is trained and saved there by "
+            f"`{train} --out {wpath}`; set {WEIGHTS_DIR_ENV} to use another folder, or pass a path "
             "to load_pretrained(path) / load_weights(path)."
         )
     return load_weights(wpath)

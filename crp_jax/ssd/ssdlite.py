@@ -321,6 +321,52 @@ def _backbone_channels(c: int, width: float) -> int:
     return make_divisible(c * width)
 
 
+def init_variables(model: SSDLite, seed: int = 0) -> dict:
+    """Initial variables for training a folded SSDlite (``batchnorm=False``) from scratch,
+    drawn with numpy from ``seed`` (one ``default_rng(seed)`` stream over the leaves in tree
+    order). Returns ``{"params": ...}``.
+
+    Without BatchNorm the scheme must keep activations of order 1 by itself: kernels are
+    normal with variance ``2 / fan_in`` before an activation (He) and ``1 / fan_in`` before
+    none (project convs, heads), where ``fan_in = kh * kw * cin_per_group`` (depthwise
+    kernels have fan-in ``kh * kw``, not ``kh * kw * C`` as Xavier's formula would take);
+    the project conv of every residual block and the SE's last conv start at zero, so each
+    residual block starts as the identity and each gate at hardsigmoid(0) = 1/2 (the
+    "zero-init the last layer of the branch" practice, Goyal et al. 2017); biases are zero.
+    """
+    if model.batchnorm:
+        raise ConfigError("init_variables initialises the folded SSDlite (batchnorm=False)")
+    S = model.config.image_size
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, S, S, 3), np.float32))
+    residual = {
+        f"block_{i}"
+        for i, (_k, _exp, out, _se, _hs, stride) in enumerate(MOBILENET_V3_LARGE_BLOCKS)
+        if stride == 1 and _block_input(i, model.config.width) == _backbone_channels(out, model.config.width)
+    }
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, s in traverse_util.flatten_dict(shapes, sep="/").items():
+        parts = key.split("/")
+        if parts[-1] != "kernel":
+            out[key] = np.zeros(s.shape, np.float32)
+            continue
+        kh, kw, cin, _cout = s.shape
+        linear = "project" in parts or parts[1].startswith(("cls_", "loc_"))
+        if ("project" in parts and parts[1] in residual) or parts[-2] == "fc2":
+            out[key] = np.zeros(s.shape, np.float32)
+            continue
+        std = np.sqrt((1.0 if linear else 2.0) / (kh * kw * cin))
+        out[key] = (rng.normal(size=s.shape) * std).astype(np.float32)
+    return traverse_util.unflatten_dict(out, sep="/")
+
+
+def _block_input(i: int, width: float) -> int:
+    """Channels entering bottleneck ``i`` (the stem's for block 0)."""
+    if i == 0:
+        return _backbone_channels(STEM_CHANNELS, width)
+    return _backbone_channels(MOBILENET_V3_LARGE_BLOCKS[i - 1][2], width)
+
+
 def random_variables(model: SSDLite, seed: int = 0, negative_gamma: float = 0.3) -> dict:
     """Random variables for ``model`` (numpy, no JAX random graph), for tests and benchmarks
     of canonizers and rules: He-normal kernels, biases N(0, 0.1), and with BatchNorm random

@@ -20,12 +20,13 @@ from crp_jax.training.checkpoints import (
     read_checkpoint,
     save_checkpoint,
 )
-from crp_jax.training.config import TrainConfig
+from crp_jax.training.config import TRAIN_PRESETS, TrainConfig
 from crp_jax.training.loop import TrainingInterrupted, batch_for_step, init_state, make_train_step, train
 from crp_jax.training.optimizer import make_optimizer, make_schedule
 
 __all__ = [
     "CheckpointRecord",
+    "TRAIN_PRESETS",
     "TrainConfig",
     "TrainingInterrupted",
     "batch_for_step",

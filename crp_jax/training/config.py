@@ -24,7 +24,7 @@ from crp_jax.ssd.config import (
 )
 from crp_jax.ssd.meta import Meta
 
-__all__ = ["TrainConfig", "BOOKKEEPING_FIELDS"]
+__all__ = ["TrainConfig", "BOOKKEEPING_FIELDS", "TRAIN_PRESETS"]
 
 # Fields of TrainConfig that do not change the trained weights (a resumed run may differ here).
 BOOKKEEPING_FIELDS = frozenset(
@@ -40,9 +40,12 @@ class TrainConfig:
     linear warm-up over ``warmup_steps``, cosine decay to ``lr * final_lr_frac``; decoupled
     ``weight_decay``; gradients clipped to global norm ``grad_clip`` (0 = off).
 
-    Model: ``SSDConfig.small(num_classes=7, image_size, width, num_sources, fc_dilation,
-    scales, aspect_ratios)`` (None = the preset's default); preprocessing ``(v - mean) / std``
-    on [0, 1] pixels, the same value for all three channels.
+    Model: ``backbone`` "vgg16" is ``SSDConfig.small(num_classes=7, image_size, width,
+    num_sources, fc_dilation, scales, aspect_ratios)``, "mobilenet_v3_large" is
+    ``SSDConfig.ssdlite_small(...)`` with the same fields (``fc_dilation`` unused), trained
+    in its folded form (no BatchNorm); None = the preset's default. Preprocessing
+    ``(v - mean) / std`` on [0, 1] pixels, the same value for all three channels.
+    :meth:`preset` names the settings of the shipped models.
 
     Targets / loss: IoU ``match_threshold`` for positives, ``neg_pos_ratio`` hard negatives
     per positive.
@@ -67,6 +70,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 10.0
     # model
+    backbone: str = "vgg16"
     image_size: int = 128
     width: float = 0.125
     num_sources: int = 4
@@ -150,6 +154,17 @@ class TrainConfig:
     def model_config(self) -> SSDConfig:
         from crp_jax.data import NUM_CLASSES
 
+        if self.backbone == "mobilenet_v3_large":
+            return SSDConfig.ssdlite_small(
+                num_classes=NUM_CLASSES,
+                image_size=self.image_size,
+                width=self.width,
+                num_sources=self.num_sources,
+                aspect_ratios=self.aspect_ratios,
+                scales=self.scales,
+            )
+        if self.backbone != "vgg16":
+            raise ConfigError(f"backbone must be 'vgg16' or 'mobilenet_v3_large', got {self.backbone!r}")
         return SSDConfig.small(
             num_classes=NUM_CLASSES,
             image_size=self.image_size,
@@ -181,13 +196,41 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def result_dict(self) -> dict[str, Any]:
-        """The fields that determine the trained weights (bookkeeping left out)."""
-        return {k: v for k, v in self.to_dict().items() if k not in BOOKKEEPING_FIELDS}
+        """The fields that determine the trained weights (bookkeeping left out). ``backbone``
+        is left out while it is "vgg16", so that the default checkpoint folders (a hash of
+        this dict) of runs started before the field existed keep their names."""
+        d = {k: v for k, v in self.to_dict().items() if k not in BOOKKEEPING_FIELDS}
+        if d["backbone"] == "vgg16":
+            del d["backbone"]
+        return d
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> TrainConfig:
+        """The settings a shipped model was trained with: "default" (the small VGG SSD,
+        ``weights/default.*``) or "ssdlite" (SSDlite-MobileNetV3 at width 0.35, 256 px input,
+        four sources; ``weights/ssdlite.*``), with ``overrides`` replacing fields."""
+        if name not in TRAIN_PRESETS:
+            raise ConfigError(f"unknown training preset {name!r}; known: {sorted(TRAIN_PRESETS)}")
+        return cls(**{**TRAIN_PRESETS[name], **overrides})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         reject_unknown_fields(cls, d)
         return cls(**d)
+
+
+#: Named training settings (:meth:`TrainConfig.preset`): the fields that differ from the defaults.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "ssdlite": {
+        "backbone": "mobilenet_v3_large",
+        "image_size": 256,
+        "width": 0.35,
+        "num_sources": 4,
+        "steps": 1800,
+        "lr": 2e-3,
+    },
+}
 
 
 def _result_config(cfg: TrainConfig) -> TrainConfig:

@@ -6,8 +6,7 @@ Everything a training run does is a function of its :class:`TrainConfig`:
   ``cfg.seed`` (:func:`crp_jax.data.make_batch`), and augmentation, when switched on, draws
   from ``fold_in(PRNGKey(cfg.seed), k)``. So the batch of step ``k`` depends only on
   ``(seed, k)``, and ``resume`` from a checkpoint reproduces an uninterrupted run exactly.
-- parameters: :func:`crp_jax.ssd.model.init_variables` (the module's initialisers, drawn
-  with numpy from ``cfg.seed``).
+- parameters: :func:`crp_jax.ssd.build.init_detector` (drawn with numpy from ``cfg.seed``).
 - targets and loss: SSD's matching and multibox loss (:mod:`crp_jax.ssd.loss`).
 - optimiser: :mod:`crp_jax.training.optimizer`; checkpoints: :mod:`crp_jax.training.checkpoints`.
 
@@ -42,9 +41,9 @@ from crp_jax.errors import CheckpointError, ConfigError, CRPError
 from crp_jax.progress import Progress
 from crp_jax.ssd.anchors import default_boxes_xyxy
 from crp_jax.ssd.boxes import xyxy_to_cxcywh
+from crp_jax.ssd.build import Detector, build_detector, init_detector
 from crp_jax.ssd.loss import assign_targets_batch, multibox_loss
 from crp_jax.ssd.meta import Meta
-from crp_jax.ssd.model import SSD, init_variables
 from crp_jax.training.augment import augment
 from crp_jax.training.checkpoints import (
     CKPT_PREFIX,
@@ -89,16 +88,16 @@ def batch_for_step(cfg: TrainConfig, step: int, meta: Meta | None = None) -> dic
     }
 
 
-def init_state(cfg: TrainConfig, model: SSD | None = None, tx=None) -> dict:
+def init_state(cfg: TrainConfig, model: Detector | None = None, tx=None) -> dict:
     """``{"params", "opt_state", "step"}`` at step 0 (parameters from
-    :func:`crp_jax.ssd.model.init_variables` with ``cfg.seed``)."""
-    model = model or SSD(cfg.model_config())
+    :func:`crp_jax.ssd.build.init_detector` with ``cfg.seed``)."""
+    model = model or build_detector(cfg.model_config())
     tx = tx or make_optimizer(cfg)
-    params = init_variables(model, seed=cfg.seed)["params"]
+    params = init_detector(model, seed=cfg.seed)["params"]
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
-def make_train_step(cfg: TrainConfig, model: SSD, tx) -> Callable:
+def make_train_step(cfg: TrainConfig, model: Detector, tx) -> Callable:
     """The jitted ``(state, batch) -> (state, metrics)``; ``batch`` as :func:`batch_for_step`."""
     config = model.config
     anchors_xyxy = jnp.asarray(default_boxes_xyxy(config))  # input pixels
@@ -133,7 +132,7 @@ def make_train_step(cfg: TrainConfig, model: SSD, tx) -> Callable:
 def _compiled(cfg: TrainConfig):
     """``(model, tx, schedule, step_fn)`` per result-relevant config, so that several runs in
     one process (tests, resume) share one compilation."""
-    model = SSD(cfg.model_config())
+    model = build_detector(cfg.model_config())
     tx = make_optimizer(cfg)
     return model, tx, make_schedule(cfg), make_train_step(cfg, model, tx)
 
@@ -187,7 +186,7 @@ def train(
     until: int | None = None,
     history: list | None = None,
     log: Callable[[str], None] | None = None,
-) -> tuple[SSD, dict, Meta]:
+) -> tuple[Detector, dict, Meta]:
     """Train from scratch (or from the newest checkpoint in ``cfg.ckpt_dir`` with
     ``resume``) and return ``(model, variables, meta)``; variables are numpy arrays.
 
