@@ -38,16 +38,15 @@ from crp_jax.eval.quality import DEFAULT_METHODS, display_path, run_quality
 
 
 def load_model(weights: str | None):
-    """``(model, variables, meta, description)`` from the shipped weights (None), a weights
-    file, a training checkpoint ``ckpt_*.msgpack`` or a checkpoint directory."""
-    from crp_jax.ssd.io import check_variables, load_pretrained, load_weights
+    """``(model, variables, meta, description)`` from a shipped model (None = "default",
+    "ssdlite"), a weights file, a training checkpoint ``ckpt_*.msgpack`` or a checkpoint
+    directory."""
+    from crp_jax.ssd.io import SHIPPED_MODELS, check_variables, default_weights_dir, load_pretrained, load_weights
 
-    if weights is None:
-        model, variables, meta = load_pretrained()
-        from crp_jax.ssd.io import default_weights_dir
-
-        path = default_weights_dir() / "default.msgpack"
-        return model, variables, meta, _describe_file(path, "shipped weights")
+    if weights is None or weights in SHIPPED_MODELS:
+        name = weights or "default"
+        model, variables, meta = load_pretrained(name)
+        return model, variables, meta, _describe_file(default_weights_dir() / f"{name}.msgpack", "shipped weights")
     p = Path(weights)
     if p.is_dir():
         ckpts = sorted(p.glob("ckpt_*.msgpack"))
@@ -59,14 +58,14 @@ def load_model(weights: str | None):
     if p.with_suffix(".json").is_file():
         model, variables, meta = load_weights(p)
         return model, variables, meta, _describe_file(p, "weights file")
-    from crp_jax.ssd.model import SSD
+    from crp_jax.ssd.build import build_detector
     from crp_jax.training.checkpoints import read_checkpoint
 
     try:
         rec = read_checkpoint(p)
     except CheckpointError as e:
         raise CheckpointError(f"{e} (and no .json sidecar: not a weights file either)") from None
-    model = SSD(rec.config.model_config())
+    model = build_detector(rec.config.model_config())
     variables = check_variables(model, {"params": rec.params}, where=str(p))
     return (
         model,
@@ -90,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--weights", default=None, help="weights file, training checkpoint or checkpoint dir (default: shipped weights)"
+        "--weights",
+        default=None,
+        help="shipped model name (default, ssdlite), weights file, training checkpoint or checkpoint dir "
+        "(default: the shipped default model)",
     )
     p.add_argument("--n", type=int, default=40, help="held-out scenes (default 40)")
     p.add_argument(

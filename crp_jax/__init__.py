@@ -87,6 +87,7 @@ _SUBMODULES = (
     "numerics",
     "sanity",
     "report",
+    "progress",
 )
 
 

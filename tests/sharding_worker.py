@@ -46,15 +46,30 @@ def main(argv: list[str]) -> None:
 
 
 def problem(model_name: str):
-    """The shipped model (128 px) or SSD300 (random weights, seed 0); 3 images (not a
-    multiple of 2 or 4 devices) with targets spread unevenly over them (5, 1, 2 for the
-    shipped model; 2, 0, 1 for SSD300), class targets of several contrasts and loc targets."""
+    """The shipped model (128 px), the shipped SSDlite (256 px, depthwise convs, SE, residual
+    adds; random weights of its architecture when weights/ssdlite.* is absent) or SSD300
+    (random weights, seed 0); 3 images (not a multiple of 2 or 4 devices) with targets spread
+    unevenly over them (5, 1, 2 for the shipped models; 2, 0, 1 for SSD300), class targets of
+    several contrasts and loc targets."""
     import numpy as np
 
     import crp_jax as cj
 
     if model_name == "shipped":
         model, variables, meta = cj.load_pretrained()
+        per_image = (5, 1, 2)
+    elif model_name == "ssdlite":
+        from crp_jax.errors import CheckpointError
+
+        try:
+            model, variables, meta = cj.load_pretrained("ssdlite")
+        except CheckpointError:
+            from crp_jax.ssd.build import build_detector, init_detector
+            from crp_jax.training import TrainConfig
+
+            cfg = TrainConfig.preset("ssdlite")
+            model = build_detector(cfg.model_config())
+            variables, meta = init_detector(model, seed=0), cfg.meta()
         per_image = (5, 1, 2)
     else:
         from crp_jax.ssd import SSD, Meta, SSDConfig

@@ -292,6 +292,28 @@ def test_demo_with_the_shipped_model(tmp_path, capsys):
     assert any(n.endswith("_crp.png") for n in names) and any(n.endswith("_lrp_ab.png") for n in names)
 
 
+@pytest.mark.skipif(
+    not DEFAULT_WEIGHTS.with_name("ssdlite.msgpack").is_file(),
+    reason="no shipped SSDlite model (made by `crp-jax train --model ssdlite`)",
+)
+def test_demo_and_explain_with_the_shipped_ssdlite_by_name(tmp_path, images, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--weights", "ssdlite", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    names = {p.name for p in out.iterdir()}
+    assert {"scene.png", "detections.png", "methods_grid.png"} <= names
+    image = next(iter(images))
+    rc = main(["explain", str(image), "--weights", "ssdlite", "--method", "crp", "--out", str(tmp_path / "ex")])
+    assert rc == 0, capsys.readouterr().err
+
+
+def test_an_unknown_model_name_is_one_line_exit_1(tmp_path, capsys):
+    assert main(["demo", "--weights", "yolo", "--out", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err
+    assert "no shipped model named 'yolo'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_methods_are_the_documented_five():
     assert METHODS == ("crp", "lrp_ab", "lrp_eps", "gradient", "gradient_x_input")
     from crp_jax.relevance.composite import PRESETS, composite_names

@@ -50,3 +50,36 @@ def test_iou_below_the_threshold_and_empty_inputs_match_nothing():
 def test_labels_must_be_given_for_both_sides():
     with pytest.raises(ConfigError, match="both"):
         match_to_ground_truth(GT_BOXES, [1, 1, 1], GT_BOXES, det_labels=GT_LABELS)
+
+
+def test_the_report_matches_detections_as_voc_does():
+    """The report's table (crp_jax/report/scenes.py) uses the benchmark's matching: a
+    detection whose best ground truth is already taken stays unmatched, even when another
+    free ground truth of its label overlaps it enough (a greedy "best free" match would give
+    it that one)."""
+    from types import SimpleNamespace
+
+    from crp_jax.report.scenes import match
+
+    class Det(SimpleNamespace):
+        def __len__(self):
+            return len(self.scores)
+
+    # gt 0 = [0, 0, 10, 10], gt 1 = [4, 0, 14, 10], both label 1.
+    # det 0 (score .9) = gt 0 exactly; det 1 (score .8) = [1, 0, 11, 10]: IoU with gt 0 is
+    # 90 / 110 = 0.818 (its best, but taken), with gt 1 70 / 130 = 0.538 (free, >= 0.5).
+    scene = SimpleNamespace(
+        boxes=np.array([[0, 0, 10, 10], [4, 0, 14, 10]], np.float32), labels=np.array([1, 1]), num_objects=2
+    )
+    det = Det(
+        boxes=np.array([[0, 0, 10, 10], [1, 0, 11, 10]], np.float32),
+        scores=np.array([0.9, 0.8]),
+        labels=np.array([1, 1]),
+    )
+    assert match(det, scene) == [(0, 0)]
+    # with the order of scores swapped, det 1 takes gt 0 first and det 0 (best: gt 0) is unmatched
+    det.scores = np.array([0.7, 0.8])
+    assert match(det, scene) == [(1, 0)]
+    # another label never matches
+    det.labels = np.array([2, 2])
+    assert match(det, scene) == []

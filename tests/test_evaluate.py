@@ -109,3 +109,21 @@ def test_shipped_weights_detect_held_out_scenes():
     res = evaluate(model, variables, meta, seed=HELDOUT_SEED, n=20, batch_size=20)
     assert res["n"] == 20 and res["seed"] == HELDOUT_SEED
     assert res["map"] >= 0.8, format_table(res)
+
+
+SSDLITE_WEIGHTS = WEIGHTS.with_name("ssdlite.msgpack")
+
+
+@pytest.mark.skipif(
+    not SSDLITE_WEIGHTS.is_file(),
+    reason="weights/ssdlite.msgpack is absent (train it with `crp-jax train --model ssdlite`)",
+)
+def test_shipped_ssdlite_detects_held_out_scenes():
+    from crp_jax.ssd.io import load_pretrained
+    from crp_jax.ssd.ssdlite import SSDLite
+
+    model, variables, meta = load_pretrained("ssdlite")
+    assert isinstance(model, SSDLite) and not model.batchnorm
+    assert meta.class_names == ("__background__", "E", "F", "O", "Q", "P", "R")
+    res = evaluate(model, variables, meta, seed=HELDOUT_SEED, n=20, batch_size=20)
+    assert res["map"] >= 0.8, format_table(res)

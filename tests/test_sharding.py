@@ -16,6 +16,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -56,6 +57,14 @@ def test_sharded_explain_equals_unsharded_on_the_shipped_model(tmp_path, devices
     assert_sharded_equals_plain(run_worker(tmp_path, "shipped", devices), devices)
 
 
+@pytest.mark.parametrize("devices", [2])
+def test_sharded_explain_equals_unsharded_on_the_shipped_ssdlite(tmp_path, devices):
+    # depthwise convolutions (feature_group_count = channels), SE gates and residual adds
+    assert_sharded_equals_plain(
+        run_worker(tmp_path, "ssdlite", devices, methods=("crp", "lrp_ab")), devices, ("crp", "lrp_ab")
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("devices", [2, 4])
 def test_sharded_explain_equals_unsharded_on_ssd300(tmp_path, devices):
@@ -90,6 +99,36 @@ def test_backward_convolves_with_unbatched_kernels():
     hlo = backward.lower(vjp_fn, x, a, c, l).as_text()
     groups = [int(g) for g in re.findall(r"feature_group_count = (\d+)", hlo)]
     assert groups and all(g == 1 for g in groups), sorted(set(groups))
+
+
+def test_ssdlite_backward_groups_only_its_own_depthwise_channels():
+    # SSDlite's depthwise convs are grouped convolutions of their own (groups = channels);
+    # the backward for 3 images must use those group counts and no group count that grows
+    # with the batch (3 x channels), the signature of batched kernels.
+    sys.path.insert(0, str(WORKER.parent))
+    from sharding_worker import problem
+
+    model, variables, meta, _, _ = problem("ssdlite")
+    own = set()
+
+    def record(next_fun, args, kwargs, ctx):
+        if ctx.method_name == "__call__" and getattr(ctx.module, "feature_group_count", 1) > 1:
+            own.add(int(args[0].shape[-1]))
+        return next_fun(*args, **kwargs)
+
+    S, A, K = model.config.image_size, model.config.num_anchors(), model.config.num_classes
+    x = jnp.zeros((3, S, S, 3), jnp.float32)
+
+    with nn.intercept_methods(record):
+        model.apply(variables, x[:1])
+    forward, backward = compiled_functions(model, get_composite("crp", meta), 2, A)
+    _, vjp_fn = forward(variables, x)
+    a = np.zeros((3, 2), np.int32)
+    c = np.zeros((3, 2, K), np.float32)
+    l = np.zeros((3, 2, 4), np.float32)
+    hlo = backward.lower(vjp_fn, x, a, c, l).as_text()
+    groups = {int(g) for g in re.findall(r"feature_group_count = (\d+)", hlo)} - {1}
+    assert own and groups and groups <= own, (sorted(groups), sorted(own))
 
 
 TINY_SCRIPT = textwrap.dedent(

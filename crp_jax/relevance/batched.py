@@ -24,7 +24,7 @@ has no such grouped convolution, and sharded == unsharded.)
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,9 +37,6 @@ from crp_jax.errors import CheckpointError, ConfigError, InputError, NumericsErr
 from crp_jax.relevance.composite import Composite, get_composite
 from crp_jax.relevance.core import finish, linearize
 from crp_jax.relevance.targets import ClassTarget, LocTarget, Target, encode_targets
-
-_COMPILED: OrderedDict[tuple, tuple] = OrderedDict()
-_MAX_CACHED = 16
 
 
 def explain(
@@ -214,14 +211,19 @@ def compiled_functions(model, comp: Composite, chunk: int, num_boxes: int, layer
     -> R [N, chunk, H, W, C]`` (and per-layer totals ``path -> [N, chunk, 2]`` with
     ``layers=True``): slot ``c`` of image ``n`` is the target with initial relevance
     ``cls_coef[n, c]`` / ``loc_coef[n, c]`` at box ``anchors[n, c]``. Compiled once per
-    (model, composite, chunk, layers) and shapes; ``num_boxes`` is A (:func:`output_sizes`).
+    (model, composite, layers) and shapes (the chunk is one of them); ``num_boxes`` is A (:func:`output_sizes`).
     """
 
-    def build():
-        forward, backward = _functions(model, comp, layers, num_boxes)
-        return jax.jit(forward), jax.jit(backward)
+    del chunk  # jit compiles once per input shape, and the chunk is a shape
+    return _jitted(model, comp, num_boxes, layers)
 
-    return _cached((model, comp, chunk, num_boxes, layers), build)
+
+@functools.lru_cache(maxsize=16)
+def _jitted(model, comp: Composite, num_boxes: int, layers: bool):
+    """One jitted pair per (model, composite, A, layers): modules and composites are frozen
+    and hashable, so the repo's one in-memory caching style (functools.lru_cache) serves."""
+    forward, backward = _functions(model, comp, layers, num_boxes)
+    return jax.jit(forward), jax.jit(backward)
 
 
 # ---- internals ------------------------------------------------------------------------
@@ -288,16 +290,6 @@ def chunk_size_for(n_targets: int, chunk_size: int) -> int:
     the next power of two at or above ``n_targets`` when that is smaller (so that few
     targets do not pay for a whole chunk, and compilations repeat)."""
     return min(chunk_size, 1 << max(0, (n_targets - 1).bit_length()))
-
-
-def _cached(key, build):
-    if key in _COMPILED:
-        _COMPILED.move_to_end(key)
-        return _COMPILED[key]
-    _COMPILED[key] = value = build()
-    if len(_COMPILED) > _MAX_CACHED:
-        _COMPILED.popitem(last=False)
-    return value
 
 
 def _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, comp, chunk_size, mesh, num_boxes):

@@ -23,7 +23,7 @@ from PIL import Image
 
 from crp_jax import metrics, viz
 from crp_jax.errors import InputError
-from crp_jax.ssd.boxes import box_iou
+from crp_jax.eval.voc import match_to_ground_truth
 
 N_BOOT = 1000
 IOU = 0.5
@@ -75,20 +75,16 @@ def write_scenes(n: int, seed: int, folder: Path) -> dict[str, object]:
 
 
 def match(det, scene, iou: float = IOU) -> list[tuple[int, int]]:
-    """``(detection, ground truth)`` pairs: same label, IoU >= ``iou``, each ground truth at
-    most once (the one it overlaps most among those still free), detections by score."""
+    """``(detection, ground truth)`` pairs by descending score: VOC matching of the quality
+    benchmark and of ``crp-jax evaluate`` (:func:`crp_jax.eval.voc.match_to_ground_truth`,
+    same label, IoU >= ``iou``, a detection whose best ground truth is taken stays unmatched)."""
     if len(det) == 0 or scene.num_objects == 0:
         return []
-    ious = np.asarray(box_iou(np.asarray(det.boxes, np.float32), np.asarray(scene.boxes, np.float32)))
-    free = np.ones(scene.num_objects, bool)
-    pairs = []
-    for i in np.argsort(-np.asarray(det.scores), kind="stable"):
-        ok = free & (np.asarray(scene.labels) == int(det.labels[i])) & (np.nan_to_num(ious[i]) >= iou)
-        if ok.any():
-            g = int(np.argmax(np.where(ok, ious[i], -1.0)))
-            free[g] = False
-            pairs.append((int(i), g))
-    return pairs
+    matched = match_to_ground_truth(
+        det.boxes, det.scores, scene.boxes, iou, det_labels=det.labels, gt_labels=scene.labels
+    )
+    order = np.argsort(-np.asarray(det.scores), kind="stable")
+    return [(int(i), int(matched[i])) for i in order if matched[i] >= 0]
 
 
 def _on_scene(R, shape) -> np.ndarray:

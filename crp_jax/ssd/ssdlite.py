@@ -327,36 +327,42 @@ def init_variables(model: SSDLite, seed: int = 0) -> dict:
     order). Returns ``{"params": ...}``.
 
     Without BatchNorm the scheme must keep activations of order 1 by itself: kernels are
-    normal with variance ``2 / fan_in`` before an activation (He) and ``1 / fan_in`` before
-    none (project convs, heads), where ``fan_in = kh * kw * cin_per_group`` (depthwise
-    kernels have fan-in ``kh * kw``, not ``kh * kw * C`` as Xavier's formula would take);
-    the project conv of every residual block and the SE's last conv start at zero, so each
-    residual block starts as the identity and each gate at hardsigmoid(0) = 1/2 (the
-    "zero-init the last layer of the branch" practice, Goyal et al. 2017); biases are zero.
+    normal with variance ``gain / fan_in``, ``fan_in = kh * kw * cin_per_group`` (depthwise
+    kernels have fan-in ``kh * kw``, not ``kh * kw * C`` as Xavier's formula would take) and
+    ``gain = 1 / E[act(z)^2]`` for ``z ~ N(0, 1)``: 2 before ReLU/ReLU6 (He), 3 before
+    hardswish (``E[hardswish(z)^2] = 1/3``), 1 before nothing (heads, project convs; 4 for a
+    project conv after squeeze-excitation, whose gates start at 1/2). The project conv of
+    every residual block and the SE's last conv start at zero, so each residual block starts
+    as the identity and each gate at hardsigmoid(0) = 1/2 (the "zero-init the last layer of
+    the branch" practice, Goyal et al. 2017); biases are zero.
     """
     if model.batchnorm:
         raise ConfigError("init_variables initialises the folded SSDlite (batchnorm=False)")
     S = model.config.image_size
+    width = model.config.width
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, S, S, 3), np.float32))
-    residual = {
-        f"block_{i}"
-        for i, (_k, _exp, out, _se, _hs, stride) in enumerate(MOBILENET_V3_LARGE_BLOCKS)
-        if stride == 1 and _block_input(i, model.config.width) == _backbone_channels(out, model.config.width)
-    }
+    gains = {"stem": 3.0, "last": 3.0}  # hardswish after both
+    for i, (_k, _exp, out, se, hs, stride) in enumerate(MOBILENET_V3_LARGE_BLOCKS):
+        act_gain = 3.0 if hs else 2.0
+        residual = stride == 1 and _block_input(i, width) == _backbone_channels(out, width)
+        gains[f"block_{i}/expand"] = gains[f"block_{i}/dw"] = act_gain
+        gains[f"block_{i}/project"] = 0.0 if residual else (4.0 if se else 1.0)
     rng = np.random.default_rng(seed)
     out = {}
     for key, s in traverse_util.flatten_dict(shapes, sep="/").items():
         parts = key.split("/")
-        if parts[-1] != "kernel":
+        if parts[-1] != "kernel" or parts[-2] == "fc2":
             out[key] = np.zeros(s.shape, np.float32)
             continue
+        top = parts[1]
+        if top.startswith(("cls_", "loc_")):
+            gain = 1.0
+        elif top.startswith("block_"):
+            gain = gains.get(f"{top}/{parts[2]}", 2.0)  # se/fc1 reads a ReLU-free mean: 2 is fine
+        else:
+            gain = gains.get(top, 2.0)  # extras and the heads' depthwise convs: ReLU6
         kh, kw, cin, _cout = s.shape
-        linear = "project" in parts or parts[1].startswith(("cls_", "loc_"))
-        if ("project" in parts and parts[1] in residual) or parts[-2] == "fc2":
-            out[key] = np.zeros(s.shape, np.float32)
-            continue
-        std = np.sqrt((1.0 if linear else 2.0) / (kh * kw * cin))
-        out[key] = (rng.normal(size=s.shape) * std).astype(np.float32)
+        out[key] = (rng.normal(size=s.shape) * np.sqrt(gain / (kh * kw * cin))).astype(np.float32)
     return traverse_util.unflatten_dict(out, sep="/")
 
 
