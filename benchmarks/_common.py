@@ -22,42 +22,79 @@ import jax.numpy as jnp  # noqa: E402
 import crp_jax as cj  # noqa: E402
 from crp_jax.errors import CRPError  # noqa: E402
 from crp_jax.ssd import SSD, Meta, SSDConfig  # noqa: E402
+from crp_jax.ssd.build import build_detector, init_detector  # noqa: E402
+from crp_jax.ssd.convert_ssdlite import SSDLITE_MEAN, SSDLITE_STD  # noqa: E402
+from crp_jax.ssd.fold import fold_batchnorm  # noqa: E402
 from crp_jax.ssd.meta import TORCHVISION_MEAN, TORCHVISION_STD, default_class_names  # noqa: E402
+from crp_jax.ssd.ssdlite import SSDLite, random_variables  # noqa: E402
+
+MODELS = ("ssd300", "shipped", "ssdlite320", "shipped_ssdlite")
+SSDLITE_MODELS = ("ssdlite320", "shipped_ssdlite")
 
 
 def build_model(name: str):
-    """``(label, model, variables, meta)``."""
+    """``(label, model, variables, meta)`` of one of :data:`MODELS`:
+
+    - "ssd300": SSD300-VGG16, 21 classes, ``init_variables`` random weights;
+    - "shipped": ``cj.load_pretrained()``, else ``SSDConfig.small(num_classes=7)`` at random;
+    - "ssdlite320": torchvision's SSDlite320-MobileNetV3-Large layout (91 classes), random
+      weights with random BatchNorm statistics, BN folded into the convs (what rules see);
+    - "shipped_ssdlite": ``cj.load_pretrained("ssdlite")``, else
+      ``SSDConfig.ssdlite_small(num_classes=7)`` at random (``init_detector``).
+
+    A stand-in for missing shipped weights says so in its label.
+    """
     if name == "ssd300":
         cfg = SSDConfig.ssd300_vgg16(num_classes=21)
         model = SSD(cfg)
         variables = cj.init_variables(model, seed=0)
         meta = Meta(cfg, default_class_names(21), TORCHVISION_MEAN, TORCHVISION_STD, source="init_variables(seed=0)")
         return "SSD300-VGG16, 21 classes, random weights (init_variables, seed 0)", model, variables, meta
+    if name == "ssdlite320":
+        cfg = SSDConfig.ssdlite320_mobilenet_v3_large(91)
+        model, variables = fold_batchnorm(SSDLite(cfg), random_variables(SSDLite(cfg), seed=0))
+        variables = jax.tree_util.tree_map(jnp.asarray, variables)
+        meta = Meta(cfg, default_class_names(91), SSDLITE_MEAN, SSDLITE_STD, source="random_variables(seed=0)")
+        return (
+            "SSDlite320-MobileNetV3-Large, 91 classes, random weights and BN statistics "
+            "(ssdlite.random_variables, seed 0), BN folded",
+            model,
+            variables,
+            meta,
+        )
     if name == "shipped":
-        try:
-            model, variables, meta = cj.load_pretrained()
-            variables = jax.tree_util.tree_map(jnp.asarray, variables)
-            c = meta.config
-            return (
-                f"shipped model (weights/; {c.image_size}px, width {c.width}, {c.num_classes} classes)",
-                model,
-                variables,
-                meta,
-            )
-        except (CRPError, OSError) as e:
-            cfg = SSDConfig.small(num_classes=7)
-            model = SSD(cfg)
-            variables = cj.init_variables(model, seed=0)
-            meta = Meta(cfg, default_class_names(7), source="init_variables(seed=0)")
-            why = str(e).splitlines()[0][:120]
-            return (
-                f"SSDConfig.small(num_classes=7) ({cfg.image_size}px, width {cfg.width}), random weights "
-                f"(init_variables) -- no shipped weights: {why}",
-                model,
-                variables,
-                meta,
-            )
-    raise SystemExit(f"unknown model {name!r}")
+        return _shipped(None, SSDConfig.small(num_classes=7), "SSDConfig.small(num_classes=7)")
+    if name == "shipped_ssdlite":
+        return _shipped("ssdlite", SSDConfig.ssdlite_small(num_classes=7), "SSDConfig.ssdlite_small(num_classes=7)")
+    raise SystemExit(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+
+
+def _shipped(weights, fallback: SSDConfig, what: str):
+    """``cj.load_pretrained(weights)``, or ``fallback`` with random ``init_detector`` weights
+    (seed 0) when nothing is shipped under that name."""
+    try:
+        model, variables, meta = cj.load_pretrained(weights)
+        variables = jax.tree_util.tree_map(jnp.asarray, variables)
+        c = meta.config
+        return (
+            f"shipped {weights or 'default'} model (weights/; {c.image_size}px, width {c.width}, "
+            f"{c.num_classes} classes)",
+            model,
+            variables,
+            meta,
+        )
+    except (CRPError, OSError) as e:
+        model = build_detector(fallback)
+        variables = jax.tree_util.tree_map(jnp.asarray, init_detector(model, seed=0))
+        meta = Meta(fallback, default_class_names(fallback.num_classes), source="init_detector(seed=0)")
+        why = str(e).splitlines()[0][:120]
+        return (
+            f"{what} ({fallback.image_size}px, width {fallback.width}), random weights "
+            f"(init_detector) -- no shipped weights: {why}",
+            model,
+            variables,
+            meta,
+        )
 
 
 def make_images(n: int, size: int, meta, seed: int = 0):
@@ -104,3 +141,45 @@ def raw_output_diffs(x, tv_x, cls, tv_cls, loc, tv_loc, anchors, tv_anchors) -> 
             float(np.max(np.abs(anchors - tv_anchors))) if anchors.shape == tv_anchors.shape else float("inf")
         ),
     }
+
+
+# ---------------------------------------------------------------------------------------
+# the torch side of the speed comparison (torch imported only when called)
+# ---------------------------------------------------------------------------------------
+def torch_setup(x_nhwc, threads: int | None = None, device: str | None = None):
+    """``(torch, threads, device, x)``: torch with ``threads`` intra-op threads (default:
+    the cores this process may use) on ``device`` (default: CUDA when torch sees it), and
+    the images ``x_nhwc`` as an NCHW float32 tensor there."""
+    import os
+
+    import torch
+
+    if not threads:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(int(threads))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    x = torch.from_numpy(np.ascontiguousarray(np.asarray(x_nhwc, np.float32).transpose(0, 3, 1, 2))).to(device)
+    return torch, int(threads), device, x
+
+
+def torch_class_grads(torch, net, x, images, anchors, cls_coef, keep: int = 0) -> list:
+    """What ``speed.py`` times on the torch side: per image one forward of ``net`` (``x
+    [B, 3, H, W] -> (cls_logits [1, A, K], ...)``), then per target one
+    ``torch.autograd.grad(cls_logits, x, grad_outputs=ct, retain_graph=True)`` with ``ct``
+    zero but ``cls_coef[t]`` at anchor ``anchors[t]`` (the graph is released on the image's
+    last target). Returns the first ``keep`` results as NHWC numpy."""
+    cc = torch.from_numpy(np.asarray(cls_coef, np.float32)).to(x.device)
+    kept = []
+    for b in np.unique(images):
+        sel = np.flatnonzero(images == b)
+        xb = x[b : b + 1].clone().requires_grad_(True)
+        cls = net(xb)[0]
+        for n, t in enumerate(sel):
+            ct = torch.zeros_like(cls)
+            ct[0, int(anchors[t])] = cc[t]
+            (g,) = torch.autograd.grad(cls, xb, grad_outputs=ct, retain_graph=n < len(sel) - 1)
+            if len(kept) < keep:
+                kept.append(g[0].permute(1, 2, 0).detach().cpu().numpy())
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    return kept

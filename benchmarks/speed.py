@@ -1,8 +1,12 @@
 """Propagation speed of crp-jax against its floor (plain gradient) and zennit (docs/design.md §6).
 
-Measures on SSD300-VGG16 (random weights from ``init_variables``) and on the shipped model
-(``cj.load_pretrained()``; when no weights are shipped yet, ``SSDConfig.small(num_classes=7)``
-with random ``init_variables`` weights stands in, and the output says so):
+Models (``--model``; ``_common.build_model``): "ssd300", SSD300-VGG16 (random weights from
+``init_variables``); "shipped", ``cj.load_pretrained()`` (when no weights are shipped yet,
+``SSDConfig.small(num_classes=7)`` with random weights stands in, and the output says so);
+"ssdlite320", torchvision's SSDlite320-MobileNetV3-Large layout (91 classes, random weights
+and BatchNorm statistics, BN folded into the convs as rules see it); "shipped_ssdlite",
+``cj.load_pretrained("ssdlite")`` (else ``SSDConfig.ssdlite_small(num_classes=7)`` at
+random, said so). "both" is ssd300 + shipped, "all" every model. Measured:
 
 - per-target time of ``cj.explain`` with ``--methods`` (crp, lrp_ab, lrp_eps) and with
   method="gradient" (reference), in steady state (after a warm-up call that compiles the
@@ -13,13 +17,20 @@ with random ``init_variables`` weights stands in, and the output says so):
 - a naive loop: one jitted ``jax.vjp`` (forward + backward) per target, no vmap;
 - zennit (``benchmarks/zennit_ssd.py``): the same network and weights in PyTorch, ZBox on
   conv1_1, ZPlus on every other conv, Pass on L2Norm and ReLU; one forward per image, then
-  one backward per target with ``retain_graph=True``; also plain torch autograd the same way;
+  one backward per target with ``retain_graph=True``; also plain torch autograd the same way
+  (VGG models only: zennit has no SSDlite canonizer);
+- on "ssdlite320", torch's plain input gradient (``benchmarks/torch_ssdlite.py``, row
+  "torch_grad"): torchvision's own ``ssdlite320_mobilenet_v3_large`` (its random init, eval
+  mode), one forward per image, one ``torch.autograd.grad`` per target, same anchors and
+  cotangents as crp's targets; needs torch + torchvision, else skipped with the reason;
 - the decomposition of crp and of the floor into their per-image forward (for crp: the
   residuals, i.e. forward + z+ denominators + flipped kernels) and their per-chunk backward;
 - XLA conv throughput: GFLOP/s of the jitted forward (FLOPs counted analytically,
-  2*Ho*Wo*Cout*Cin*kh*kw per conv) at batch 1 and batch ``--chunk``, and the GFLOP/s the
-  crp backward achieves per target (FLOPs of the transposed convs it runs: 1x per conv,
-  2x for AlphaBeta (w+ and w- stacked), 2x for ZBox (w and the folded bound kernel stacked));
+  2*Ho*Wo*Cout*(Cin/groups)*kh*kw per conv, so depthwise convs count kh*kw per output) at
+  batch 1 and batch ``--chunk``, and the GFLOP/s the crp backward achieves per target (FLOPs
+  of the transposed convs it runs: 1x per conv, 2x for AlphaBeta (w+ and w- stacked), 2x
+  for ZBox (w and the folded bound kernel stacked), 4x for SignedWPlus (SSDlite));
+- per-conv-layer timing (``--per-layer``, SSD300 only);
 - peak memory of a separate subprocess per configuration (peak RSS on CPU; on an
   accelerator jax's ``peak_bytes_in_use``), always for T > ``--big-T``.
 
@@ -31,9 +42,12 @@ Usage::
 
     python benchmarks/speed.py --quick                       # minutes
     python benchmarks/speed.py --model ssd300 --targets 1,8,32,1024 --images 1 --json out.json
+    python benchmarks/speed.py --model ssdlite320 --targets 1,8,32 --images 1 --no-mem --json lite.json
 
 Runs unchanged on a CUDA build of jax (device name from ``jax.devices()[0].device_kind``;
-zennit/torch go to CUDA when torch sees it).
+zennit/torch go to CUDA when torch sees it). Torch uses every core unless
+``--torch-threads N``: on a loaded CPU, torch with several threads can be many times slower
+than with one (measured: SSDlite320 torch_grad 2.8 s/target on 2 threads vs 0.05 s on 1).
 """
 
 from __future__ import annotations
@@ -52,12 +66,12 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # _common.py and zennit_ssd.py, beside this script
+sys.path.insert(0, str(HERE))  # _common.py, zennit_ssd.py, torch_ssdlite.py, beside this script
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from _common import block, build_model, make_images  # noqa: E402
+from _common import MODELS, SSDLITE_MODELS, block, build_model, make_images  # noqa: E402
 
 import crp_jax as cj  # noqa: E402
 from crp_jax.relevance import PRESETS, compiled_functions, get_composite, rules  # noqa: E402
@@ -241,9 +255,23 @@ class Naive:
 # ---------------------------------------------------------------------------------------
 # conv layers, FLOPs
 # ---------------------------------------------------------------------------------------
+def backward_flop_multiplier(rule) -> int:
+    """FLOPs of a rule's backward (transposed) conv relative to the forward conv: the
+    kernel it transposes is stacked 2x (ZBox: w and the bound kernel; AlphaBeta: w+ and w-;
+    WPlus with contributions: w+ and w- along the input) or 4x (SignedWPlus, AlphaBeta with
+    contributions: along both channel axes), crp_jax/relevance/rules.py."""
+    if isinstance(rule, rules.SignedWPlus) or (isinstance(rule, rules.AlphaBeta) and rule.contributions):
+        return 4
+    if isinstance(rule, (rules.AlphaBeta, rules.ZBox)) or (isinstance(rule, rules.WPlus) and rule.contributions):
+        return 2
+    return 1
+
+
 def conv_layers(model, variables, meta, methods) -> list[dict]:
     """Every conv of the model at batch 1: path, shapes, ConvOp, forward FLOPs, and per
-    method the rule and the FLOP multiplier of its backward."""
+    method the rule and the FLOP multiplier of its backward. FLOPs are
+    ``2 * Ho * Wo * Cout * kh * kw * Cin / groups``: flax's kernel is ``[kh, kw, Cin /
+    groups, Cout]``, so a depthwise conv (SSDlite) counts ``kh * kw`` MACs per output."""
     S = model.config.image_size
     comps = {m: get_composite(m, meta) for m in methods}
     recs = []
@@ -252,14 +280,17 @@ def conv_layers(model, variables, meta, methods) -> list[dict]:
         y = next_fun(*args, **kwargs)
         mod = ctx.module
         if ctx.method_name == "__call__" and isinstance(mod, nn.Conv):
-            k = mod.variables["params"]["kernel"].shape
+            k = mod.variables["params"]["kernel"].shape  # [kh, kw, Cin / groups, Cout]
             n, ho, wo, cout = y.shape
+            op = conv_op_from_module(mod)
+            assert k[2] * op.groups == args[0].shape[-1], (mod.path, k, op.groups)
             rec = {
                 "path": "/".join(mod.path),
                 "in": tuple(args[0].shape),
                 "out": tuple(y.shape),
                 "kernel": tuple(k),
-                "op": conv_op_from_module(mod),
+                "groups": op.groups,
+                "op": op,
                 "flops": 2.0 * n * ho * wo * cout * k[0] * k[1] * k[2],
                 "rules": {},
                 "mult": {},
@@ -267,7 +298,7 @@ def conv_layers(model, variables, meta, methods) -> list[dict]:
             for m, comp in comps.items():
                 rule = comp.rule_for(mod)
                 rec["rules"][m] = type(rule).__name__ if rule is not None else "Gradient"
-                rec["mult"][m] = 2 if isinstance(rule, (rules.AlphaBeta, rules.ZBox)) else 1
+                rec["mult"][m] = backward_flop_multiplier(rule)
             recs.append(rec)
         return y
 
@@ -298,9 +329,11 @@ class Runner:
         self.steady: list[float] = []
 
 
-def make_runners(kinds, model, variables, meta, x, targets, chunk, zrunner, B):
+def make_runners(kinds, model, variables, meta, x, targets, chunk, trunner, B):
     """Runner per kind for one (model, images, T) configuration. Warm-up = the first
-    ``min(T, chunk * B)`` targets (round-robin: the same chunk shapes as the full call)."""
+    ``min(T, chunk * B)`` targets (round-robin: the same chunk shapes as the full call).
+    ``trunner``: the torch side (``zennit_ssd.ZennitRunner`` or
+    ``torch_ssdlite.TorchSSDliteRunner``) for the kinds in its ``modes``."""
     cfg = model.config
     T = len(targets)
     nw = min(T, chunk * B)
@@ -351,13 +384,13 @@ def make_runners(kinds, model, variables, meta, x, targets, chunk, zrunner, B):
                     1,
                 )
             )
-        elif kind in ("zennit", "torch_grad"):
+        elif trunner is not None and kind in trunner.modes:
             mode = kind
             runners.append(
                 Runner(
                     kind,
-                    lambda m=mode: zrunner.run(images, anchors, cc, mode=m),
-                    lambda m=mode: zrunner.run(images[:1], anchors[:1], cc[:1], mode=m),
+                    lambda m=mode: trunner.run(images, anchors, cc, mode=m),
+                    lambda m=mode: trunner.run(images[:1], anchors[:1], cc[:1], mode=m),
                     T,
                     1,
                 )
@@ -529,7 +562,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", choices=("ssd300", "shipped", "both"), default="both")
+    p.add_argument(
+        "--model",
+        choices=MODELS + ("both", "all"),
+        default="both",
+        help="both: ssd300 and shipped; all: " + ", ".join(MODELS),
+    )
     p.add_argument(
         "--targets",
         default="1,8,32,128,1024",
@@ -539,7 +577,11 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per configuration (median reported)")
     p.add_argument("--chunk", type=int, default=8, help="targets per vmapped backward (explain's chunk_size)")
     p.add_argument("--methods", default="crp,lrp_ab,lrp_eps", help="explain methods to time besides gradient")
-    p.add_argument("--no-zennit", action="store_true", help="skip the torch/zennit comparison")
+    p.add_argument(
+        "--no-zennit",
+        action="store_true",
+        help="skip the torch comparisons (zennit and torch_grad; SSDlite's torch_grad)",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -554,7 +596,14 @@ def parse_args(argv=None):
     )
     p.add_argument("--big-methods", default="crp", help="methods run for T > --big-T")
     p.add_argument("--naive-max-T", type=int, default=8, help="largest T for the naive per-target loop")
-    p.add_argument("--zennit-max-T", type=int, default=32, help="largest T for zennit/torch (one image)")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch's intra-op threads (default 0: every core, as jax uses). On a loaded machine "
+        "torch with every core can be many times slower than with one (its threads wait for each other)",
+    )
+    p.add_argument("--zennit-max-T", type=int, default=32, help="largest T for zennit/torch_grad (one image)")
     p.add_argument(
         "--mem-targets",
         default="32",
@@ -592,7 +641,7 @@ def main(argv=None) -> int:
         print("CHILD_RESULT " + json.dumps(res), flush=True)
         return 0
 
-    models = ["ssd300", "shipped"] if args.model == "both" else [args.model]
+    models = {"both": ["ssd300", "shipped"], "all": list(MODELS)}.get(args.model, [args.model])
     targets_list = ints(args.targets)
     images_list = ints(args.images)
     repeats = args.repeats
@@ -613,6 +662,11 @@ def main(argv=None) -> int:
     zok, zwhy = (False, "--no-zennit") if args.no_zennit else __import__("zennit_ssd").available()
     info["zennit"] = zwhy
     log(f"zennit: {zwhy}" if zok else f"zennit: skipped ({zwhy})")
+    tok, twhy = False, "not asked"
+    if "ssdlite320" in models:
+        tok, twhy = (False, "--no-zennit") if args.no_zennit else __import__("torch_ssdlite").available()
+        info["torch_ssdlite"] = twhy
+        log(f"torch (SSDlite320 torch_grad): {twhy}" if tok else f"torch (SSDlite320 torch_grad): skipped ({twhy})")
 
     results = {"machine": info, "models": {}, "timing": [], "memory": [], "zennit_parity": {}, "per_layer": {}}
     t_start = time.perf_counter()
@@ -708,12 +762,14 @@ def main(argv=None) -> int:
             + ", ".join(f"{k} {v:.1f} s" for k, v in dec["compile_s"].items())
         )
 
-        # --- zennit runner (one image) ------------------------------------------------------
+        # --- torch side (one image): zennit on VGG models, torch's gradient on SSDlite320 ----
         zrunner = None
-        if zok:
+        if zok and cfg.backbone != "vgg16":
+            log(f"zennit: skipped for {mname} (zennit has no SSDlite canonizer)")
+        elif zok:
             import zennit_ssd
 
-            zrunner = zennit_ssd.ZennitRunner(cfg, variables, meta, np.asarray(x1))
+            zrunner = zennit_ssd.ZennitRunner(cfg, variables, meta, np.asarray(x1), threads=args.torch_threads)
             ref = fwd(variables, x1)
             tc, tl = zrunner.forward(0)
             par = {
@@ -739,6 +795,21 @@ def main(argv=None) -> int:
                 f"(max |cls| {par['forward_max_abs_cls']:.2e}), loc {par['forward_max_abs_diff_loc']:.2e}; "
                 f"zennit vs crp-jax relevance rel. L2 error {rel}, corr {cor}"
             )
+        if mname == "ssdlite320" and tok:
+            import torch_ssdlite
+
+            zrunner = torch_ssdlite.TorchSSDliteRunner(np.asarray(x1), threads=args.torch_threads)
+            tc, tl = zrunner.forward(0)
+            ref = fwd(variables, x1)
+            if tc.shape != ref[0].shape or tl.shape != ref[1].shape:
+                raise SystemExit(
+                    f"torchvision's SSDlite outputs {tc.shape}, {tl.shape}; ours {ref[0].shape}, {ref[1].shape}"
+                )
+            mres["torch"] = {"threads": zrunner.threads, "device": zrunner.device, "versions": twhy}
+            log(
+                f"torch: torchvision ssdlite320_mobilenet_v3_large (own random init, eval), outputs {tc.shape} "
+                f"{tl.shape} as ours; {zrunner.threads} threads on {zrunner.device}"
+            )
 
         # --- timing grid -------------------------------------------------------------------
         for B in images_list:
@@ -755,7 +826,7 @@ def main(argv=None) -> int:
                 if T <= args.naive_max_T:
                     kinds.append("naive")
                 if zrunner is not None and B == 1 and T <= args.zennit_max_T:
-                    kinds += ["zennit", "torch_grad"]
+                    kinds += list(zrunner.modes)
                 targets = make_targets(cfg, B, T)
                 runners = make_runners(kinds, model, variables, meta, x, targets, chunk, zrunner, B)
                 la0 = loadavg()
@@ -880,7 +951,7 @@ def headlines(results, chunk) -> list[str]:
             )
         else:
             out.append("zennit / crp per target, SSD300, T=32: not measured")
-    else:
+    elif "ssd300" in results["models"]:
         out.append("SSD300 T=32 not measured (run without --quick, --targets including 32)")
     m = results["models"].get("ssd300")
     if m:
@@ -907,6 +978,22 @@ def headlines(results, chunk) -> list[str]:
                 if r.get("device_peak_bytes"):
                     s += f", device peak {r['device_peak_bytes'] / GiB:.2f} GiB"
                 out.append(s + f"; {r['per_target_s']:.3f} s/target")
+    out += ssdlite_headlines(results)
+    return out
+
+
+def ssdlite_headlines(results) -> list[str]:
+    """Per SSDlite model measured: crp / floor per target (goal <= 1.3x) and, on SSDlite320,
+    torch's plain gradient / crp per target, at each T of one image (same run, same load)."""
+    out = []
+    for mname in SSDLITE_MODELS:
+        rows = [r for r in results["timing"] if r["model"] == mname and r["images"] == 1 and r["method"] == "crp"]
+        for crp in sorted(rows, key=lambda r: r["T"]):
+            s = f"crp / floor per target, {mname}, T={crp['T']}, 1 image: {crp['vs_floor']:.2f}x (target <= 1.3x)"
+            tg = _find(results, model=mname, images=1, T=crp["T"], method="torch_grad")
+            if tg:
+                s += f"; torch_grad / crp: {tg['per_target_s'] / crp['per_target_s']:.2f}x"
+            out.append(s)
     return out
 
 
@@ -916,21 +1003,21 @@ def report(results, methods, chunk) -> None:
     log(
         f"{mi['nproc']} cores, {mi['cpu_model']}, {mi['device_kind']} ({mi['jax_backend']}); load {mi['loadavg']} -> {mi.get('loadavg_end')}"
     )
-    log(f"\n{'model':>8} {'B':>2} {'T':>5} {'method':>11} {'s/target':>9} {'x floor':>8} {'compile s':>9}")
+    log(f"\n{'model':>15} {'B':>2} {'T':>5} {'method':>11} {'s/target':>9} {'x floor':>8} {'compile s':>9}")
     for r in results["timing"]:
         log(
-            f"{r['model']:>8} {r['images']:>2} {r['T']:>5} {r['method']:>11} {r['per_target_s']:9.4f} "
+            f"{r['model']:>15} {r['images']:>2} {r['T']:>5} {r['method']:>11} {r['per_target_s']:9.4f} "
             f"{r['vs_floor']:8.2f} {r['compile_s']:9.1f}"
         )
     if results["memory"]:
-        log(f"\n{'model':>8} {'B':>2} {'T':>5} {'method':>8} {'s/target':>9} {'peak RSS GiB':>12} {'device GiB':>10}")
+        log(f"\n{'model':>15} {'B':>2} {'T':>5} {'method':>8} {'s/target':>9} {'peak RSS GiB':>12} {'device GiB':>10}")
         for r in results["memory"]:
             if "error" in r:
-                log(f"{r['model']:>8} {r['images']:>2} {r['T']:>5} {r['method']:>8}  error")
+                log(f"{r['model']:>15} {r['images']:>2} {r['T']:>5} {r['method']:>8}  error")
                 continue
             dp = r.get("device_peak_bytes")
             log(
-                f"{r['model']:>8} {r['images']:>2} {r['T']:>5} {r['method']:>8} {r['per_target_s']:9.4f} "
+                f"{r['model']:>15} {r['images']:>2} {r['T']:>5} {r['method']:>8} {r['per_target_s']:9.4f} "
                 f"{r['peak_rss_bytes'] / GiB:12.2f} {dp / GiB if dp else float('nan'):10.2f}"
             )
     log("\nheadlines:")

@@ -27,10 +27,10 @@ Torch, torchvision and zennit are imported only inside the functions here, so th
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
+from _common import torch_class_grads, torch_setup
 
 
 def available() -> tuple[bool, str]:
@@ -162,24 +162,18 @@ class ZennitRunner:
     per target (``retain_graph`` released on the image's last target).
     """
 
+    modes = ("zennit", "torch_grad")
+
     def __init__(self, config, variables, meta, x_nhwc, threads: int | None = None, device: str | None = None):
-        import torch
         from zennit.composites import SpecialFirstLayerMapComposite, layer_map_base
         from zennit.rules import Pass, ZBox, ZPlus
         from zennit.types import Convolution
 
-        if not threads:
-            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(int(threads))
-        self.threads = int(threads)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch, self.threads, self.device, self.x = torch_setup(x_nhwc, threads, device)
         self.torch = torch
         self.config = config
         self.plain = build_torch_ssd(config, variables).to(self.device)
         self.net = build_torch_ssd(config, variables).to(self.device)
-        self.x = torch.from_numpy(np.ascontiguousarray(np.asarray(x_nhwc, np.float32).transpose(0, 3, 1, 2))).to(
-            self.device
-        )
         low, high = meta.pixel_bounds
         shape = (1, 3, config.image_size, config.image_size)
         lo = torch.tensor(low, dtype=torch.float32, device=self.device).view(1, 3, 1, 1).expand(shape).contiguous()
@@ -207,22 +201,8 @@ class ZennitRunner:
         """Relevance (zennit) or input gradient (mode "torch_grad") of every target.
 
         Returns the first ``keep`` results as NHWC numpy (for parity checks)."""
-        torch = self.torch
         model = self.net if mode == "zennit" else self.plain
-        cc = torch.from_numpy(np.asarray(cls_coef, np.float32)).to(self.device)
-        kept = []
-        for b in np.unique(images):
-            sel = np.flatnonzero(images == b)
-            xb = self.x[b : b + 1].clone().requires_grad_(True)
-            cls, _loc = model(xb)
-            for n, t in enumerate(sel):
-                ct = torch.zeros_like(cls)
-                ct[0, int(anchors[t])] = cc[t]
-                (g,) = torch.autograd.grad(cls, xb, grad_outputs=ct, retain_graph=n < len(sel) - 1)
-                if len(kept) < keep:
-                    kept.append(g[0].permute(1, 2, 0).detach().cpu().numpy())
-        self.sync()
-        return kept
+        return torch_class_grads(self.torch, model, self.x, images, anchors, cls_coef, keep)
 
     def close(self):
         self.composite.remove()
