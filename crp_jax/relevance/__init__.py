@@ -12,6 +12,7 @@ from crp_jax.relevance.composite import (
     get_composite,
     register_composite,
 )
+from crp_jax.relevance.cones import anchor_cone, cone_geometry, cone_sizes
 from crp_jax.relevance.core import relevance_vjp
 from crp_jax.relevance.targets import COORDS, ClassTarget, LocTarget, targets_from_detections
 
@@ -30,6 +31,9 @@ __all__ = [
     "compiled_functions",
     "output_sizes",
     "heatmap",
+    "anchor_cone",
+    "cone_geometry",
+    "cone_sizes",
     "COORDS",
     "ClassTarget",
     "LocTarget",
