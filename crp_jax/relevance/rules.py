@@ -297,7 +297,14 @@ class SignedWPlus(LinearRule):
 def _contributions_backward(op, res, R, in_hw):
     """``R_i = x+_i (w+^T a + w-^T c)_i + x-_i (w-^T a + w+^T c)_i`` with ``a = cp R`` (shares
     of the positive contributions) and ``c = cn R`` (of the negative ones), from one adjoint
-    conv of the kernel stacked as in AlphaBeta's contribution form."""
+    conv of the kernel stacked as in AlphaBeta's contribution form.
+
+    Four kernel blocks, not two: the identity ``R = (x w^T(a + c) + |x| |w|^T(a - c)) / 2``
+    needs only two adjoint convs, but it is numerically unsafe. A unit with a tiny ``z+``
+    (or ``z-``) has a huge ``a`` (``c``); here it only meets the contributions that made the
+    tiny sum, whereas the identity adds it to every input and relies on cancellation, which
+    in float32 left errors of order 10 where the relevance is of order 1 (tried and measured,
+    tests/test_rules_grouped.py)."""
     x, wt, cp, cn = res
     tp, tn = op.split_in(op.transpose(op.concat_out((R * cp, R * cn)), wt, in_hw), 2)
     return jnp.maximum(x, 0) * tp + jnp.minimum(x, 0) * tn
