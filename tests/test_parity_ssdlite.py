@@ -18,12 +18,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.torch]
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "parity_ssdlite.py"
 
 
-@pytest.fixture(scope="module")
-def parity():
+def _script():
     spec = importlib.util.spec_from_file_location("parity_ssdlite", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.run_parity(seed=0)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def parity():
+    return _script().run_parity(seed=0)
 
 
 def test_preprocess_equals_torchvision_transform(parity):
@@ -50,3 +54,25 @@ def test_top20_detections_agree(parity):
     np.testing.assert_array_equal(ours["labels"], tv["labels"])
     np.testing.assert_allclose(ours["scores"], tv["scores"], atol=1e-5)
     np.testing.assert_allclose(ours["boxes"], tv["boxes"], atol=5e-3)  # pixels at 320
+
+
+def test_crp_jax_convert_writes_a_folded_ssdlite_that_loads_and_matches_torchvision(tmp_path, capsys):
+    import torch
+
+    import crp_jax as cj
+    from crp_jax.cli import main
+    from crp_jax.ssd.ssdlite import SSDLite
+
+    net = _script().make_torch_model(seed=1)
+    src = tmp_path / "ssdlite.pth"
+    torch.save(net.state_dict(), src)
+    assert main(["convert", str(src), str(tmp_path / "lite")]) == 0, capsys.readouterr().err
+    assert "SSDlite320-MobileNetV3 (BatchNorm folded)" in capsys.readouterr().out
+    model, variables, meta = cj.load_weights(tmp_path / "lite.msgpack")
+    assert isinstance(model, SSDLite) and not model.batchnorm and "batch_stats" not in variables
+    x = np.random.default_rng(0).uniform(-1, 1, size=(1, 320, 320, 3)).astype(np.float32)
+    with torch.no_grad():
+        head = net.head(list(net.backbone(torch.from_numpy(x.transpose(0, 3, 1, 2))).values()))
+    cls, loc = (np.asarray(a) for a in model.apply(variables, x))
+    for ours, theirs in ((cls, head["cls_logits"].numpy()), (loc, head["bbox_regression"].numpy())):
+        assert np.abs(ours - theirs).max() <= 1e-3 * np.abs(theirs).max()

@@ -50,7 +50,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("train", "crp_jax.cli.train", "train the embedded default SSD on generated glyph scenes"),
     Command("evaluate", "crp_jax.cli.evaluate", "mAP of a detector on held-out generated scenes"),
-    Command("convert", "crp_jax.cli.convert", "convert a PyTorch SSD300 checkpoint to crp-jax weights"),
+    Command("convert", "crp_jax.cli.convert", "convert a PyTorch SSD300 or SSDlite320 checkpoint to crp-jax weights"),
 )
 
 

@@ -1,4 +1,4 @@
-"""``crp-jax convert``: a PyTorch SSD300 checkpoint to crp-jax weights. The parser and the
+"""``crp-jax convert``: a PyTorch SSD300 or SSDlite320 checkpoint to crp-jax weights. The parser and the
 body live with the converter (:func:`crp_jax.ssd.convert.convert_main`); this module only
 puts the command under the common exit policy (:mod:`crp_jax.cli.app`)."""
 

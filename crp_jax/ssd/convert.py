@@ -59,7 +59,7 @@ from crp_jax.ssd.meta import (
 )
 from crp_jax.ssd.model import SSD
 
-FORMATS = ("torchvision", "ssd.pytorch")
+FORMATS = ("torchvision", "ssd.pytorch", "ssdlite")
 
 # ---------------------------------------------------------------------------------------
 # key layouts: (torch module prefix, our module name); "weight"/"bias" map to kernel/bias.
@@ -158,9 +158,11 @@ def _strip_module_prefix(state_dict: Mapping) -> dict:
 
 
 def detect_format(state_dict: Mapping) -> str:
-    """ "torchvision" or "ssd.pytorch" from the key names (CheckpointError if neither)."""
+    """ "torchvision" / "ssd.pytorch" (SSD300-VGG16) or "ssdlite" (torchvision's
+    ssdlite320_mobilenet_v3_large) from the key names (CheckpointError if none)."""
     keys = set(_strip_module_prefix(_check_mapping(state_dict)))
-    _reject_ssdlite(keys)
+    if _SSDLITE_STEM in keys:
+        return "ssdlite"
     tv = sum(k in keys for k in torch_key_map("torchvision"))
     sp = sum(k in keys for k in torch_key_map("ssd.pytorch"))
     if tv == 0 and sp == 0:
@@ -172,8 +174,11 @@ def detect_format(state_dict: Mapping) -> str:
     return "torchvision" if tv >= sp else "ssd.pytorch"
 
 
+_SSDLITE_STEM = "backbone.features.0.0.0.weight"  # MobileNetV3's stem: torchvision's SSDlite
+
+
 def _reject_ssdlite(sd: Mapping) -> None:
-    if "backbone.features.0.0.0.weight" in sd:  # MobileNetV3's stem: torchvision's SSDlite
+    if _SSDLITE_STEM in sd:
         raise CheckpointError(
             "this state dict looks like torchvision's ssdlite320_mobilenet_v3_large, not an SSD300-VGG16 "
             "checkpoint: use crp_jax.convert_torchvision_ssdlite"
@@ -355,6 +360,10 @@ def convert_state_dict(state_dict: Mapping, fmt: str = "auto", class_names: Sequ
         return convert_torchvision_ssd(state_dict, class_names)
     if fmt == "ssd.pytorch":
         return convert_ssdpytorch(state_dict, class_names)
+    if fmt == "ssdlite":  # folded: the form rules see and the one save_weights writes
+        from crp_jax.ssd.convert_ssdlite import convert_torchvision_ssdlite
+
+        return convert_torchvision_ssdlite(state_dict, class_names, fold=True)
     raise ConfigError(f"unknown checkpoint format {fmt!r}; use one of {('auto',) + FORMATS}")
 
 
@@ -426,8 +435,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="crp-jax convert",
         description=(
-            "Convert a PyTorch SSD300-VGG16 checkpoint (torchvision ssd300_vgg16 or "
-            "amdegroot/ssd.pytorch) to crp-jax weights: OUT.msgpack + OUT.json."
+            "Convert a PyTorch SSD checkpoint (torchvision ssd300_vgg16, amdegroot/ssd.pytorch, or "
+            "torchvision ssdlite320_mobilenet_v3_large, saved BatchNorm-folded) to crp-jax weights: "
+            "OUT.msgpack + OUT.json."
         ),
     )
     p.add_argument("src", metavar="SRC.pth", help="torch checkpoint (read with weights_only=True)")
@@ -484,10 +494,13 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
         return 1
     n = sum(int(np.prod(a.shape)) for a in _leaves(variables))
     print(
-        f"converted {meta.source} SSD300-VGG16 ({meta.num_classes} classes, {n:,} parameters) -> "
+        f"converted {meta.source} {_ARCH[meta.config.backbone]} ({meta.num_classes} classes, {n:,} parameters) -> "
         f"{out} + {out.with_suffix('.json')}"
     )
     return 0
+
+
+_ARCH = {"vgg16": "SSD300-VGG16", "mobilenet_v3_large": "SSDlite320-MobileNetV3 (BatchNorm folded)"}
 
 
 def _leaves(tree):
