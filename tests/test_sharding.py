@@ -59,10 +59,10 @@ def test_sharded_explain_equals_unsharded_on_the_shipped_model(tmp_path, devices
 
 @pytest.mark.parametrize("devices", [2])
 def test_sharded_explain_equals_unsharded_on_the_shipped_ssdlite(tmp_path, devices):
-    # depthwise convolutions (feature_group_count = channels), SE gates and residual adds
-    assert_sharded_equals_plain(
-        run_worker(tmp_path, "ssdlite", devices, methods=("crp", "lrp_ab")), devices, ("crp", "lrp_ab")
-    )
+    # depthwise convolutions (feature_group_count = channels), SE gates and residual adds;
+    # crp only (its SignedWPlus / Proportional / PassThrough rules are the SSDlite-specific
+    # ones, and every method is a full 256 px run in the worker)
+    assert_sharded_equals_plain(run_worker(tmp_path, "ssdlite", devices, methods=("crp",)), devices, ("crp",))
 
 
 @pytest.mark.slow
