@@ -83,21 +83,26 @@ def test_worker_results_match_an_unsharded_run_in_this_process(tmp_path):
     np.testing.assert_allclose(result["plain_crp"], R, rtol=0, atol=1e-6 * np.abs(R).max())
 
 
+def backward_group_counts(model, variables, meta, images: int = 3, chunk: int = 2) -> list[int]:
+    """``feature_group_count`` of every convolution in the compiled crp backward for
+    ``images`` images of ``chunk`` target slots each."""
+    S, A, K = model.config.image_size, model.config.num_anchors(), model.config.num_classes
+    x = jnp.zeros((images, S, S, 3), jnp.float32)
+    forward, backward = compiled_functions(model, get_composite("crp", meta), chunk, A)
+    _, vjp_fn = forward(variables, x)
+    a = np.zeros((images, chunk), np.int32)
+    c = np.zeros((images, chunk, K), np.float32)
+    l = np.zeros((images, chunk, 4), np.float32)
+    hlo = backward.lower(vjp_fn, x, a, c, l).as_text()
+    return [int(g) for g in re.findall(r"feature_group_count = (\d+)", hlo)]
+
+
 def test_backward_convolves_with_unbatched_kernels():
     # The cause of the sharding bug: a backward that vmaps over images with the kernels
     # among the vmapped residuals convolves with a batched kernel, which JAX lowers to a
     # grouped convolution over the batch that XLA's SPMD partitioner splits wrongly. The
     # compiled backward for several images must contain no grouped convolution.
-    model, variables, meta = cj.load_pretrained()
-    S, A, K = model.config.image_size, model.config.num_anchors(), model.config.num_classes
-    x = jnp.zeros((3, S, S, 3), jnp.float32)
-    forward, backward = compiled_functions(model, get_composite("crp", meta), 2, A)
-    _, vjp_fn = forward(variables, x)
-    a = np.zeros((3, 2), np.int32)
-    c = np.zeros((3, 2, K), np.float32)
-    l = np.zeros((3, 2, 4), np.float32)
-    hlo = backward.lower(vjp_fn, x, a, c, l).as_text()
-    groups = [int(g) for g in re.findall(r"feature_group_count = (\d+)", hlo)]
+    groups = backward_group_counts(*cj.load_pretrained())
     assert groups and all(g == 1 for g in groups), sorted(set(groups))
 
 
@@ -108,7 +113,7 @@ def test_ssdlite_backward_groups_only_its_own_depthwise_channels():
     sys.path.insert(0, str(WORKER.parent))
     from sharding_worker import problem
 
-    model, variables, meta, _, _ = problem("ssdlite")
+    model, variables, meta, x, _ = problem("ssdlite")
     own = set()
 
     def record(next_fun, args, kwargs, ctx):
@@ -116,18 +121,9 @@ def test_ssdlite_backward_groups_only_its_own_depthwise_channels():
             own.add(int(args[0].shape[-1]))
         return next_fun(*args, **kwargs)
 
-    S, A, K = model.config.image_size, model.config.num_anchors(), model.config.num_classes
-    x = jnp.zeros((3, S, S, 3), jnp.float32)
-
     with nn.intercept_methods(record):
         model.apply(variables, x[:1])
-    forward, backward = compiled_functions(model, get_composite("crp", meta), 2, A)
-    _, vjp_fn = forward(variables, x)
-    a = np.zeros((3, 2), np.int32)
-    c = np.zeros((3, 2, K), np.float32)
-    l = np.zeros((3, 2, 4), np.float32)
-    hlo = backward.lower(vjp_fn, x, a, c, l).as_text()
-    groups = {int(g) for g in re.findall(r"feature_group_count = (\d+)", hlo)} - {1}
+    groups = set(backward_group_counts(model, variables, meta)) - {1}
     assert own and groups and groups <= own, (sorted(groups), sorted(own))
 
 
