@@ -161,8 +161,11 @@ def test_converters_name_the_other_converter_for_the_other_architecture():
         cj.convert_torchvision_ssdlite(vgg)
     with pytest.raises(CheckpointError, match="convert_torchvision_ssdlite"):
         cj.convert_torchvision_ssd(_numpy_state_dict())
+    # the dispatcher (and `crp-jax convert`) recognises SSDlite and converts it, folded
+    model, variables, _ = cj.ssd.convert.convert_state_dict(_numpy_state_dict())
+    assert isinstance(model, SSDLite) and not model.batchnorm and "batch_stats" not in variables
     with pytest.raises(CheckpointError, match="convert_torchvision_ssdlite"):
-        cj.ssd.convert.convert_state_dict(_numpy_state_dict())
+        cj.ssd.convert.convert_state_dict(_numpy_state_dict(), "torchvision")
 
 
 # ---- relevance presets on SSDlite ----------------------------------------------------------
@@ -228,7 +231,8 @@ def test_gradient_preset_is_the_true_input_gradient_of_ssdlite(folded_zero_bias)
     anchor, k = 7, 1
     R = cj.explain(model, variables, x, [cj.ClassTarget(0, anchor, k, contrast="none")], method="gradient", meta=meta)
     g = jax.grad(lambda v: model.apply(variables, v)[0][0, anchor, k])(x)
-    np.testing.assert_allclose(R[0], np.asarray(g[0]), rtol=1e-4, atol=1e-6 * np.abs(g).max())
+    # float32: explain's batched backward and jax.grad sum in other orders through 15 blocks
+    np.testing.assert_allclose(R[0], np.asarray(g[0]), rtol=1e-4, atol=1e-5 * np.abs(g).max())
 
 
 def test_central_anchor_is_the_first_box_of_each_sources_middle_cell():

@@ -14,6 +14,8 @@ kernels (w+ and w-, or w and the z^B bound kernel) must stack them *within* each
 that the stacked kernel is still a valid grouped kernel: :meth:`ConvOp.concat_out`,
 :meth:`ConvOp.split_out` (output channels) and :meth:`ConvOp.concat_in` /
 :meth:`ConvOp.split_in` (input channels) do that, and are plain concatenations when G = 1.
+Groups of one or two channels (depthwise convs and their stacked rule kernels) are computed
+tap by tap (:mod:`crp_jax.grouped_conv`): XLA's CPU backend is slow on them.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from crp_jax.errors import ConfigError
+from crp_jax.grouped_conv import conv_general_dilated  # lax's, tap by tap for depthwise-like groups
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -43,7 +45,7 @@ class ConvOp:
     groups: int = 1
 
     def apply(self, x: jax.Array, w: jax.Array) -> jax.Array:
-        return lax.conv_general_dilated(
+        return conv_general_dilated(
             x,
             w,
             self.strides,
@@ -101,7 +103,7 @@ class ConvOp:
             # the right pad makes the output exactly n long (rows the forward never read get 0)
             right = n + lo - (m - 1) * st - 1
             pads.append((left, right))
-        return lax.conv_general_dilated(
+        return conv_general_dilated(
             s,
             wt,
             (1, 1),

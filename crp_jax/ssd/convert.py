@@ -59,7 +59,9 @@ from crp_jax.ssd.meta import (
 )
 from crp_jax.ssd.model import SSD
 
-FORMATS = ("torchvision", "ssd.pytorch", "ssdlite")
+FORMATS = ("torchvision", "ssd.pytorch")  # SSD300-VGG16 layouts (torch_key_map)
+#: What convert_state_dict and `crp-jax convert` take: the VGG layouts and torchvision's SSDlite.
+CONVERT_FORMATS = FORMATS + ("ssdlite",)
 
 # ---------------------------------------------------------------------------------------
 # key layouts: (torch module prefix, our module name); "weight"/"bias" map to kernel/bias.
@@ -364,7 +366,7 @@ def convert_state_dict(state_dict: Mapping, fmt: str = "auto", class_names: Sequ
         from crp_jax.ssd.convert_ssdlite import convert_torchvision_ssdlite
 
         return convert_torchvision_ssdlite(state_dict, class_names, fold=True)
-    raise ConfigError(f"unknown checkpoint format {fmt!r}; use one of {('auto',) + FORMATS}")
+    raise ConfigError(f"unknown checkpoint format {fmt!r}; use one of {('auto',) + CONVERT_FORMATS}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -449,7 +451,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--format",
-        choices=("auto",) + FORMATS,
+        choices=("auto",) + CONVERT_FORMATS,
         default="auto",
         help="checkpoint layout (default: detect from the key names)",
     )

@@ -42,6 +42,7 @@ import numpy as np
 from flax import traverse_util
 
 from crp_jax.errors import ConfigError
+from crp_jax.grouped_conv import conv_general_dilated
 from crp_jax.ssd.config import SSDConfig
 from crp_jax.ssd.model import check_image_batch
 
@@ -168,6 +169,8 @@ class ConvBN(nn.Module):
             strides=(self.stride, self.stride),
             padding=((p, p), (p, p)),
             feature_group_count=x.shape[-1] if self.depthwise else 1,
+            # XLA CPU is slow on depthwise convs; this computes the same tap by tap
+            conv_general_dilated=conv_general_dilated if self.depthwise else None,
             use_bias=not self.batchnorm,
             kernel_init=nn.initializers.normal(0.03),
             name="conv",
