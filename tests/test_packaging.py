@@ -71,7 +71,8 @@ def test_wheel_contains_the_default_model_and_demo_runs_from_another_folder(tmp_
     )
     (wheel,) = (tmp_path / "dist").glob("crp_jax-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "crp_jax/weights/default.msgpack" in names and "crp_jax/weights/default.json" in names
+    for model in ("default", "ssdlite"):
+        assert f"crp_jax/weights/{model}.msgpack" in names and f"crp_jax/weights/{model}.json" in names
     run(pip(python, "install", "-q", "--no-deps", wheel), tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
