@@ -108,8 +108,9 @@ def test_backward_convolves_with_unbatched_kernels():
 
 def test_ssdlite_backward_groups_only_its_own_depthwise_channels():
     # SSDlite's depthwise convs are grouped convolutions of their own (groups = channels);
-    # the backward for 3 images must use those group counts and no group count that grows
-    # with the batch (3 x channels), the signature of batched kernels.
+    # the backward for 3 images may use those group counts (today none: depthwise convs run
+    # tap by tap, crp_jax/grouped_conv.py) but no group count that grows with the batch
+    # (3 x channels), the signature of batched kernels.
     sys.path.insert(0, str(WORKER.parent))
     from sharding_worker import problem
 
@@ -124,7 +125,7 @@ def test_ssdlite_backward_groups_only_its_own_depthwise_channels():
     with nn.intercept_methods(record):
         model.apply(variables, x[:1])
     groups = set(backward_group_counts(model, variables, meta)) - {1}
-    assert own and groups and groups <= own, (sorted(groups), sorted(own))
+    assert own and groups <= own, (sorted(groups), sorted(own))
 
 
 TINY_SCRIPT = textwrap.dedent(
