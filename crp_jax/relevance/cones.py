@@ -43,7 +43,9 @@ image border they are smaller. *Unclipped* windows (:attr:`Cone.unclipped`,
 if every map extended beyond its border): their size is the same for every anchor of a source
 in a conv/pool network, and it is the static window size a cropped pass would compile once
 per source, positioned at the unclipped window's (possibly negative) corner on a padded map.
-Index maps (reshape, concatenate, slice) clip the axes they move in both modes.
+Index maps (reshape, concatenate) clip the axes they move in both modes; ``slice`` clips
+only the clipped walk, so that convolutions written as pad + strided slices (the tap-by-tap
+grouped convolutions of :mod:`crp_jax.grouped_conv`) get the unclipped sizes of lax's conv.
 
 **Global operations.** A reduction over a spatial axis depends on the whole map. SSDlite's
 squeeze-excitation gates (``g = hardsigmoid(fc2(relu(fc1(mean_hw(x)))))``, then ``x * g``)
@@ -503,7 +505,11 @@ def _rule(eqn, outs: list[_Demand | None], in_dep: list[bool], scope: str, clip:
         starts = params["start_indices"]
         steps = params.get("strides") or (1,) * len(s)
         moved = [ax for ax in range(len(s)) if starts[ax] != 0 or steps[ax] != 1 or os_[ax] != s[ax]]
-        d = d.clipped(os_, moved)
+        if clip:
+            # Unclipped, a demand beyond the slice maps beyond it: a conv written as pad +
+            # strided slices per tap (crp_jax/grouped_conv.py) then counts its padding as
+            # cells as lax's conv does.
+            d = d.clipped(os_, moved)
         lo, hi = d.lo.copy(), d.hi.copy()
         for ax in moved:
             lo[:, ax] = starts[ax] + d.lo[:, ax] * steps[ax]
