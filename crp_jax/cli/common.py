@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from crp_jax.interrupts import SigintFlag
 from crp_jax.progress import Progress
 
 __all__ = [
@@ -201,8 +202,13 @@ def each_image(paths: Sequence[str], args, desc: str, work: Callable[[str, str, 
         pairs = list(zip(paths, unique_stems(paths)))
     bar = progress(len(pairs), desc, args)
     failed = 0
+    # Ctrl-C stops between two images (crp_jax/interrupts.py: a KeyboardInterrupt raised
+    # inside JAX can be lost); the caller's exit policy turns it into exit 130.
+    sigint = SigintFlag(unit="image").__enter__()
     try:
         for path, stem in pairs:
+            if sigint.is_set():
+                raise KeyboardInterrupt
             try:
                 work(path, stem, bar)
             except (CRPError, OSError) as e:
@@ -212,7 +218,10 @@ def each_image(paths: Sequence[str], args, desc: str, work: Callable[[str, str, 
                     msg = f"{path}: {msg}"
                 bar.write(f"{prog}: error: {msg}", err=True)
             bar.update()
+        if sigint.is_set():  # during the last image: the work is done, but stop as asked
+            raise KeyboardInterrupt
     finally:
+        sigint.__exit__()
         bar.close()
     return 1 if failed else 0
 

@@ -211,17 +211,18 @@ def compiled_functions(model, comp: Composite, chunk: int, num_boxes: int, layer
     -> R [N, chunk, H, W, C]`` (and per-layer totals ``path -> [N, chunk, 2]`` with
     ``layers=True``): slot ``c`` of image ``n`` is the target with initial relevance
     ``cls_coef[n, c]`` / ``loc_coef[n, c]`` at box ``anchors[n, c]``. Compiled once per
-    (model, composite, layers) and shapes (the chunk is one of them); ``num_boxes`` is A (:func:`output_sizes`).
+    (model, composite, chunk, layers) and shapes; ``num_boxes`` is A (:func:`output_sizes`).
     """
-
-    del chunk  # jit compiles once per input shape, and the chunk is a shape
-    return _jitted(model, comp, num_boxes, layers)
+    return _jitted(model, comp, chunk, num_boxes, layers)
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted(model, comp: Composite, num_boxes: int, layers: bool):
-    """One jitted pair per (model, composite, A, layers): modules and composites are frozen
-    and hashable, so the repo's one in-memory caching style (functools.lru_cache) serves."""
+def _jitted(model, comp: Composite, chunk: int, num_boxes: int, layers: bool):
+    """One jitted pair per (model, composite, chunk, A, layers): one per chunk size, so
+    that a pair's compilation count says whether a chunk size recompiled
+    (tests/test_engine.py). Modules and composites are frozen and hashable, so the
+    package's one in-memory caching style (functools.lru_cache) serves."""
+    del chunk  # part of the key only: jit specialises on the shapes it is called with
     forward, backward = _functions(model, comp, layers, num_boxes)
     return jax.jit(forward), jax.jit(backward)
 

@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +35,7 @@ import optax
 
 from crp_jax.data.splits import VALIDATION_SEED
 from crp_jax.errors import CheckpointError, ConfigError, CRPError
+from crp_jax.interrupts import SigintFlag
 from crp_jax.progress import Progress
 from crp_jax.ssd.anchors import default_boxes_xyxy
 from crp_jax.ssd.boxes import xyxy_to_cxcywh
@@ -145,38 +143,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"training interrupted after step {step}")
         self.step = step
         self.checkpoint = checkpoint
-
-
-class SigintFlag:
-    """While active (main thread only), SIGINT sets ``is_set()`` instead of raising; the
-    first one also restores the previous handler, so a second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self._event = threading.Event()
-        self._previous = None
-        self._active = False
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def _handler(self, signum, frame) -> None:
-        self._event.set()
-        signal.signal(signal.SIGINT, self._previous)
-        # os.write: safe inside a signal handler (print could re-enter a busy stdout buffer)
-        os.write(2, b"\ninterrupt: stopping after the current step (Ctrl-C again to stop at once)\n")
-
-    def __enter__(self) -> SigintFlag:
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.getsignal(signal.SIGINT)
-            self._previous = signal.default_int_handler if previous is None else previous
-            signal.signal(signal.SIGINT, self._handler)
-            self._active = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._active:
-            signal.signal(signal.SIGINT, self._previous)
-            self._active = False
 
 
 def train(

@@ -1,0 +1,51 @@
+"""Ctrl-C at safe points: :class:`SigintFlag`.
+
+Python's default SIGINT handling raises ``KeyboardInterrupt`` wherever the main thread
+happens to be. Inside JAX's garbage-collection callbacks that exception is printed as
+"Exception ignored" and lost, so a long loop of JAX work can run on after Ctrl-C. Loops
+that must stop (training, the CLI's per-image loop) instead hold a :class:`SigintFlag`
+and read it between two units of work.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+__all__ = ["SigintFlag"]
+
+
+class SigintFlag:
+    """While active (main thread only), SIGINT sets ``is_set()`` instead of raising; the
+    first one also restores the previous handler, so a second Ctrl-C stops at once."""
+
+    def __init__(self, unit: str = "step"):
+        self._message = f"\ninterrupt: stopping after the current {unit} (Ctrl-C again to stop at once)\n".encode()
+        self._event = threading.Event()
+        self._previous = None
+        self._active = False
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def _handler(self, signum, frame) -> None:
+        self._event.set()
+        signal.signal(signal.SIGINT, self._previous)
+        # os.write: safe inside a signal handler (print could re-enter a busy stdout buffer)
+        os.write(2, self._message)
+
+    def __enter__(self) -> SigintFlag:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            # a process started with SIGINT ignored (a shell's background job) keeps ignoring it
+            if previous is not signal.SIG_IGN:
+                self._previous = signal.default_int_handler if previous is None else previous
+                signal.signal(signal.SIGINT, self._handler)
+                self._active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._active:
+            signal.signal(signal.SIGINT, self._previous)
+            self._active = False
