@@ -7,13 +7,21 @@
   a user's own XLA_FLAGS are kept.
 - The CLI's persistent compilation cache (crp_jax/compile_cache.py) goes to a fresh temporary
   folder, never to the user's ~/.cache.
+- Ctrl-C is tested as a terminal delivers it: a runner started as a shell's background job
+  (`cmd &`) inherits SIGINT *ignored*, which the package respects (crp_jax/interrupts.py) and
+  every child process would inherit; the suite restores Python's default handler, so that
+  tests and their subprocesses see SIGINT as an interactive user's would.
 """
 
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
