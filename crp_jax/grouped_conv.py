@@ -115,28 +115,20 @@ def _by_taps(x, w, strides, padding, lhs_dilation, rhs_dilation, G: int) -> jax.
     Wo = (Wp - (dw * (kw - 1) + 1)) // sw + 1
     if Ho < 1 or Wo < 1:
         raise ValueError(f"grouped conv: kernel {kh}x{kw} does not fit the padded input {Hp}x{Wp}")
-    if m == 1 and n == 1:
-        # depthwise: one channel in, one out per group; no reshapes, so that the traced
-        # computation keeps its spatial index maps plain (crp_jax/relevance/cones.py)
-        out = None
-        for i in range(kh):
-            for j in range(kw):
-                start = (0, i * dh, j * dw, 0)
-                stop = (N, i * dh + (Ho - 1) * sh + 1, j * dw + (Wo - 1) * sw + 1, cin)
-                term = lax.slice(xp, start, stop, (1, sh, sw, 1)) * w[i, j, 0].astype(x.dtype)
-                out = term if out is None else out + term
-        return out
-    xg = xp.reshape(N, Hp, Wp, G, m)
     wg = w.reshape(kh, kw, m, G, n).astype(x.dtype)  # channel g * m + c of group g reads w[..., c, g * n + o]
     out = None
     for i in range(kh):
         for j in range(kw):
-            start = (0, i * dh, j * dw, 0, 0)
-            stop = (N, i * dh + (Ho - 1) * sh + 1, j * dw + (Wo - 1) * sw + 1, G, m)
-            xs = lax.slice(xg, start, stop, (1, sh, sw, 1, 1))  # [N, Ho, Wo, G, m]
-            term = None
-            for c in range(m):
-                t = xs[..., c, None] * wg[i, j, c]  # [N, Ho, Wo, G, 1] x [G, n]
-                term = t if term is None else term + t
+            start = (0, i * dh, j * dw, 0)
+            stop = (N, i * dh + (Ho - 1) * sh + 1, j * dw + (Wo - 1) * sw + 1, cin)
+            xs = lax.slice(xp, start, stop, (1, sh, sw, 1))  # [N, Ho, Wo, Cin]
+            if m == 1 and n == 1:
+                # depthwise: elementwise, and no reshapes, so that the traced computation
+                # keeps its spatial index maps plain (crp_jax/relevance/cones.py)
+                term = xs * wg[i, j, 0, :, 0]
+            else:
+                xs = xs.reshape(N, Ho, Wo, G, m)
+                term = sum(xs[..., c, None] * wg[i, j, c] for c in range(m))  # [N, Ho, Wo, G, n]
+                term = term.reshape(N, Ho, Wo, G * n)
             out = term if out is None else out + term
-    return out.reshape(N, Ho, Wo, G * n)
+    return out

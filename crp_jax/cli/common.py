@@ -204,25 +204,24 @@ def each_image(paths: Sequence[str], args, desc: str, work: Callable[[str, str, 
     failed = 0
     # Ctrl-C stops between two images (crp_jax/interrupts.py: a KeyboardInterrupt raised
     # inside JAX can be lost); the caller's exit policy turns it into exit 130.
-    sigint = SigintFlag(unit="image").__enter__()
-    try:
-        for path, stem in pairs:
-            if sigint.is_set():
+    with SigintFlag(unit="image") as sigint:
+        try:
+            for path, stem in pairs:
+                if sigint.is_set():
+                    raise KeyboardInterrupt
+                try:
+                    work(path, stem, bar)
+                except (CRPError, OSError) as e:
+                    failed += 1
+                    msg = one_line(e)
+                    if path not in msg:
+                        msg = f"{path}: {msg}"
+                    bar.write(f"{prog}: error: {msg}", err=True)
+                bar.update()
+            if sigint.is_set():  # during the last image: the work is done, but stop as asked
                 raise KeyboardInterrupt
-            try:
-                work(path, stem, bar)
-            except (CRPError, OSError) as e:
-                failed += 1
-                msg = one_line(e)
-                if path not in msg:
-                    msg = f"{path}: {msg}"
-                bar.write(f"{prog}: error: {msg}", err=True)
-            bar.update()
-        if sigint.is_set():  # during the last image: the work is done, but stop as asked
-            raise KeyboardInterrupt
-    finally:
-        sigint.__exit__()
-        bar.close()
+        finally:
+            bar.close()
     return 1 if failed else 0
 
 
