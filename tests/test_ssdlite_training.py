@@ -147,3 +147,13 @@ def test_load_pretrained_by_name_and_its_errors(tmp_path, monkeypatch):
     save_weights(tmp_path / "ssdlite", init_detector(model, 0), cfg.meta())
     m, _, meta = load_pretrained("ssdlite")
     assert isinstance(m, SSDLite) and meta.config.image_size == 64
+
+
+def test_every_shipped_model_name_has_a_training_preset_and_a_file():
+    # ssd.io may not import training, so the names live in two places: keep them equal
+    from crp_jax.ssd.io import SHIPPED_MODELS, default_weights_dir
+    from crp_jax.training import TRAIN_PRESETS
+
+    assert set(SHIPPED_MODELS) == set(TRAIN_PRESETS)
+    for name in SHIPPED_MODELS:
+        assert (default_weights_dir() / f"{name}.msgpack").is_file(), name
