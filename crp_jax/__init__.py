@@ -54,6 +54,8 @@ _LAZY = {
     "targets_from_detections": "crp_jax.relevance.targets",
     "explain": "crp_jax.relevance.batched",
     "heatmap": "crp_jax.relevance.batched",
+    "RelevanceWindows": "crp_jax.relevance.windows",
+    "crop_groups": "crp_jax.relevance.cropped",
     "composite_names": "crp_jax.relevance.composite",
     # sanity checks
     "model_randomization": "crp_jax.sanity",

@@ -354,13 +354,20 @@ def test_second_call_does_not_recompile(tiny):
     from crp_jax.relevance import compiled_functions
 
     model, variables, meta, x = tiny
+    # the dense path's pair (the cropped backward's count: tests/test_cropped.py)
     comp = get_composite("crp", meta)
-    cj.explain(model, variables, x, [cj.ClassTarget(0, a, 1) for a in range(9)], method="crp", meta=meta)
+    cj.explain(model, variables, x, [cj.ClassTarget(0, a, 1) for a in range(9)], method="crp", meta=meta, crop=False)
     forward, backward = compiled_functions(model, comp, 8, model.config.num_anchors())
     sizes = (forward._cache_size(), backward._cache_size())
     # other target counts that fill whole or partial chunks of 8, on either image
-    cj.explain(model, variables, x, [cj.ClassTarget(1, a, 2) for a in range(13)], method="crp", meta=meta)
+    cj.explain(model, variables, x, [cj.ClassTarget(1, a, 2) for a in range(13)], method="crp", meta=meta, crop=False)
     cj.explain(
-        model, variables, x, [cj.LocTarget(i % 2, a, "w", 1) for i, a in enumerate(range(30))], method="crp", meta=meta
+        model,
+        variables,
+        x,
+        [cj.LocTarget(i % 2, a, "w", 1) for i, a in enumerate(range(30))],
+        method="crp",
+        meta=meta,
+        crop=False,
     )
     assert (forward._cache_size(), backward._cache_size()) == sizes == (1, 1)

@@ -14,7 +14,9 @@ from crp_jax.relevance.composite import (
 )
 from crp_jax.relevance.cones import anchor_cone, cone_geometry, cone_sizes
 from crp_jax.relevance.core import relevance_vjp
+from crp_jax.relevance.cropped import CropGroup, compiled_cropped, crop_groups
 from crp_jax.relevance.targets import COORDS, ClassTarget, LocTarget, targets_from_detections
+from crp_jax.relevance.windows import RelevanceWindows
 
 __all__ = [
     "rules",
@@ -34,6 +36,10 @@ __all__ = [
     "anchor_cone",
     "cone_geometry",
     "cone_sizes",
+    "CropGroup",
+    "crop_groups",
+    "compiled_cropped",
+    "RelevanceWindows",
     "COORDS",
     "ClassTarget",
     "LocTarget",

@@ -36,7 +36,9 @@ from crp_jax.checks import check_image_batch
 from crp_jax.errors import CheckpointError, ConfigError, InputError, NumericsError, TargetError
 from crp_jax.relevance.composite import Composite, get_composite
 from crp_jax.relevance.core import finish, linearize
+from crp_jax.relevance.cropped import Unsupported, compiled_cropped, crop_groups
 from crp_jax.relevance.targets import ClassTarget, LocTarget, Target, encode_targets
+from crp_jax.relevance.windows import RelevanceWindows
 
 
 def explain(
@@ -51,6 +53,7 @@ def explain(
     mesh=None,
     to_host: bool = True,
     crop: bool = True,
+    output: str = "dense",
 ):
     """Relevance at the input for every target.
 
@@ -73,14 +76,19 @@ def explain(
         (``jax.distributed``): every process passes the same arguments and gets all of R.
       to_host: False keeps ``R`` on the device as a ``jax.Array`` (no device-to-host copy,
         which on a GPU costs more than the propagation itself: 1 MiB per SSD300 target).
-      crop: False forces the dense path. Receptive-field cropping (propagating each target
-        only inside its anchor's cone, docs/design.md) is not implemented yet, so today
-        every call is dense and ``crop`` changes nothing; it is accepted so that code written
-        for the cropped engine runs unchanged.
+      crop: propagate each target only inside its anchor's receptive-field cone (the
+        default; docs/design.md §6, :mod:`crp_jax.relevance.cropped`). The result equals
+        the dense path's up to float32 rounding; ``crop=False`` forces the dense path (for
+        comparison). Targets are grouped by head output, one compiled backward per group
+        and chunk size; ``layers=True`` and ``mesh=`` always run dense.
+      output: "dense" (``[T, H, W, C]``) or "windows": a :class:`RelevanceWindows` that
+        keeps only each target's window (SSD300 first source: 108 x 108 instead of
+        300 x 300), for explaining thousands of targets; ``.dense()`` gives the array.
 
     Returns:
       ``R`` as numpy ``[T, H, W, C]`` float32 in target order (a ``jax.Array`` on the
-      default device with ``to_host=False``); with ``layers=True``,
+      default device with ``to_host=False``; a :class:`RelevanceWindows` with
+      ``output="windows"``); with ``layers=True``,
       ``(R, flow)`` where ``flow`` maps each layer path (forward order) to ``[T, 2]``:
       total and absolute relevance at that layer's output.
 
@@ -92,7 +100,9 @@ def explain(
     xs = _check_images(x)
     layers = _check_flag("layers", layers)
     to_host = _check_flag("to_host", to_host)
-    _check_flag("crop", crop)
+    crop = _check_flag("crop", crop)
+    if output not in OUTPUTS:
+        raise ConfigError(f"output {output!r} unknown; use one of {OUTPUTS}")
     chunk_size = _check_count("chunk_size", chunk_size)
     targets = _check_target_list(targets)
     comp = get_composite(method, meta)
@@ -106,60 +116,153 @@ def explain(
                 "layers=True and to_host=False are not supported together with mesh=... "
                 "(a mesh's devices may belong to other processes)"
             )
-        return _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, comp, chunk_size, mesh, A)
-    # Every row is written below; np.empty avoids touching 1 MiB per target twice.
-    out = np.empty((T,) + xs.shape[1:], np.float32) if to_host else None
-    on_device: list = []  # to_host=False: (target indices, [n, H, W, C] jax.Array) per chunk
-    flow: dict[str, np.ndarray] = {}
-    finite: list = []  # per image: (index, device bool "forward outputs finite")
-    pending = None  # one-deep pipeline: copy chunk k to the host while chunk k+1 runs
-
-    def drain():
-        idx, res = pending
-        if layers:
-            r, per = res
-            for k, v in per.items():
-                flow.setdefault(k, np.zeros((T, 2), np.float32))[idx] = np.asarray(v)[0, : len(idx)]
-        else:
-            r = res
-        if to_host:
-            out[idx] = np.asarray(r)[0, : len(idx)]
-        else:
-            on_device.append((idx, r[0, : len(idx)]))
+        R = _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, comp, chunk_size, mesh, A)
+        return _whole_windows(R) if output == "windows" else R
+    groups = _cropped_groups(model, variables, xs, comp, A, K) if crop and not layers else ()
+    windows = output == "windows"
+    collect = _Collector(T, xs.shape[1:], to_host, windows, layers, zeroed=bool(groups))
 
     for b in np.unique(images):
         sel = np.flatnonzero(images == b)
-        chunk = chunk_size_for(len(sel), chunk_size)
-        forward, backward = compiled_functions(model, comp, chunk, A, layers)
+        forward, _ = compiled_functions(model, comp, chunk_size_for(len(sel), chunk_size), A, layers)
         xb = jnp.asarray(xs[b : b + 1])
         ok, vjp_fn = forward(variables, xb)
-        finite.append((int(b), ok))  # checked after dispatching everything (no sync here)
-        for start in range(0, len(sel), chunk):
-            idx = sel[start : start + chunk]
-            a, c, l = _pad_chunk(anchors[idx], cls_coef[idx], loc_coef[idx], chunk)
-            res = backward(vjp_fn, xb, a[None], c[None], l[None])
-            if to_host:  # start the device-to-host copy now so it overlaps the next chunk
-                jax.tree.map(lambda v: v.copy_to_host_async(), res)
-            if pending is not None:
-                drain()
-            pending = (idx, res)
-    if pending is not None:
-        drain()
-    for b, ok in finite:
+        collect.finite.append((int(b), ok))  # checked after dispatching everything (no sync here)
+        rest = np.ones(len(sel), bool)
+        parts = []
+        for g in groups:
+            inside = (anchors[sel] >= g.anchors[0]) & (anchors[sel] < g.anchors[1])
+            rest &= ~inside
+            parts.append((g, sel[inside]))
+        parts.insert(0, (None, sel[rest]))
+        for g, members in parts:
+            if not len(members):
+                continue
+            chunk = chunk_size_for(len(members), chunk_size)
+            if g is None:
+                backward = compiled_functions(model, comp, chunk, A, layers)[1]
+            else:
+                backward = compiled_cropped(model, comp, chunk, A, g.anchors, dense_out=not (to_host or windows))
+            for start in range(0, len(members), chunk):
+                idx = members[start : start + chunk]
+                a, c, l = _pad_chunk(anchors[idx], cls_coef[idx], loc_coef[idx], chunk)
+                if g is None:
+                    res = backward(vjp_fn, xb, a[None], c[None], l[None])
+                else:
+                    res = backward(vjp_fn, xb, jnp.asarray(a, jnp.int32), c[:, None], l[:, None])
+                collect.add(g is not None and (to_host or windows), idx, res)
+    collect.flush()
+    for b, ok in collect.finite:
         if not bool(ok):
             _raise_not_finite(model, variables, xs[b : b + 1], f"image {b}")
-    if not to_host:
-        out = _gather_chunks(on_device, T, xs.shape[1:])
+    out = collect.result()
     if layers:
         order = _layer_order(model, variables, xs[:1], comp)
-        return out, {k: flow[k] for k in order if k in flow}
+        return out, {k: collect.flow[k] for k in order if k in collect.flow}
     return out
+
+
+OUTPUTS = ("dense", "windows")
+
+
+class _Collector:
+    """Gathers ``explain``'s chunks into its output, one chunk behind the device: the
+    device-to-host copy of chunk k starts as soon as it is dispatched and is read while
+    chunk k + 1 runs."""
+
+    def __init__(self, T: int, shape, to_host: bool, windows: bool, layers: bool, zeroed: bool):
+        self.T, self.shape, self.to_host, self.windows, self.layers = T, tuple(shape), to_host, windows, layers
+        # Cropped chunks only write their windows, so the dense output must start at zero;
+        # otherwise every row is written and np.empty avoids touching 1 MiB per target twice.
+        dense_host = to_host and not windows
+        self.out = (np.zeros if zeroed else np.empty)((T, *self.shape), np.float32) if dense_host else None
+        self.parts: list = []  # on the device, or windows: (indices, array) / (indices, windows, offsets)
+        self.flow: dict[str, np.ndarray] = {}
+        self.finite: list = []
+        self.pending = None
+
+    def add(self, cropped: bool, idx, res) -> None:
+        if self.to_host:  # start the device-to-host copy now so it overlaps the next chunk
+            jax.tree.map(lambda v: v.copy_to_host_async(), res)
+        self.flush()
+        self.pending = (cropped, idx, res)
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        cropped, idx, res = self.pending
+        self.pending = None
+        n = len(idx)
+        get = np.asarray if self.to_host else (lambda v: v)
+        if cropped:
+            wins, offs = get(res[0])[:n], np.asarray(res[1])[:n]
+            if self.windows:
+                self.parts.append((idx, wins, offs))
+                return
+            h, w = wins.shape[1:3]
+            for i, t in enumerate(idx):
+                top, left = offs[i]
+                self.out[t, top : top + h, left : left + w] = wins[i]
+            return
+        if self.layers:
+            r, per = res
+            for k, v in per.items():
+                self.flow.setdefault(k, np.zeros((self.T, 2), np.float32))[idx] = np.asarray(v)[0, :n]
+        else:
+            r = res
+        r = get(r)[0, :n] if r.ndim == len(self.shape) + 2 else get(r)[:n]
+        if self.windows:
+            self.parts.append((idx, r, np.zeros((n, 2), np.int64)))
+        elif self.to_host:
+            self.out[idx] = r
+        else:
+            self.parts.append((idx, r))
+
+    def result(self):
+        if self.windows:
+            by_size: dict = {}
+            for idx, wins, offs in self.parts:
+                by_size.setdefault(tuple(wins.shape[1:3]), []).append((idx, wins, offs))
+            cat = np.concatenate if self.to_host else jnp.concatenate
+            groups = [
+                (np.concatenate([p[0] for p in ps]), cat([p[1] for p in ps]), np.concatenate([p[2] for p in ps]))
+                for ps in by_size.values()
+            ]
+            return RelevanceWindows(
+                (self.T, *self.shape),
+                tuple(g[0] for g in groups),
+                tuple(g[1] for g in groups),
+                tuple(g[2] for g in groups),
+            )
+        if self.to_host:
+            return self.out
+        return _gather_chunks(self.parts, self.T, self.shape)
+
+
+def _whole_windows(R) -> RelevanceWindows:
+    """Dense ``[T, H, W, C]`` as windows covering the whole image."""
+    T = len(R)
+    return RelevanceWindows(tuple(R.shape), (np.arange(T),), (R,), (np.zeros((T, 2), np.int64),))
+
+
+def _cropped_groups(model, variables, xs, comp, A: int, K: int) -> tuple:
+    """The anchor groups ``explain`` propagates cropped (docs/design.md §6); none when the
+    model's backward does not split its anchors per head output."""
+    try:
+        groups = crop_groups(model, variables, xs.shape, comp, A, K)
+    except Unsupported:
+        return ()
+    return tuple(g for g in groups if g.cropped)
 
 
 def heatmap(R, reduce: str = "sum") -> np.ndarray:
     """Channel-reduced heatmap: ``[..., H, W, C] -> [..., H, W]`` ("sum" keeps the sign,
     "abs" sums magnitudes, "max_abs" the largest magnitude). numpy in, numpy out; a
     ``jax.Array`` (``explain(..., to_host=False)``) is reduced on its device."""
+    if isinstance(R, RelevanceWindows):
+        if len(R.shape) < 4:
+            raise InputError(f"heatmap needs relevance windows of shape [T, H, W, C], got {R.shape}")
+        return R.map_windows(lambda w: heatmap(w, reduce), R.shape[:-1])
     xp = jnp if isinstance(R, jax.Array) else np  # a jax.Array stays on its device
     R = xp.asarray(R)
     if R.ndim < 3:
