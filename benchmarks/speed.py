@@ -144,6 +144,51 @@ def make_targets(cfg, num_images: int, T: int, seed: int = 0) -> list:
     return [ClassTarget(t % num_images, int(anchors[t]), 1 + t % (K - 1)) for t in range(T)]
 
 
+def first_source_targets(cfg, num_images: int, T: int, seed: int = 0) -> list:
+    """``T`` class targets at anchors of the first source (SSD300: conv4_3, 38x38x4 = 5776
+    anchors), drawn uniformly, round-robin over the images."""
+    rng = np.random.default_rng(seed)
+    f, a = cfg.feature_sizes()[0], cfg.anchors_per_cell[0]
+    anchors = rng.choice(f * f * a, size=T, replace=T > f * f * a)
+    return [ClassTarget(t % num_images, int(anchors[t]), 1 + t % (cfg.num_classes - 1)) for t in range(T)]
+
+
+def detection_like_targets(cfg, num_images: int, T: int, seed: int = 0) -> list:
+    """``T`` class targets drawn like real detections: an object per target, its side
+    log-uniform between 0.07 and 1.0 of the image (the range of SSD300's default-box scales),
+    aspect ratio from {1/2, 1, 2}, centre uniform inside the image; the target is the default
+    box with the highest IoU with it (the anchor that detects that object). Small objects
+    are as frequent per octave of size as large ones, so every source gets targets in
+    proportion to the octaves its boxes cover (SSD300: about a third go to the first)."""
+    rng = np.random.default_rng(seed)
+    S = cfg.image_size
+    boxes = cj.default_boxes_xyxy(cfg)
+    out = []
+    for t in range(T):
+        side = S * np.exp(rng.uniform(np.log(0.07), 0.0))
+        r = rng.choice([0.5, 1.0, 2.0])
+        w, h = min(S, side * np.sqrt(r)), min(S, side / np.sqrt(r))
+        cx, cy = rng.uniform(w / 2, S - w / 2), rng.uniform(h / 2, S - h / 2)
+        obj = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+        lt = np.maximum(boxes[:, :2], obj[:2])
+        rb = np.minimum(boxes[:, 2:], obj[2:])
+        inter = np.clip(rb - lt, 0, None).prod(1)
+        union = (boxes[:, 2:] - boxes[:, :2]).prod(1) + w * h - inter
+        out.append(ClassTarget(t % num_images, int(np.argmax(inter / union)), 1 + t % (cfg.num_classes - 1)))
+    return out
+
+
+TARGET_SETS = {"uniform": make_targets, "first": first_source_targets, "mixed": detection_like_targets}
+
+
+def source_histogram(cfg, targets) -> list[int]:
+    """How many of ``targets`` fall on each source."""
+    edges = np.cumsum([0] + [f * f * a for f, a in zip(cfg.feature_sizes(), cfg.anchors_per_cell)])
+    return np.bincount(
+        np.searchsorted(edges, [t.anchor for t in targets], side="right") - 1, minlength=len(edges) - 1
+    ).tolist()
+
+
 def encoded(cfg, targets, num_images: int):
     """Cotangents for the non-explain paths: crp's initial relevance (contrast vs all
     other classes), so every path propagates the same vectors."""
@@ -353,6 +398,13 @@ def make_runners(kinds, model, variables, meta, x, targets, chunk, trunner, B):
                 return call
 
             runners.append(Runner(kind, f(), f(tg=targets[:nw]), T, nw))
+        elif kind in CROP_KINDS:
+            opts = CROP_KINDS[kind]
+
+            def g(tg=targets, o=opts):  # noqa: B008 (bound per loop)
+                return lambda: cj.explain(model, variables, x, tg, method="crp", meta=meta, chunk_size=chunk, **o)
+
+            runners.append(Runner(kind, g(), g(targets[:nw]), T, nw))
         elif kind == "floor":
             runners.append(
                 Runner(
@@ -396,6 +448,10 @@ def make_runners(kinds, model, variables, meta, x, targets, chunk, trunner, B):
                 )
             )
     return runners
+
+
+# crp through explain's other paths: dense (no cropping) and the window output form
+CROP_KINDS = {"crp_dense": {"crop": False}, "crp_windows": {"output": "windows"}}
 
 
 def run_interleaved(runners, repeats: int) -> None:
@@ -455,7 +511,7 @@ def child_main(spec: dict) -> dict:
     label, model, variables, meta = build_model(spec["model"])
     B, T, chunk, kind = spec["images"], spec["T"], spec["chunk"], spec["method"]
     x = make_images(B, model.config.image_size, meta)
-    targets = make_targets(model.config, B, T)
+    targets = TARGET_SETS[spec.get("targets", "uniform")](model.config, B, T)
     block(variables)
     rss_base = _rss_now()
     (r,) = make_runners([kind], model, variables, meta, x, targets, chunk, None, B)
@@ -495,6 +551,103 @@ def run_child(spec: dict, timeout: float | None) -> dict:
             return res
     tail = (p.stderr or p.stdout)[-800:]
     return {**spec, "error": f"exit {p.returncode}: {tail}"}
+
+
+# ---------------------------------------------------------------------------------------
+# receptive-field-cropped propagation (--crop)
+# ---------------------------------------------------------------------------------------
+def crop_section(mname, model, variables, meta, args, zok: bool) -> dict:
+    """Cropped against dense propagation (docs/design.md §6), one image, interleaved:
+
+    - the anchor groups (one per source): grid, input window, whether explain crops them;
+    - per target set ("first": first-source anchors; "mixed": anchors drawn like real
+      detections, :func:`detection_like_targets`): per-target time of explain's cropped
+      path ("crp", dense output), "crp_windows" (window output), "crp_dense" (crop=False),
+      the floor and zennit (VGG models, when installed), and their ratios;
+    - compile time of the cropped path (first call minus steady state, with explain's
+      compiled functions cleared before) and how many functions that call compiled;
+    - peak RSS of ``--crop-big-T`` first-source targets in a subprocess, window output and
+      dense output.
+    """
+    from crp_jax.relevance import crop_groups
+    from crp_jax.relevance.batched import _jitted
+    from crp_jax.relevance.cropped import _compiled_cropped
+
+    cfg = model.config
+    chunk, T = args.chunk, args.crop_T
+    x = make_images(1, cfg.image_size, meta)
+    comp = get_composite("crp", meta)
+    A, K = cfg.num_anchors(), cfg.num_classes
+    t0 = time.perf_counter()
+    groups = crop_groups(model, variables, x.shape, comp, A, K)
+    sec = {"plan_s": time.perf_counter() - t0, "T": T, "chunk": chunk, "sets": {}, "memory": []}
+    sec["groups"] = [
+        {"anchors": list(g.anchors), "grid": list(g.grid), "window": list(g.window), "cropped": g.cropped}
+        for g in groups
+    ]
+    log(f"cropped propagation, {mname}: groups (planned in {sec['plan_s']:.1f} s)")
+    for g in groups:
+        log(f"   anchors {g.anchors}: grid {g.grid}, input window {g.window}, cropped {g.cropped}")
+    zrunner = None
+    if zok and cfg.backbone == "vgg16":
+        import zennit_ssd
+
+        zrunner = zennit_ssd.ZennitRunner(cfg, variables, meta, np.asarray(x), threads=args.torch_threads)
+    for set_name in ("first", "mixed"):
+        targets = TARGET_SETS[set_name](cfg, 1, T)
+        kinds = ["crp", "crp_dense", "crp_windows", "floor"] + (["zennit"] if zrunner is not None else [])
+        runners = make_runners(kinds, model, variables, meta, x, targets, chunk, zrunner, 1)
+        # compile time and count of this very call: explain's compiled functions start empty
+        _compiled_cropped.cache_clear()
+        _jitted.cache_clear()
+        crp = runners[0]
+        first = timed(crp.full)
+        n_cropped = _compiled_cropped.cache_info().currsize
+        n_forward = _jitted.cache_info().currsize
+        for r in runners:
+            r.warm, r.n_warm = r.full, r.n_full  # warm-up = the same call: every group compiles
+        la0 = loadavg()
+        run_interleaved(runners, args.repeats)
+        per = {r.name: med(r.steady) for r in runners}
+        row = {
+            "targets": set_name,
+            "source_histogram": source_histogram(cfg, targets),
+            "per_target_s": per,
+            "repeats_s": {r.name: r.steady for r in runners},
+            "dense_over_cropped": per["crp_dense"] / per["crp"],
+            "floor_over_cropped": per["floor"] / per["crp"],
+            "windows_over_cropped": per["crp_windows"] / per["crp"],
+            "zennit_over_cropped": per["zennit"] / per["crp"] if "zennit" in per else None,
+            "compile_s": first - per["crp"] * T,
+            "compiled_functions": {"forward": n_forward, "cropped_backward": n_cropped},
+            "loadavg": f"{la0} -> {loadavg()}",
+        }
+        sec["sets"][set_name] = row
+        z = f", zennit/cropped {row['zennit_over_cropped']:.1f}x" if row["zennit_over_cropped"] else ""
+        log(
+            f"-- {set_name} targets, T={T} (per source {row['source_histogram']}), load {row['loadavg']}: "
+            f"dense/cropped {row['dense_over_cropped']:.2f}x, floor/cropped {row['floor_over_cropped']:.2f}x{z}; "
+            f"compile {row['compile_s']:.1f} s, compiled {n_forward} forward + {n_cropped} cropped backward"
+        )
+        for r in runners:
+            log(f"   {r.name:>12}: {per[r.name]:8.4f} s/target  repeats {[round(v, 4) for v in r.steady]}")
+    if zrunner is not None:
+        zrunner.close()
+    if not args.no_mem:
+        for kind in ("crp_windows", "crp"):
+            spec = {"model": mname, "images": 1, "T": args.crop_big_T, "chunk": chunk, "method": kind}
+            spec["targets"] = "first"
+            log(f"subprocess {spec} ...")
+            res = run_child(spec, args.child_timeout)
+            sec["memory"].append(res)
+            if "error" in res:
+                log(f"   error: {res['error']}")
+            else:
+                log(
+                    f"   {res['per_target_s']:.4f} s/target (compile {res['compile_s']:.1f} s), peak RSS "
+                    f"{res['peak_rss_bytes'] / GiB:.2f} GiB (base {res['rss_base_bytes'] / GiB:.2f})"
+                )
+    return sec
 
 
 # ---------------------------------------------------------------------------------------
@@ -625,6 +778,14 @@ def parse_args(argv=None):
         action="store_true",
         help="per-conv-layer timing of forward, rule backward and autodiff backward (SSD300)",
     )
+    p.add_argument(
+        "--crop",
+        action="store_true",
+        help="only the cropped-propagation section: cropped vs dense crp (first-source and "
+        "detection-like targets), zennit, compile time and count, peak RSS of --crop-big-T targets",
+    )
+    p.add_argument("--crop-T", type=int, default=32, help="targets per set in the --crop section")
+    p.add_argument("--crop-big-T", type=int, default=1024, help="first-source targets of the --crop memory rows")
     p.add_argument("--child-timeout", type=float, default=None, help="seconds before a subprocess is abandoned")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -688,6 +849,10 @@ def main(argv=None) -> int:
         log(f"\n=== {mname}: {label}")
         mres = {"label": label}
         results["models"][mname] = mres
+        if args.crop:
+            mres["crop"] = crop_section(mname, model, variables, meta, args, zok)
+            save()
+            continue
 
         # --- conv layers, FLOPs, forward throughput --------------------------------------
         flop_methods = list(dict.fromkeys(methods + ["crp", "gradient"]))
@@ -922,7 +1087,8 @@ def main(argv=None) -> int:
 
     results["machine"]["loadavg_end"] = loadavg()
     results["elapsed_s"] = time.perf_counter() - t_start
-    report(results, methods, chunk)
+    if not args.crop:
+        report(results, methods, chunk)
     if args.json:
         save(final=True)
         log(f"\nwrote {args.json}")

@@ -23,7 +23,7 @@ from crp_jax.errors import ConfigError, InputError
 from crp_jax.relevance import INPUT_LAYER, Composite, RelevanceWindows, cone_sizes, crop_groups, rules
 from crp_jax.relevance.batched import compiled_functions, output_sizes
 from crp_jax.relevance.composite import get_composite
-from crp_jax.relevance.cropped import compiled_cropped
+from crp_jax.relevance.cropped import compiled_cropped, group_leaves
 from crp_jax.ssd.config import SSDConfig
 from crp_jax.ssd.meta import Meta
 from crp_jax.ssd.model import SSD
@@ -50,16 +50,18 @@ def edge_targets(model, image: int = 0, per_cell_boxes=(0, -1), loc: bool = True
     return out
 
 
-def assert_cropped_equals_dense(model, variables, meta, x, targets, method, chunk_size):
+def assert_cropped_equals_dense(model, variables, meta, x, targets, method, chunk_size, crop="always", tol=TOL):
+    """``crop="always"``: every head output runs cropped, also where explain's default would
+    keep whole-image windows dense."""
     dense = cj.explain(model, variables, x, targets, method=method, meta=meta, chunk_size=chunk_size, crop=False)
-    cropped = cj.explain(model, variables, x, targets, method=method, meta=meta, chunk_size=chunk_size)
+    cropped = cj.explain(model, variables, x, targets, method=method, meta=meta, chunk_size=chunk_size, crop=crop)
     scale = np.abs(dense).max()
     assert scale > 0
     err = np.abs(cropped - dense).max(axis=(1, 2, 3)) / scale
-    assert err.max() <= TOL, f"{method}, chunk {chunk_size}: worst target {int(err.argmax())} off by {err.max():.2e}"
+    assert err.max() <= tol, f"{method}, chunk {chunk_size}: worst target {int(err.argmax())} off by {err.max():.2e}"
     # conservation sums are those of the dense path (within 1e-5 of each target's sum|R|)
     gap = np.abs(cropped.sum((1, 2, 3)) - dense.sum((1, 2, 3)))
-    assert (gap <= TOL * np.abs(dense).sum((1, 2, 3))).all(), gap
+    assert (gap <= tol * np.abs(dense).sum((1, 2, 3))).all(), gap
     return dense, cropped
 
 
@@ -88,17 +90,26 @@ def test_cropped_equals_dense_on_the_shipped_model(shipped, method, chunk_size):
     assert_cropped_equals_dense(model, variables, meta, x, edge_targets(model), method, chunk_size)
 
 
-def test_cropped_equals_dense_on_ssd300_every_source(ssd300):
+@pytest.mark.parametrize("crop", [True, "always"])
+def test_cropped_equals_dense_on_ssd300_every_source(ssd300, crop):
     model, variables, meta, x = ssd300
-    assert_cropped_equals_dense(model, variables, meta, x, edge_targets(model), "crp", 3)
+    assert_cropped_equals_dense(model, variables, meta, x, edge_targets(model), "crp", 3, crop)
 
 
-@pytest.mark.parametrize("method", ["lrp_ab", "lrp_eps", "gradient_x_input"])
+@pytest.mark.parametrize("method", ["crp", "lrp_ab", "lrp_eps", "gradient_x_input"])
 def test_cropped_equals_dense_on_ssd300_first_source(ssd300, method):
+    """Only first-source targets: explain's default crops them after a forward trimmed to
+    the residuals they read (the layers after conv4_3 are not computed). That forward is
+    another XLA program, so its float32 rounding differs (residuals within 2e-7, relative),
+    and CRP's contrast on these random weights is as sensitive as that: a 1-ulp change of
+    the input moves the dense result by up to 6.7e-6 of max|R| at these anchors (measured),
+    and the trimmed forward by up to 1.04e-5. crp gets 3e-5 here; every test where the
+    forward is shared holds 1e-5."""
     model, variables, meta, x = ssd300
     first = [t for t in edge_targets(model) if t.anchor < 38 * 38 * 4]
     assert len(first) == 8
-    assert_cropped_equals_dense(model, variables, meta, x, first, method, 8)
+    tol = 3e-5 if method == "crp" else TOL
+    assert_cropped_equals_dense(model, variables, meta, x, first, method, 8, crop=True, tol=tol)
 
 
 @pytest.mark.parametrize("method", ["crp", "lrp_ab"])
@@ -119,16 +130,18 @@ def test_windows_are_the_cones_of_ssd300(ssd300):
     assert [g.anchors for g in groups] == [(c.anchors.start, c.anchors.stop) for c in cones]
     assert [g.grid for g in groups] == [(f, f) for f in model.config.feature_sizes()]
     for g, c in zip(groups, cones):
-        assert g.cropped and not g.densified
+        assert g.windowed and not g.densified
         assert g.window == tuple(min(s, 300) for s in c.sizes["input"])
     assert groups[0].window == (108, 108)
+    # by default explain crops where the window is at most half the image: the first source
+    assert [g.cropped for g in groups] == [True] + [False] * 5
 
 
 def test_window_output(shipped):
     model, variables, meta, x = shipped
     targets = edge_targets(model)
     dense = cj.explain(model, variables, x, targets, meta=meta, crop=False)
-    rw = cj.explain(model, variables, x, targets, meta=meta, output="windows")
+    rw = cj.explain(model, variables, x, targets, meta=meta, output="windows", crop="always")
     assert isinstance(rw, RelevanceWindows) and len(rw) == len(targets) and rw.shape == dense.shape
     scale = np.abs(dense).max()
     assert np.abs(rw.dense() - dense).max() <= TOL * scale
@@ -159,10 +172,10 @@ def test_window_output_on_the_device_and_dense_on_the_device(shipped):
     targets = edge_targets(model)
     dense = cj.explain(model, variables, x, targets, meta=meta, crop=False)
     scale = np.abs(dense).max()
-    on_device = cj.explain(model, variables, x, targets, meta=meta, to_host=False)
+    on_device = cj.explain(model, variables, x, targets, meta=meta, to_host=False, crop="always")
     assert isinstance(on_device, jax.Array)
     assert np.abs(np.asarray(on_device) - dense).max() <= TOL * scale
-    rw = cj.explain(model, variables, x, targets, meta=meta, to_host=False, output="windows")
+    rw = cj.explain(model, variables, x, targets, meta=meta, to_host=False, output="windows", crop="always")
     assert all(isinstance(w, jax.Array) for w in rw.windows)
     assert np.abs(rw.dense() - dense).max() <= TOL * scale
 
@@ -175,7 +188,7 @@ def test_layers_and_unknown_output(shipped):
     assert flow
     with pytest.raises(ConfigError, match="output 'sparse' unknown"):
         cj.explain(model, variables, x, targets, meta=meta, output="sparse")
-    with pytest.raises(InputError, match="crop must be True or False"):
+    with pytest.raises(InputError, match="crop must be True, False or 'always'"):
         cj.explain(model, variables, x, targets, meta=meta, crop="yes")
 
 
@@ -183,13 +196,13 @@ def test_a_mixed_call_compiles_one_backward_per_group_and_chunk(shipped):
     model, variables, meta, x = shipped
     comp = get_composite("crp", meta)
     targets = edge_targets(model)
-    cj.explain(model, variables, x, targets, meta=meta, chunk_size=4)
+    cj.explain(model, variables, x, targets, meta=meta, chunk_size=4, crop="always")
     fns = [
-        compiled_cropped(model, comp, 4, 1528, g.anchors) for g in crop_groups(model, variables, x.shape, comp, 1528, 7)
+        compiled_cropped(model, comp, 4, 1528, g) for g in crop_groups(model, variables, x.shape, comp, 1528, 7)
     ]
     sizes = [f._cache_size() for f in fns]
     assert sizes == [1] * len(fns)
-    cj.explain(model, variables, x, targets[::-1], meta=meta, chunk_size=4)
+    cj.explain(model, variables, x, targets[::-1], meta=meta, chunk_size=4, crop="always")
     assert [f._cache_size() for f in fns] == sizes  # a second call reuses them
 
 
@@ -214,15 +227,21 @@ def test_ops_without_a_window_rule_run_whole_and_stay_exact():
     comp = Composite(rules=((INPUT_LAYER, rules.Flat()), (nn.Conv, rules.Epsilon(1e-3))))
     A, K = output_sizes(model, variables, x)
     (group,) = crop_groups(model, variables, x.shape, comp, A, K)
-    assert "cumsum" in group.densified and not group.cropped
+    assert "cumsum" in group.densified and not group.windowed and not group.cropped
     targets = [cj.ClassTarget(image=0, anchor=a, cls=1, contrast="none") for a in (0, 7, A - 1)]
     dense = cj.explain(model, variables, x, targets, method=comp, crop=False)
-    np.testing.assert_allclose(cj.explain(model, variables, x, targets, method=comp), dense, atol=1e-6)
+    np.testing.assert_allclose(cj.explain(model, variables, x, targets, method=comp, crop="always"), dense, atol=1e-6)
     # the group's cropped function itself (run whole where needed) is exact too
     forward, _ = compiled_functions(model, comp, 3, A)
     _, vjp_fn = forward(variables, jnp.asarray(x))
-    fn = compiled_cropped(model, comp, 3, A, group.anchors, dense_out=True)
+    fn = compiled_cropped(model, comp, 3, A, group, dense_out=True)
     coef = np.zeros((3, 1, K), np.float32)
     coef[:, 0, 1] = 1
-    got = fn(vjp_fn, jnp.asarray(x), jnp.asarray([0, 7, A - 1], jnp.int32), coef, np.zeros((3, 1, 4), np.float32))
+    got = fn(
+        group_leaves(group, vjp_fn),
+        jnp.asarray(x),
+        jnp.asarray([0, 7, A - 1], jnp.int32),
+        coef,
+        np.zeros((3, 1, 4), np.float32),
+    )
     np.testing.assert_allclose(np.asarray(got), dense, atol=1e-6)

@@ -36,7 +36,7 @@ from crp_jax.checks import check_image_batch
 from crp_jax.errors import CheckpointError, ConfigError, InputError, NumericsError, TargetError
 from crp_jax.relevance.composite import Composite, get_composite
 from crp_jax.relevance.core import finish, linearize
-from crp_jax.relevance.cropped import Unsupported, compiled_cropped, crop_groups
+from crp_jax.relevance.cropped import Unsupported, compiled_cropped, crop_groups, trimmed_forward
 from crp_jax.relevance.targets import ClassTarget, LocTarget, Target, encode_targets
 from crp_jax.relevance.windows import RelevanceWindows
 
@@ -52,7 +52,7 @@ def explain(
     layers: bool = False,
     mesh=None,
     to_host: bool = True,
-    crop: bool = True,
+    crop: bool | str = True,
     output: str = "dense",
 ):
     """Relevance at the input for every target.
@@ -77,10 +77,14 @@ def explain(
       to_host: False keeps ``R`` on the device as a ``jax.Array`` (no device-to-host copy,
         which on a GPU costs more than the propagation itself: 1 MiB per SSD300 target).
       crop: propagate each target only inside its anchor's receptive-field cone (the
-        default; docs/design.md §6, :mod:`crp_jax.relevance.cropped`). The result equals
-        the dense path's up to float32 rounding; ``crop=False`` forces the dense path (for
-        comparison). Targets are grouped by head output, one compiled backward per group
-        and chunk size; ``layers=True`` and ``mesh=`` always run dense.
+        default; docs/design.md §6, :mod:`crp_jax.relevance.cropped`) where that window
+        covers at most half the image (SSD300: the first source's 108 px). The result equals
+        the dense path's up to float32 rounding. ``False`` forces the dense path, "always"
+        crops every head output the cropped engine handles (for tests and comparison).
+        Cropped targets are grouped by head output, one compiled backward per group and
+        chunk size; an image whose targets are all cropped gets a forward pass trimmed to
+        what their groups read (its finiteness check then covers their outputs only).
+        ``layers=True`` and ``mesh=`` always run dense.
       output: "dense" (``[T, H, W, C]``) or "windows": a :class:`RelevanceWindows` that
         keeps only each target's window (SSD300 first source: 108 x 108 instead of
         300 x 300), for explaining thousands of targets; ``.dense()`` gives the array.
@@ -100,7 +104,8 @@ def explain(
     xs = _check_images(x)
     layers = _check_flag("layers", layers)
     to_host = _check_flag("to_host", to_host)
-    crop = _check_flag("crop", crop)
+    if crop not in (True, False, "always") or isinstance(crop, (int, float)) and not isinstance(crop, bool):
+        raise InputError(f"crop must be True, False or 'always', got {crop!r}")
     if output not in OUTPUTS:
         raise ConfigError(f"output {output!r} unknown; use one of {OUTPUTS}")
     chunk_size = _check_count("chunk_size", chunk_size)
@@ -118,16 +123,13 @@ def explain(
             )
         R = _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, comp, chunk_size, mesh, A)
         return _whole_windows(R) if output == "windows" else R
-    groups = _cropped_groups(model, variables, xs, comp, A, K) if crop and not layers else ()
+    groups, n_heads = _cropped_groups(model, variables, xs, comp, A, K, crop) if crop and not layers else ((), 0)
     windows = output == "windows"
     collect = _Collector(T, xs.shape[1:], to_host, windows, layers, zeroed=bool(groups))
 
     for b in np.unique(images):
         sel = np.flatnonzero(images == b)
-        forward, _ = compiled_functions(model, comp, chunk_size_for(len(sel), chunk_size), A, layers)
         xb = jnp.asarray(xs[b : b + 1])
-        ok, vjp_fn = forward(variables, xb)
-        collect.finite.append((int(b), ok))  # checked after dispatching everything (no sync here)
         rest = np.ones(len(sel), bool)
         parts = []
         for g in groups:
@@ -135,6 +137,19 @@ def explain(
             rest &= ~inside
             parts.append((g, sel[inside]))
         parts.insert(0, (None, sel[rest]))
+        present = [g for g, m in parts[1:] if len(m)]
+        if groups and not rest.any() and len(present) < n_heads:
+            # every target is cropped and some head outputs have none: a forward that keeps
+            # only what their groups read (XLA drops the rest; SSD300's first source alone:
+            # every layer after conv4_3)
+            forward, keep = trimmed_forward(model, comp, present)
+            ok, kept = forward(variables, xb)
+            residual = dict(zip(keep, kept))
+        else:
+            forward, _ = compiled_functions(model, comp, chunk_size_for(len(sel), chunk_size), A, layers)
+            ok, vjp_fn = forward(variables, xb)
+            residual = dict(enumerate(jax.tree.leaves(vjp_fn))) if groups else {}
+        collect.finite.append((int(b), ok))  # checked after dispatching everything (no sync here)
         for g, members in parts:
             if not len(members):
                 continue
@@ -142,14 +157,15 @@ def explain(
             if g is None:
                 backward = compiled_functions(model, comp, chunk, A, layers)[1]
             else:
-                backward = compiled_cropped(model, comp, chunk, A, g.anchors, dense_out=not (to_host or windows))
+                backward = compiled_cropped(model, comp, chunk, A, g, dense_out=not (to_host or windows))
+                leaves = tuple(residual[i] for i in g.leaves)
             for start in range(0, len(members), chunk):
                 idx = members[start : start + chunk]
                 a, c, l = _pad_chunk(anchors[idx], cls_coef[idx], loc_coef[idx], chunk)
                 if g is None:
                     res = backward(vjp_fn, xb, a[None], c[None], l[None])
                 else:
-                    res = backward(vjp_fn, xb, jnp.asarray(a, jnp.int32), c[:, None], l[:, None])
+                    res = backward(leaves, xb, jnp.asarray(a, jnp.int32), c[:, None], l[:, None])
                 collect.add(g is not None and (to_host or windows), idx, res)
     collect.flush()
     for b, ok in collect.finite:
@@ -245,14 +261,16 @@ def _whole_windows(R) -> RelevanceWindows:
     return RelevanceWindows(tuple(R.shape), (np.arange(T),), (R,), (np.zeros((T, 2), np.int64),))
 
 
-def _cropped_groups(model, variables, xs, comp, A: int, K: int) -> tuple:
-    """The anchor groups ``explain`` propagates cropped (docs/design.md §6); none when the
-    model's backward does not split its anchors per head output."""
+def _cropped_groups(model, variables, xs, comp, A: int, K: int, crop) -> tuple:
+    """``(groups, number of head outputs)``: the anchor groups ``explain`` propagates
+    cropped (docs/design.md §6), those whose window is small enough (``crop=True``) or every
+    windowed one (``crop="always"``); none when the model's backward does not split its
+    anchors per head output."""
     try:
         groups = crop_groups(model, variables, xs.shape, comp, A, K)
     except Unsupported:
-        return ()
-    return tuple(g for g in groups if g.cropped)
+        return (), 0
+    return tuple(g for g in groups if (g.windowed if crop == "always" else g.cropped)), len(groups)
 
 
 def heatmap(R, reduce: str = "sum") -> np.ndarray:

@@ -34,6 +34,7 @@ group's grid is read from the ``reshape`` that turns its anchors into a feature 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -122,15 +123,21 @@ class Plan:
       grid: the anchor grid ``(rows, cols)`` of the group's head output.
       input_window: ``(height, width)`` of the relevance window at the model input.
       densified: ops that had to run on whole maps (primitive names, in order).
+      leaves: indices of the residual leaves that some op computed with.
     """
 
     grid: tuple[int, int] | None = None
     input_window: tuple[int, int] | None = None
     densified: list[str] = field(default_factory=list)
+    leaves: set = field(default_factory=set)
+
+
+class _Missing:
+    """A residual leaf the trimmed forward did not keep (the plan says no op reads it)."""
 
 
 def _special(v) -> bool:
-    return isinstance(v, (_Win, _Zero, _Anchor))
+    return isinstance(v, (_Win, _Zero, _Anchor, _Missing))
 
 
 def _shape_of(v) -> tuple[int, ...]:
@@ -156,10 +163,11 @@ def _sub_jaxpr(eqn):
 class _Interpreter:
     """Runs a backward jaxpr with the target's relevance held on windows (module docstring)."""
 
-    def __init__(self, group: tuple[int, int], plan: Plan):
+    def __init__(self, group: tuple[int, int], plan: Plan, leaves: Sequence = ()):
         self.group = group
         self.plan = plan
         self.coords: tuple[jax.Array, jax.Array] | None = None
+        self.leaf_index = {id(v): i for i, v in enumerate(leaves) if not isinstance(v, _Missing)}
 
     # ---- offsets and re-positioning -------------------------------------------------------
 
@@ -277,6 +285,7 @@ class _Interpreter:
         if name == "broadcast_in_dim" and _is_zero_literal(ins[0]):
             return _Zero(tuple(params["shape"]), eqn.outvars[0].aval.dtype)
         if not any(_special(v) for v in ins):
+            self.plan.leaves.update(self.leaf_index[id(v)] for v in ins if id(v) in self.leaf_index)
             return eqn.primitive.bind(*ins, **params)
         sub = _sub_jaxpr(eqn)
         if sub is not None:
@@ -287,6 +296,9 @@ class _Interpreter:
         zero = self.zero_rule(eqn, name, ins)
         if zero is not None:
             return zero
+        if any(isinstance(v, _Missing) for v in ins):
+            raise RuntimeError(f"cropped backward: {name} reads a residual that its plan did not list")  # a bug
+        self.plan.leaves.update(self.leaf_index[id(v)] for v in ins if id(v) in self.leaf_index)
         if any(isinstance(v, _Anchor) for v in ins):
             out = self.anchor_rule(eqn, name, params, ins)
         elif name in _ELEMENTWISE:
@@ -603,18 +615,23 @@ def _reshape_groups(old, new):
 # ---- building the cropped backward -------------------------------------------------------
 
 
-def backward_jaxpr(vjp_fn, num_images: int, num_boxes: int, num_classes: int, dtype=jnp.float32):
-    """``(closed_jaxpr, residual_leaves)``: the VJP of a detector as a jaxpr whose inputs
-    are the residual leaves of ``vjp_fn`` followed by the cotangents ``[N, A, K]`` and
-    ``[N, A, 4]``."""
+def residual_spec(vjp_fn) -> tuple:
+    """``(treedef, ((shape, dtype name), ...))`` of a VJP's residual leaves: hashable, so
+    that compiled functions can be cached on it."""
     leaves, treedef = jax.tree.flatten(vjp_fn)
-    specs = [jax.ShapeDtypeStruct(np.shape(v), v.dtype) for v in leaves]
+    return treedef, tuple((tuple(np.shape(v)), np.dtype(v.dtype).name) for v in leaves)
+
+
+def backward_jaxpr(spec: tuple, num_images: int, num_boxes: int, num_classes: int, dtype=jnp.float32):
+    """The VJP of a detector as a closed jaxpr whose inputs are its residual leaves (``spec``
+    from :func:`residual_spec`) followed by the cotangents ``[N, A, K]`` and ``[N, A, 4]``."""
+    treedef, leaf_specs = spec
+    specs = [jax.ShapeDtypeStruct(s, d) for s, d in leaf_specs]
     cts = (
         jax.ShapeDtypeStruct((num_images, num_boxes, num_classes), dtype),
         jax.ShapeDtypeStruct((num_images, num_boxes, 4), dtype),
     )
-    closed = jax.make_jaxpr(lambda lv, ct: jax.tree.unflatten(treedef, lv)(ct))(specs, cts)
-    return closed, leaves
+    return jax.make_jaxpr(lambda lv, ct: jax.tree.unflatten(treedef, lv)(ct))(specs, cts)
 
 
 def anchor_groups(closed) -> tuple[tuple[int, int], ...]:
@@ -643,26 +660,29 @@ def anchor_groups(closed) -> tuple[tuple[int, int], ...]:
     return found[0]
 
 
-def cropped_slot(vjp_fn, x, anchor, cls_coef, loc_coef, *, num_boxes: int, group, times_input: bool, plan: Plan):
+def cropped_slot(leaves, x, anchor, cls_coef, loc_coef, *, spec, num_boxes: int, group, times_input: bool, plan: Plan):
     """One target's relevance on its window.
 
     Args:
-      vjp_fn: the residual pytree from the dense forward (``linearize``), for ``N`` images.
+      leaves: the residual leaves of the dense forward (``linearize``'s VJP, for ``N``
+        images), in ``spec``'s order; leaves the group does not read may be ``None``.
       x: the model input ``[N, H, W, C]`` (for gradient x input).
       anchor: int32 scalar, the target's anchor, inside ``group``.
       cls_coef, loc_coef: ``[N, K]`` and ``[N, 4]`` initial relevance at that anchor.
+      spec: :func:`residual_spec` of the VJP.
       num_boxes: A, the detector's number of anchors.
       group: the anchor range ``[a0, a1)`` of one head output (:func:`anchor_groups`).
-      plan: filled while tracing (window size, ops run on whole maps).
+      plan: filled while tracing (window size, ops run on whole maps, leaves read).
 
     Returns:
       ``(window [N, h, w, C], offset [2])``: relevance on the window whose top-left corner is
       ``offset`` (row, column) at the input; zero outside it. ``(h, w)`` is static.
     """
     N, K = cls_coef.shape
-    closed, leaves = backward_jaxpr(vjp_fn, N, num_boxes, K, cls_coef.dtype)
+    closed = backward_jaxpr(spec, N, num_boxes, K, cls_coef.dtype)
     A = num_boxes
-    interp = _Interpreter(tuple(group), plan)
+    leaves = [_Missing() if v is None else v for v in leaves]
+    interp = _Interpreter(tuple(group), plan, leaves)
     cts = [_Anchor(0, A, anchor, cls_coef), _Anchor(0, A, anchor, loc_coef)]
     (rx,) = interp.run(closed.jaxpr, closed.consts, list(leaves) + cts)
     full = tuple(x.shape)
@@ -682,6 +702,13 @@ def cropped_slot(vjp_fn, x, anchor, cls_coef, loc_coef, *, num_boxes: int, group
     return window, jnp.stack(offset)
 
 
+# explain crops a group when its input window covers at most this share of the image.
+# Measured (SSD300, 2-core CPU, benchmarks/RESULTS.md "Cropped propagation"): a 108 px window
+# (13% of the image) makes the backward 14x cheaper; whole-image windows gain nothing and,
+# chunked per group, lose to the shared dense chunks (detection-like targets: 0.93x).
+CROP_MAX_AREA = 0.5
+
+
 @dataclass(frozen=True)
 class CropGroup:
     """One head output's anchors and how :func:`crp_jax.explain` propagates them.
@@ -690,20 +717,31 @@ class CropGroup:
       anchors: the anchor range ``[a0, a1)``.
       grid: its anchor grid ``(rows, columns)``.
       window: ``(height, width)`` of its relevance window at the input.
-      densified: ops that had to run on whole maps (then the group runs dense).
+      image: ``(height, width)`` of the input.
+      densified: ops that had to run on whole maps.
+      leaves: indices of the dense forward's residual leaves its cropped backward reads.
+      spec: :func:`residual_spec` of that forward.
     """
 
     anchors: tuple[int, int]
     grid: tuple[int, int] | None
     window: tuple[int, int]
+    image: tuple[int, int]
     densified: tuple[str, ...]
+    leaves: tuple[int, ...] = ()
+    spec: tuple = field(default=(), repr=False)
+
+    @property
+    def windowed(self) -> bool:
+        """The interpreter windowed every op (the cropped backward is faster than dense)."""
+        return not self.densified
 
     @property
     def cropped(self) -> bool:
-        """Whether ``explain`` runs this group cropped: whenever the interpreter windowed
-        every op. Even a whole-image window is then no slower than dense, because the other
-        sources' branches are skipped (benchmarks/RESULTS.md, "Cropped propagation")."""
-        return not self.densified
+        """Whether ``explain`` crops this group by default: windowed, and the window covers
+        at most :data:`CROP_MAX_AREA` of the image."""
+        area = self.window[0] * self.window[1] / (self.image[0] * self.image[1])
+        return self.windowed and area <= CROP_MAX_AREA
 
 
 def crop_groups(model, variables, x_shape: Sequence[int], composite, num_boxes: int, num_classes: int):
@@ -724,37 +762,56 @@ def _crop_groups(model, comp, image_shape, A, K, key):
     variables = treedef.unflatten([jax.ShapeDtypeStruct(s, d) for s, d in specs])
     x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     vjp = jax.eval_shape(lambda v, x: linearize(model.apply, v, x, comp)[1], variables, x)
-    closed, _ = backward_jaxpr(vjp, 1, A, K)
+    spec = residual_spec(vjp)
     out = []
-    for group in anchor_groups(closed):
+    for group in anchor_groups(backward_jaxpr(spec, 1, A, K)):
         plan = Plan()
-        slot = functools.partial(cropped_slot, num_boxes=A, group=group, times_input=comp.times_input, plan=plan)
-        coef = jax.ShapeDtypeStruct((1, K), jnp.float32)
-        jax.eval_shape(
-            slot, vjp, x, jax.ShapeDtypeStruct((), jnp.int32), coef, jax.ShapeDtypeStruct((1, 4), jnp.float32)
+        slot = functools.partial(
+            cropped_slot, spec=spec, num_boxes=A, group=group, times_input=comp.times_input, plan=plan
         )
-        out.append(CropGroup(group, plan.grid, plan.input_window, tuple(plan.densified)))
+        coef = jax.ShapeDtypeStruct((1, K), jnp.float32)
+        leaves = jax.tree.leaves(vjp)
+        jax.eval_shape(
+            slot, leaves, x, jax.ShapeDtypeStruct((), jnp.int32), coef, jax.ShapeDtypeStruct((1, 4), jnp.float32)
+        )
+        g = CropGroup(group, plan.grid, plan.input_window, image_shape[:2], tuple(plan.densified))
+        out.append(dataclasses.replace(g, leaves=tuple(sorted(plan.leaves)), spec=spec))
     return tuple(out)
 
 
-def compiled_cropped(model, comp, chunk: int, num_boxes: int, group: tuple[int, int], dense_out: bool = False):
+def group_leaves(group: CropGroup, vjp_fn) -> tuple:
+    """The residual leaves of ``vjp_fn`` that ``group``'s cropped backward reads."""
+    leaves = jax.tree.leaves(vjp_fn)
+    return tuple(leaves[i] for i in group.leaves)
+
+
+def compiled_cropped(model, comp, chunk: int, num_boxes: int, group: CropGroup, dense_out: bool = False):
     """The jitted cropped backward of one anchor group (public, for benchmarks):
-    ``backward(vjp_fn, x [1, H, W, C], anchors [chunk], cls_coef [chunk, 1, K],
+    ``backward(leaves, x [1, H, W, C], anchors [chunk], cls_coef [chunk, 1, K],
     loc_coef [chunk, 1, 4]) -> (windows [chunk, h, w, C], offsets [chunk, 2])``, or the
     dense ``[chunk, H, W, C]`` with ``dense_out=True`` (windows placed on the device).
-    ``vjp_fn`` comes from :func:`crp_jax.relevance.batched.compiled_functions`' forward."""
-    return _compiled_cropped(model, comp, chunk, num_boxes, tuple(group), dense_out)
+    ``leaves`` are :func:`group_leaves` of the forward's VJP (or of :func:`trimmed_forward`)."""
+    return _compiled_cropped(model, comp, chunk, num_boxes, group, dense_out)
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled_cropped(model, comp, chunk, num_boxes, group, dense_out):
     del model, chunk  # part of the key only: one jitted function per chunk size, as the dense path
+    n = len(group.spec[1])
 
-    def backward(vjp_fn, x, anchors, cls_coef, loc_coef):
+    def backward(leaves, x, anchors, cls_coef, loc_coef):
+        full = [None] * n
+        for i, v in zip(group.leaves, leaves):
+            full[i] = v
         slot = functools.partial(
-            cropped_slot, num_boxes=num_boxes, group=group, times_input=comp.times_input, plan=Plan()
+            cropped_slot,
+            spec=group.spec,
+            num_boxes=num_boxes,
+            group=group.anchors,
+            times_input=comp.times_input,
+            plan=Plan(),
         )
-        wins, offs = jax.vmap(slot, in_axes=(None, None, 0, 0, 0))(vjp_fn, x, anchors, cls_coef, loc_coef)
+        wins, offs = jax.vmap(slot, in_axes=(None, None, 0, 0, 0))(full, x, anchors, cls_coef, loc_coef)
         wins = wins[:, 0]  # one image
         if not dense_out:
             return wins, offs
@@ -765,3 +822,30 @@ def _compiled_cropped(model, comp, chunk, num_boxes, group, dense_out):
         return jax.vmap(paste)(wins, offs)
 
     return jax.jit(backward)
+
+
+def trimmed_forward(model, comp, groups: Sequence[CropGroup]):
+    """The jitted forward of an image whose targets all lie in ``groups``:
+    ``forward(variables, x [1, H, W, C]) -> (ok, leaves)``, where ``leaves`` are the union
+    of the groups' residual leaves (in index order) and ``ok`` says whether the groups'
+    outputs are finite. XLA drops every computation nothing returned needs: for SSD300's
+    first source, the layers after conv4_3 and the other heads (their relevance is zero)."""
+    return _trimmed_forward(model, comp, tuple(groups))
+
+
+@functools.lru_cache(maxsize=16)
+def _trimmed_forward(model, comp, groups):
+    from crp_jax.relevance.core import linearize
+
+    keep = sorted(set().union(*(g.leaves for g in groups)))
+
+    def forward(variables, x):
+        (cls, loc), vjp_fn = linearize(model.apply, variables, x, comp)
+        ok = jnp.bool_(True)
+        for g in groups:
+            a0, a1 = g.anchors
+            ok = ok & jnp.isfinite(cls[:, a0:a1]).all() & jnp.isfinite(loc[:, a0:a1]).all()
+        leaves = jax.tree.leaves(vjp_fn)
+        return ok, tuple(leaves[i] for i in keep)
+
+    return jax.jit(forward), tuple(keep)
