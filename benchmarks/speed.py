@@ -153,19 +153,31 @@ def first_source_targets(cfg, num_images: int, T: int, seed: int = 0) -> list:
     return [ClassTarget(t % num_images, int(anchors[t]), 1 + t % (cfg.num_classes - 1)) for t in range(T)]
 
 
-def detection_like_targets(cfg, num_images: int, T: int, seed: int = 0) -> list:
-    """``T`` class targets drawn like real detections: an object per target, its side
-    log-uniform between 0.07 and 1.0 of the image (the range of SSD300's default-box scales),
-    aspect ratio from {1/2, 1, 2}, centre uniform inside the image; the target is the default
-    box with the highest IoU with it (the anchor that detects that object). Small objects
-    are as frequent per octave of size as large ones, so every source gets targets in
-    proportion to the octaves its boxes cover (SSD300: about a third go to the first)."""
+# COCO's object sizes (the data torchvision's SSD300 is trained on): the share of objects by
+# area, small < 32^2 <= medium < 96^2 <= large, in images of about 640 x 480 (Lin et al.,
+# "Microsoft COCO", 2014: 41% / 34% / 24%). SSD resizes to 300 x 300, about 0.54x per side.
+COCO_SIZE_CLASSES = ((0.41, 8.0, 32.0), (0.34, 32.0, 96.0), (0.24, 96.0, 640.0))  # (share, min side, max side)
+COCO_TO_300 = 0.54
+
+
+def detection_like_targets(cfg, num_images: int, T: int, seed: int = 0, sizes: str = "coco") -> list:
+    """``T`` class targets drawn like real detections: one object per target, the target
+    being the default box with the highest IoU with it (the anchor that detects it).
+    Object sides: ``sizes="coco"``, COCO's size classes (:data:`COCO_SIZE_CLASSES`) scaled
+    to the input, log-uniform within each class; ``"loguniform"``, log-uniform between
+    0.07 and 1.0 of the image (the range of SSD300's default-box scales). Aspect ratio from
+    {1/2, 1, 2}, centre uniform inside the image."""
     rng = np.random.default_rng(seed)
     S = cfg.image_size
     boxes = cj.default_boxes_xyxy(cfg)
+    shares = np.array([c[0] for c in COCO_SIZE_CLASSES])
     out = []
     for t in range(T):
-        side = S * np.exp(rng.uniform(np.log(0.07), 0.0))
+        if sizes == "coco":
+            _, lo, hi = COCO_SIZE_CLASSES[rng.choice(len(shares), p=shares / shares.sum())]
+            side = min(S, COCO_TO_300 * S / 300 * np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        else:
+            side = S * np.exp(rng.uniform(np.log(0.07), 0.0))
         r = rng.choice([0.5, 1.0, 2.0])
         w, h = min(S, side * np.sqrt(r)), min(S, side / np.sqrt(r))
         cx, cy = rng.uniform(w / 2, S - w / 2), rng.uniform(h / 2, S - h / 2)
@@ -178,7 +190,12 @@ def detection_like_targets(cfg, num_images: int, T: int, seed: int = 0) -> list:
     return out
 
 
-TARGET_SETS = {"uniform": make_targets, "first": first_source_targets, "mixed": detection_like_targets}
+TARGET_SETS = {
+    "uniform": make_targets,
+    "first": first_source_targets,
+    "coco": detection_like_targets,
+    "loguniform": lambda cfg, B, T, seed=0: detection_like_targets(cfg, B, T, seed, sizes="loguniform"),
+}
 
 
 def source_histogram(cfg, targets) -> list[int]:
@@ -560,8 +577,8 @@ def crop_section(mname, model, variables, meta, args, zok: bool) -> dict:
     """Cropped against dense propagation (docs/design.md §6), one image, interleaved:
 
     - the anchor groups (one per source): grid, input window, whether explain crops them;
-    - per target set ("first": first-source anchors; "mixed": anchors drawn like real
-      detections, :func:`detection_like_targets`): per-target time of explain's cropped
+    - per target set ("first": first-source anchors; "coco" and "loguniform": anchors drawn
+      like real detections, :func:`detection_like_targets`): per-target time of explain's cropped
       path ("crp", dense output), "crp_windows" (window output), "crp_dense" (crop=False),
       the floor and zennit (VGG models, when installed), and their ratios;
     - compile time of the cropped path (first call minus steady state, with explain's
@@ -571,7 +588,7 @@ def crop_section(mname, model, variables, meta, args, zok: bool) -> dict:
     """
     from crp_jax.relevance import crop_groups
     from crp_jax.relevance.batched import _jitted
-    from crp_jax.relevance.cropped import _compiled_cropped
+    from crp_jax.relevance.cropped import _compiled_cropped, _trimmed_forward
 
     cfg = model.config
     chunk, T = args.chunk, args.crop_T
@@ -593,17 +610,24 @@ def crop_section(mname, model, variables, meta, args, zok: bool) -> dict:
         import zennit_ssd
 
         zrunner = zennit_ssd.ZennitRunner(cfg, variables, meta, np.asarray(x), threads=args.torch_threads)
-    for set_name in ("first", "mixed"):
+    for set_name in ("first", "coco", "loguniform"):
         targets = TARGET_SETS[set_name](cfg, 1, T)
         kinds = ["crp", "crp_dense", "crp_windows", "floor"] + (["zennit"] if zrunner is not None else [])
         runners = make_runners(kinds, model, variables, meta, x, targets, chunk, zrunner, 1)
         # compile time and count of this very call: explain's compiled functions start empty
         _compiled_cropped.cache_clear()
         _jitted.cache_clear()
+        _trimmed_forward.cache_clear()
         crp = runners[0]
         first = timed(crp.full)
         n_cropped = _compiled_cropped.cache_info().currsize
-        n_forward = _jitted.cache_info().currsize
+        n_trimmed = _trimmed_forward.cache_info().currsize
+        # _jitted holds (forward, dense backward) pairs; count the ones that compiled
+        n_forward = n_dense = 0
+        for c in {chunk_size_for(n, chunk) for n in range(1, T + 1)}:
+            fwd_c, bwd_c = compiled_functions(model, comp, c, A)
+            n_forward += fwd_c._cache_size()
+            n_dense += bwd_c._cache_size()
         for r in runners:
             r.warm, r.n_warm = r.full, r.n_full  # warm-up = the same call: every group compiles
         la0 = loadavg()
@@ -619,7 +643,12 @@ def crop_section(mname, model, variables, meta, args, zok: bool) -> dict:
             "windows_over_cropped": per["crp_windows"] / per["crp"],
             "zennit_over_cropped": per["zennit"] / per["crp"] if "zennit" in per else None,
             "compile_s": first - per["crp"] * T,
-            "compiled_functions": {"forward": n_forward, "cropped_backward": n_cropped},
+            "compiled_functions": {
+                "forward": n_forward,
+                "trimmed_forward": n_trimmed,
+                "dense_backward": n_dense,
+                "cropped_backward": n_cropped,
+            },
             "loadavg": f"{la0} -> {loadavg()}",
         }
         sec["sets"][set_name] = row
@@ -627,7 +656,8 @@ def crop_section(mname, model, variables, meta, args, zok: bool) -> dict:
         log(
             f"-- {set_name} targets, T={T} (per source {row['source_histogram']}), load {row['loadavg']}: "
             f"dense/cropped {row['dense_over_cropped']:.2f}x, floor/cropped {row['floor_over_cropped']:.2f}x{z}; "
-            f"compile {row['compile_s']:.1f} s, compiled {n_forward} forward + {n_cropped} cropped backward"
+            f"compile {row['compile_s']:.1f} s, compiled {n_forward} forward + {n_trimmed} trimmed forward + "
+            f"{n_dense} dense backward + {n_cropped} cropped backward"
         )
         for r in runners:
             log(f"   {r.name:>12}: {per[r.name]:8.4f} s/target  repeats {[round(v, 4) for v in r.steady]}")
