@@ -197,9 +197,7 @@ def test_a_mixed_call_compiles_one_backward_per_group_and_chunk(shipped):
     comp = get_composite("crp", meta)
     targets = edge_targets(model)
     cj.explain(model, variables, x, targets, meta=meta, chunk_size=4, crop="always")
-    fns = [
-        compiled_cropped(model, comp, 4, 1528, g) for g in crop_groups(model, variables, x.shape, comp, 1528, 7)
-    ]
+    fns = [compiled_cropped(model, comp, 4, 1528, g) for g in crop_groups(model, variables, x.shape, comp, 1528, 7)]
     sizes = [f._cache_size() for f in fns]
     assert sizes == [1] * len(fns)
     cj.explain(model, variables, x, targets[::-1], meta=meta, chunk_size=4, crop="always")
