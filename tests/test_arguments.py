@@ -95,11 +95,16 @@ def test_a_mesh_with_device_output_or_layer_flow_is_refused_clearly(shipped):
         cj.explain(model, variables, x, t, method="crp", meta=meta, mesh="all")
 
 
-def test_crop_is_a_flag_and_the_dense_path_is_what_every_call_runs(shipped):
+def test_crop_takes_true_false_or_always(shipped):
+    # the shipped model's windows are over half its image: the default crops nothing, so
+    # it equals the dense path bit for bit; "always" crops every head output (to 1e-5)
     model, variables, meta, x = shipped
     t = [cj.ClassTarget(0, 5, 1), cj.LocTarget(1, 700, "cy", -1)]
     a = cj.explain(model, variables, x, t, method="gradient", crop=False)
     b = cj.explain(model, variables, x, t, method="gradient")
     np.testing.assert_array_equal(a, b)
-    with pytest.raises(InputError, match="crop must be True or False"):
-        cj.explain(model, variables, x, t, method="gradient", crop="no")
+    c = cj.explain(model, variables, x, t, method="gradient", crop="always")
+    assert np.abs(c - a).max() <= 1e-5 * np.abs(a).max()
+    for bad in ("no", 1, None):
+        with pytest.raises(InputError, match="crop must be True, False or 'always'"):
+            cj.explain(model, variables, x, t, method="gradient", crop=bad)
