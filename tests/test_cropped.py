@@ -242,4 +242,5 @@ def test_ops_without_a_window_rule_run_whole_and_stay_exact():
         coef,
         np.zeros((3, 1, 4), np.float32),
     )
-    np.testing.assert_allclose(np.asarray(got), dense, atol=1e-6)
+    assert got.shape == (1, *dense.shape)
+    np.testing.assert_allclose(np.asarray(got)[0], dense, atol=1e-6)

@@ -226,7 +226,7 @@ class _Collector:
                 self.flow.setdefault(k, np.zeros((self.T, 2), np.float32))[idx] = np.asarray(v)[0, :n]
         else:
             r = res
-        r = get(r)[0, :n] if r.ndim == len(self.shape) + 2 else get(r)[:n]
+        r = get(r)[0, :n]
         if self.windows:
             self.parts.append((idx, r, np.zeros((n, 2), np.int64)))
         elif self.to_host:

@@ -235,8 +235,8 @@ class _Interpreter:
             return a
         return v
 
-    def on(self, v, axes: dict[int, _Axis], shape: tuple[int, ...]):
-        """Value ``v`` (whole shape ``shape``, or a scalar) restricted to the windows ``axes``."""
+    def on(self, v, axes: dict[int, _Axis]):
+        """Value ``v`` (a whole value or a scalar) restricted to the windows ``axes``."""
         if isinstance(v, _Zero):
             s = [axes[k].n if k in axes and d != 1 else d for k, d in enumerate(v.shape)]
             return jnp.zeros(s, v.dtype)
@@ -422,7 +422,7 @@ class _Interpreter:
         if axes is None:
             return None
         shape = tuple(eqn.outvars[0].aval.shape)
-        a = eqn.primitive.bind(*[self.on(v, axes, shape) for v in ins], **params)
+        a = eqn.primitive.bind(*[self.on(v, axes) for v in ins], **params)
         return _Win(a, axes, shape) if axes else a
 
     def rule_conv_general_dilated(self, eqn, params, ins):
@@ -544,16 +544,12 @@ class _Interpreter:
 
     def rule_squeeze(self, eqn, params, ins):
         (x,) = ins
-        dims = set(params["dimensions"])
-        keep = [k for k in range(len(x.shape)) if k not in dims]
-        axes = {j: x.axes[k] for j, k in enumerate(keep) if k in x.axes}
+        axes = _without_axes(x, params["dimensions"])
         return _Win(eqn.primitive.bind(x.a, **params), axes, tuple(eqn.outvars[0].aval.shape))
 
     def rule_reduce_sum(self, eqn, params, ins):
         (x,) = ins
-        red = set(params["axes"])
-        keep = [k for k in range(len(x.shape)) if k not in red]
-        axes = {j: x.axes[k] for j, k in enumerate(keep) if k in x.axes}
+        axes = _without_axes(x, params["axes"])
         a = eqn.primitive.bind(x.a, **params)  # outside the window the value is zero
         return _Win(a, axes, tuple(eqn.outvars[0].aval.shape)) if axes else a
 
@@ -571,13 +567,8 @@ class _Interpreter:
         axes = self.common_axes(ins)
         if axes is None or d in axes:
             return None
-        shape = tuple(eqn.outvars[0].aval.shape)
-        parts = []
-        for v in ins:
-            s = list(shape)
-            s[d] = _shape_of(v)[d]
-            parts.append(self.on(v, axes, tuple(s)))
-        return _Win(eqn.primitive.bind(*parts, **params), axes, shape)
+        parts = [self.on(v, axes) for v in ins]
+        return _Win(eqn.primitive.bind(*parts, **params), axes, tuple(eqn.outvars[0].aval.shape))
 
     def rule_split(self, eqn, params, ins):
         (x,) = ins
@@ -585,6 +576,12 @@ class _Interpreter:
             return None
         outs = eqn.primitive.bind(x.a, **params)
         return [_Win(o, dict(x.axes), tuple(v.aval.shape)) for o, v in zip(outs, eqn.outvars)]
+
+
+def _without_axes(x: _Win, dropped) -> dict[int, _Axis]:
+    """``x``'s windowed axes renumbered after removing the axes ``dropped``."""
+    keep = [k for k in range(len(x.shape)) if k not in set(dropped)]
+    return {j: x.axes[k] for j, k in enumerate(keep) if k in x.axes}
 
 
 def _reshape_groups(old, new):
@@ -685,11 +682,10 @@ def cropped_slot(leaves, x, anchor, cls_coef, loc_coef, *, spec, num_boxes: int,
     interp = _Interpreter(tuple(group), plan, leaves)
     cts = [_Anchor(0, A, anchor, cls_coef), _Anchor(0, A, anchor, loc_coef)]
     (rx,) = interp.run(closed.jaxpr, closed.consts, list(leaves) + cts)
-    full = tuple(x.shape)
     if isinstance(rx, _Win) and set(rx.axes) <= {1, 2}:
         window = rx.a
         if times_input:
-            window = window * interp.on(x, rx.axes, full)
+            window = window * interp.on(x, rx.axes)
         offset = [interp.at(rx.axes[k].table, rx.axes[k].tag) if k in rx.axes else jnp.int32(0) for k in (1, 2)]
     else:
         window = interp.dense(rx)
@@ -789,7 +785,8 @@ def compiled_cropped(model, comp, chunk: int, num_boxes: int, group: CropGroup, 
     """The jitted cropped backward of one anchor group (public, for benchmarks):
     ``backward(leaves, x [1, H, W, C], anchors [chunk], cls_coef [chunk, 1, K],
     loc_coef [chunk, 1, 4]) -> (windows [chunk, h, w, C], offsets [chunk, 2])``, or the
-    dense ``[chunk, H, W, C]`` with ``dense_out=True`` (windows placed on the device).
+    dense ``[1, chunk, H, W, C]`` with ``dense_out=True`` (windows placed on the device;
+    laid out as the dense backward's result).
     ``leaves`` are :func:`group_leaves` of the forward's VJP (or of :func:`trimmed_forward`)."""
     return _compiled_cropped(model, comp, chunk, num_boxes, group, dense_out)
 
@@ -819,7 +816,7 @@ def _compiled_cropped(model, comp, chunk, num_boxes, group, dense_out):
         def paste(w, o):
             return lax.dynamic_update_slice(jnp.zeros(x.shape[1:], w.dtype), w, (o[0], o[1], 0))
 
-        return jax.vmap(paste)(wins, offs)
+        return jax.vmap(paste)(wins, offs)[None]
 
     return jax.jit(backward)
 
