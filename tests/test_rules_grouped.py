@@ -405,7 +405,7 @@ class _Net(nn.Module):
 
 NEW_KINDS = Composite(
     rules=(
-        (Kind("add"), rules.Proportional(0.01)),
+        (Kind("add"), rules.Proportional(0.01, by_sign=False)),
         (Kind("gate"), rules.PassThrough()),
         (Kind("activation"), rules.PassThrough()),
     )
@@ -424,7 +424,7 @@ def test_add_gate_and_activation_rules_match_hand_formulas():
     g = 1 / (1 + np.exp(-(y.mean(-1, keepdims=True) * np.arange(1.0, 6.0))))
     np.testing.assert_allclose(np.asarray(out), y * g, rtol=1e-5, atol=1e-6)
     # gate: R_y = R_out (g constant: no relevance through g's dependence on y)
-    # add: R_k = z_k / stab(y, 0.01) R_y;  activation: R_a = R_h
+    # add (the value split): R_k = z_k / stab(y, 0.01) R_y;  activation: R_a = R_h
     inv = 1 / stab(y, 0.01)
     expected = np.stack([h * inv * R_out, b * inv * R_out, c * inv * R_out], axis=-1)
     np.testing.assert_allclose(R, expected, rtol=1e-4, atol=1e-6)

@@ -68,13 +68,9 @@ def test_layers_declare_their_relevance_kinds():
     assert "stem/act" in kinds["activation"] and "block_12/se/gate_act" in kinds["activation"]
     assert "block_2/add" in kinds["add"] and "block_1/add" not in kinds["add"]  # block 1 is strided
     assert "block_3/se/gate" in kinds["gate"]
-    # convs whose input or output can be negative: the stem, every expand and project conv,
-    # hardswish blocks' dw convs, the last conv, the first extra block, heads on sources 0, 1
-    signed = kinds["signed"]
-    assert {"stem/conv", "block_1/expand/conv", "block_0/dw/conv", "block_7/dw/conv", "block_1/project/conv"} <= signed
-    assert {"last/conv", "extra_0/pw1/conv", "dw_cls_0/conv", "dw_loc_1/conv"} <= signed
-    # ... and not those between ReLU / ReLU6 outputs, nor the heads' last convs
-    assert not {"block_1/dw/conv", "block_4/dw/conv", "extra_1/pw1/conv", "dw_cls_2/conv", "cls_0", "loc_0"} & signed
+    # which convs see negative values is read from the graph, not declared
+    # (tests/test_bounded_relevance.py)
+    assert set(kinds) == {"activation", "add", "gate"}
 
 
 def test_folding_batchnorm_keeps_outputs_with_negative_gammas():

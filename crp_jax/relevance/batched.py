@@ -24,6 +24,7 @@ has no such grouped convolution, and sharded == unsharded.)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -99,7 +100,8 @@ def explain(
     Raises:
       InputError, TargetError, ConfigError, CheckpointError: bad arguments (named).
       NumericsError: the model's forward pass is not finite for some image (names the
-        first layer whose output is not finite).
+        first layer whose output is not finite), or a target's relevance is not finite
+        (names the first layer, going back from the outputs, where it is not).
     """
     xs = _check_images(x)
     layers = _check_flag("layers", layers)
@@ -172,6 +174,9 @@ def explain(
         if not bool(ok):
             _raise_not_finite(model, variables, xs[b : b + 1], f"image {b}")
     out = collect.result()
+    bad = _nonfinite_targets(out)
+    if len(bad):
+        _raise_nonfinite_relevance(model, variables, xs, targets, comp, bad)
     if layers:
         order = _layer_order(model, variables, xs[:1], comp)
         return out, {k: collect.flow[k] for k in order if k in collect.flow}
@@ -487,6 +492,50 @@ def _layer_order(model, variables, x, comp: Composite) -> list[str]:
 
     jax.eval_shape(f, jnp.asarray(x))
     return list(shapes)
+
+
+def _nonfinite_targets(out) -> np.ndarray:
+    """Indices of the targets whose relevance holds NaN or Inf (one reduction per part)."""
+    if isinstance(out, RelevanceWindows):
+        parts = zip(out.targets, out.windows)
+    else:
+        parts = [(np.arange(len(out)), out)]
+    bad = []
+    for idx, r in parts:
+        xp = jnp if isinstance(r, jax.Array) else np
+        ok = np.asarray(xp.isfinite(r).reshape(len(r), -1).all(axis=1)) if len(r) else np.ones(0, bool)
+        bad.append(np.asarray(idx)[~ok])
+    return np.sort(np.concatenate(bad)) if bad else np.zeros(0, np.int64)
+
+
+def _raise_nonfinite_relevance(model, variables, xs, targets, comp: Composite, bad: np.ndarray):
+    """Slow path: some target's relevance is not finite although the forward was. Rerun the
+    first such target densely with the per-layer relevance and name the first layer, going
+    back from the outputs, whose output relevance holds NaN/Inf."""
+    from crp_jax.relevance.core import relevance_vjp
+
+    t = int(bad[0])
+    target = targets[t]
+    xb = jnp.asarray(xs[target.image : target.image + 1])
+    A, K = output_sizes(model, variables, xb)
+    _, anchors, cls_coef, loc_coef = encode_targets([dataclasses.replace(target, image=0)], 1, A, K, comp.contrast)
+    cot = (
+        jnp.zeros((1, A, K), jnp.float32).at[0, anchors[0]].set(cls_coef[0]),
+        jnp.zeros((1, A, 4), jnp.float32).at[0, anchors[0]].set(loc_coef[0]),
+    )
+    _, explain_fn = relevance_vjp(model.apply, variables, xb, comp, layers=True)
+    _, per_layer = explain_fn(cot)  # layer path -> relevance at its output, in forward order
+    nonfinite = [k for k, r in per_layer.items() if not bool(jnp.all(jnp.isfinite(r)))]
+    where = (
+        f"at the output of layer {nonfinite[-1]!r} (the first, going back from the outputs)"
+        if nonfinite
+        else "in the rule of the layer that reads the input (every layer's output relevance is finite)"
+    )
+    raise NumericsError(
+        f"method {comp.name!r}: the relevance of {len(bad)} target(s) is not finite, first target {t} ({target}); "
+        f"it becomes NaN/Inf {where}. The forward pass is finite: the composite's rules are unbounded here "
+        "(use a sign-aware w+ preset such as 'crp' or 'lrp_ab', or larger stabilisers)"
+    )
 
 
 def _raise_not_finite(model, variables, x, where: str):

@@ -50,9 +50,9 @@ CONTRASTS = ("others", "foreground", "none")
 #   "activation": elementwise non-linearity other than ReLU (hardswish, ReLU6): pass-through.
 #   "add":        residual addition of its inputs: proportional split.
 #   "gate":       product of features and a gate computed from them (squeeze-excitation).
-#   "signed":     a Conv/Dense whose input or output can be negative where relevance flows
-#                 (hardswish, linear bottlenecks): w+ needs contributions of both signs.
-LAYER_KINDS = ("rescale", "activation", "add", "gate", "signed")
+# Whether a Conv/Dense sees negative inputs, or passes relevance to negative outputs, is not a
+# kind: it is read from the graph (crp_jax/relevance/signs.py, ``Composite.sign_aware``).
+LAYER_KINDS = ("rescale", "activation", "add", "gate")
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,18 @@ class Composite:
         "foreground" or "none" (one-hot, plain LRP).
       times_input: multiply the input relevance by the input (gradient x input).
       name: for display.
+      sign_aware: give every linear rule the form its layer's sign facts need
+        (``rule.specialize``; facts read from the model's graph, crp_jax/relevance/signs.py):
+        w+ takes signed contributions where a layer's input can be negative and splits by
+        the output's sign where relevance reaches negative outputs. False: every rule
+        exactly as written.
     """
 
     rules: tuple = ()
     contrast: str | tuple[int, ...] = "none"
     times_input: bool = False
     name: str = "custom"
+    sign_aware: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "rules", tuple(tuple(r) for r in self.rules))
@@ -110,6 +116,8 @@ class Composite:
                 raise ConfigError(f"selector must be a path glob, a module type, a Kind or INPUT_LAYER, got {sel!r}")
             if not isinstance(rule, rules.Rule):
                 raise ConfigError(f"{rule!r} (for {sel!r}) is not a crp_jax rule")
+        if not isinstance(self.sign_aware, bool):
+            raise ConfigError(f"Composite.sign_aware must be True or False, got {self.sign_aware!r}")
         if isinstance(self.contrast, str) and self.contrast not in CONTRASTS:
             raise ConfigError(f"contrast {self.contrast!r} unknown; use one of {CONTRASTS} or a tuple of classes")
 
@@ -138,8 +146,14 @@ class Composite:
             return True
         return any(isinstance(sel, type) and isinstance(module, sel) for sel, _ in self.rules)
 
+    def needs_signs(self) -> bool:
+        """Whether :meth:`intercept` uses the graph's sign facts (some linear rule may change)."""
+        return self.sign_aware and any(isinstance(r, rules.LinearRule) for _, r in self.rules)
+
     @contextlib.contextmanager
-    def intercept(self, probes: dict | None = None, record: dict | None = None, model_input=None):
+    def intercept(
+        self, probes: dict | None = None, record: dict | None = None, model_input=None, signs: dict | None = None
+    ):
         """Context in which every ``module.__call__`` runs under its rule.
 
         ``probes``: path -> zero array added to that layer's output, so that the cotangent
@@ -147,6 +161,8 @@ class Composite:
         ``record``: filled with path -> output shape of every probe-able layer.
         ``model_input``: the array passed to the model; the layer that receives this very
         object is the INPUT_LAYER.
+        ``signs``: path -> ``LayerSigns`` (:func:`crp_jax.relevance.signs.layer_signs`); a
+        linear rule of a listed layer runs as ``rule.specialize(signs[path])``.
         """
 
         def interceptor(next_fun, args, kwargs, context):
@@ -155,8 +171,10 @@ class Composite:
                 return next_fun(*args, **kwargs)
             reads_input = model_input is not None and bool(args) and args[0] is model_input
             rule = self.rule_for(module, reads_input)
-            y = next_fun(*args, **kwargs) if rule is None else rule.apply(module, next_fun, args, kwargs)
             path = "/".join(module.path)
+            if signs is not None and isinstance(rule, rules.LinearRule) and path in signs:
+                rule = rule.specialize(signs[path])
+            y = next_fun(*args, **kwargs) if rule is None else rule.apply(module, next_fun, args, kwargs)
             if record is not None:
                 record[path] = jax.ShapeDtypeStruct(y.shape, y.dtype)
             if probes is not None and path in probes:
@@ -212,13 +230,17 @@ def _zbox(meta, who: str) -> rules.ZBox:
 
 
 # Rules of the layer kinds beyond linear layers, shared by the LRP presets (docs/ssdlite.md):
-# activations and SE gates pass relevance to their (first) input, residual adds split it in
-# proportion to the addends.
+# activations and SE gates pass relevance to their (first) input, residual adds split it over
+# the addends of the sum's sign (every share in [0, 1], so relevance stays bounded). An
+# eval-mode BatchNorm left in the model (not folded, crp_jax.ssd.fold) is a per-channel affine
+# map: relevance passes it unchanged; its gradient would scale relevance by gamma / sigma at
+# every layer (torchvision's SSDlite with calibrated statistics: 1e37, then NaN).
 _KIND_RULES = (
+    (nn.BatchNorm, rules.PassThrough()),
     (Kind("rescale"), rules.PassThrough()),
     (Kind("activation"), rules.PassThrough()),
     (Kind("gate"), rules.PassThrough()),
-    (Kind("add"), rules.Proportional()),
+    (Kind("add"), rules.Proportional(by_sign=True)),
 )
 
 
@@ -226,7 +248,6 @@ def _crp(meta) -> Composite:
     return Composite(
         rules=(
             (INPUT_LAYER, _zbox(meta, "crp")),
-            (Kind("signed"), rules.SignedWPlus()),
             ("cls_*", rules.WPlus()),
             ("loc_*", rules.AlphaBeta(1.0, 1.0)),
             *_KIND_RULES,
@@ -242,7 +263,6 @@ def _lrp_ab(meta) -> Composite:
     return Composite(
         rules=(
             (INPUT_LAYER, _zbox(meta, "lrp_ab")),
-            (Kind("signed"), rules.SignedWPlus()),
             *_KIND_RULES,
             (nn.Conv, rules.WPlus()),
             (nn.Dense, rules.WPlus()),

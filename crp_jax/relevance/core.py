@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax.tree_util import Partial
 
 from crp_jax.relevance.composite import Composite, get_composite
+from crp_jax.relevance.signs import layer_signs
 
 
 def relevance_vjp(
@@ -60,10 +61,13 @@ def _explain(vjp_fn, x, initial_relevance, *, comp, layers):
 def linearize(apply_fn, variables, x, comp: Composite, layers: bool = False):
     """``(outputs, vjp_fn)`` with ``vjp_fn`` a ``jax.tree_util.Partial`` (a pytree of
     residuals), so it can be returned from one ``jit`` and passed into another."""
+    # which linear layers see negative inputs or pass relevance to negative outputs: read
+    # from the graph, once per model and shapes (signs.py)
+    signs = layer_signs(apply_fn, variables, x) if comp.needs_signs() else None
     if not layers:
 
         def f(x):
-            with comp.intercept(model_input=x):
+            with comp.intercept(model_input=x, signs=signs):
                 return apply_fn(variables, x)
 
         return jax.vjp(f, x)
@@ -71,14 +75,14 @@ def linearize(apply_fn, variables, x, comp: Composite, layers: bool = False):
     shapes: dict = {}
 
     def record(x):
-        with comp.intercept(record=shapes, model_input=x):
+        with comp.intercept(record=shapes, model_input=x, signs=signs):
             return apply_fn(variables, x)
 
     jax.eval_shape(record, x)
     probes = {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes.items()}
 
     def g(x, probes):
-        with comp.intercept(probes=probes, model_input=x):
+        with comp.intercept(probes=probes, model_input=x, signs=signs):
             return apply_fn(variables, x)
 
     return jax.vjp(g, x, probes)

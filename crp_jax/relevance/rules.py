@@ -18,20 +18,29 @@ ZBox           sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / stab(z^B_j) R_j       
 Flat           sum_j 1 / stab(sum_i' 1) R_j  (all weights and inputs set to 1)        no
 WSquare        sum_j w_ij^2 / stab(sum_i' w_i'j^2) R_j                                no
 PassThrough    R_in = R_out for the first argument (L2Norm, hardswish, SE's x * g)     -
-Proportional   y = sum_k z_k (a residual add): R_k = z_k / stab(y) R_y                 -
+Proportional   y = sum_k z_k (a residual add): R_k = z_k^s / stab(sum_l z_l^s) R_y,     -
+               s = sign(y): the addends of y's sign (``by_sign=False``: z_k / stab(y))
 =============  =====================================================================  ======
 
 ``w+ = max(w, 0)``, ``w- = min(w, 0)``, ``stab(z, eps) = z + eps * sign(z)`` with
 ``sign(0) = +1``, so ``|stab(z, eps)| >= eps > 0`` and no rule ever divides by zero: every
 rule's stabiliser is an explicit, documented field (a float >= ``MIN_STABILIZER`` = 1e-20,
-so that its reciprocal stays finite in float32). WPlus and AlphaBeta take
-``x`` as it is (DESIGN's formula), which is the classic rule for the non-negative inputs
-that follow a ReLU. Where inputs can be negative (after hardswish, or a linear bottleneck),
+so that its reciprocal stays finite in float32). WPlus and AlphaBeta as written take
+``x`` as it is (DESIGN's formula), the classic rule for the non-negative inputs that follow
+a ReLU. Where inputs can be negative (after hardswish, or a linear bottleneck),
 ``x_i w+_ij`` is no longer >= 0, ``z+_j`` can cancel to ~0 and relevance blows up by
 1/stabiliser; ``contributions=True`` splits by the sign of each product ``x_i w_ij``
 instead (``(a)^+ = max(a, 0)``, ``(a)^- = min(a, 0)``), which keeps every share in [0, 1]:
 ``sum_i |R_i| <= sum_j |R_j|`` for WPlus, ``<= (alpha + beta) sum_j |R_j|`` for AlphaBeta.
-For x >= 0 both forms are equal, and the default one costs half.
+Where relevance reaches negative outputs, :class:`SignedWPlus` splits each unit over the
+contributions of its own sign.
+
+Which form a layer needs is a fact of the graph: under a composite (``Composite.sign_aware``,
+on by default) every linear rule is replaced by ``rule.specialize(signs)`` with the layer's
+sign facts read from the model's jaxpr (``crp_jax/relevance/signs.py``): WPlus becomes its
+contribution form where the input can be negative and SignedWPlus where relevance reaches
+negative outputs; AlphaBeta takes its contribution form for signed inputs. For x >= 0 the
+forms are equal, and the cheaper one is kept.
 
 Grouped and depthwise convolutions (``feature_group_count``) work with every linear rule
 (``ConvOp.groups``, ``linear.py``).
@@ -43,6 +52,7 @@ backward is one forward-style convolution plus elementwise work (see ``linear.py
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,6 +118,13 @@ class LinearRule(Rule):
             )
         params = module.variables["params"]
         return self(op, args[0], params["kernel"], params.get("bias"))
+
+    def specialize(self, signs) -> LinearRule:
+        """This rule in the form for a layer with the sign facts ``signs`` (a
+        ``crp_jax.relevance.signs.LayerSigns`` read from the model's graph): the w+ family
+        takes its sign-aware form where the layer's input or output can be negative, and
+        keeps its cheaper form, which is equal there, where the graph proves it cannot be."""
+        return self
 
     # -- to implement -----------------------------------------------------------------
     def forward_kernels(self, w: jax.Array) -> tuple[jax.Array, ...]:
@@ -186,6 +203,13 @@ class WPlus(LinearRule):
         _check_stabilizer("WPlus.stabilizer", self.stabilizer)
         _check_flag("WPlus.contributions", self.contributions)
 
+    def specialize(self, signs):
+        if signs.output_signed:
+            return SignedWPlus(self.stabilizer, signed_input=signs.input_signed or self.contributions)
+        if signs.input_signed and not self.contributions:
+            return dataclasses.replace(self, contributions=True)
+        return self
+
     def forward_kernels(self, w):
         return () if self.contributions else (jnp.maximum(w, 0),)
 
@@ -234,6 +258,11 @@ class AlphaBeta(LinearRule):
             if not (isinstance(v, (int, float)) and v >= 0 and v < float("inf")):
                 raise ConfigError(f"AlphaBeta.{name} must be a finite float >= 0, got {v!r}")
 
+    def specialize(self, signs):
+        if signs.input_signed and not self.contributions:
+            return dataclasses.replace(self, contributions=True)
+        return self
+
     def forward_kernels(self, w):
         return () if self.contributions else (jnp.maximum(w, 0), jnp.minimum(w, 0))
 
@@ -274,24 +303,45 @@ class SignedWPlus(LinearRule):
     bias is zero, so relevance is conserved exactly. Where relevance only reaches positive
     outputs and inputs are >= 0 (ReLU networks) it equals :class:`WPlus`. Every share is in
     [0, 1]: ``sum_i |R_i| <= sum_j |R_j|``.
+
+    ``signed_input=False``: the form for inputs ``>= 0``, where ``(x_i w_ij)^+ = x_i w+_ij``
+    (one convolution less, half the adjoint kernel); equal to the general form there.
     """
 
     stabilizer: float = 1e-9
+    signed_input: bool = True
 
     def __post_init__(self):
         _check_stabilizer("SignedWPlus.stabilizer", self.stabilizer)
+        _check_flag("SignedWPlus.signed_input", self.signed_input)
+
+    def specialize(self, signs):
+        # signed_input=False is the cheaper form for inputs >= 0 (x+ = x, x- = 0): only where
+        # the graph proves them so
+        return dataclasses.replace(self, signed_input=signs.input_signed)
+
+    def forward_kernels(self, w):
+        # inputs >= 0: z+ = x w+ and z- = x w- come out of the layer's own convolution
+        return () if self.signed_input else (jnp.maximum(w, 0), jnp.minimum(w, 0))
 
     def residuals(self, op, x, w, b, z, zs):
         wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
-        zp, zn = _signed_parts(op, x, wp, wn)
+        if self.signed_input:
+            zp, zn = _signed_parts(op, x, wp, wn)
+            wt = op.transpose_kernel(op.concat_in((op.concat_out((wp, wn)), op.concat_out((wn, wp)))))
+        else:
+            zp, zn = zs
+            wt = op.transpose_kernel(op.concat_out((wp, wn)))
         pos = z + b >= 0
-        wt = op.transpose_kernel(op.concat_in((op.concat_out((wp, wn)), op.concat_out((wn, wp)))))
         cp = jnp.where(pos, 1.0 / stabilize(zp, self.stabilizer), 0.0)
         cn = jnp.where(pos, 0.0, 1.0 / stabilize(zn, self.stabilizer))
         return x, wt, cp, cn
 
     def backward(self, op, res, R, in_hw):
-        return _contributions_backward(op, res, R, in_hw)
+        if self.signed_input:
+            return _contributions_backward(op, res, R, in_hw)
+        x, wt, cp, cn = res
+        return x * op.transpose(op.concat_out((R * cp, R * cn)), wt, in_hw)
 
 
 def _contributions_backward(op, res, R, in_hw):
@@ -443,14 +493,27 @@ _pass_through.defvjp(_pass_through_fwd, _pass_through_bwd)
 
 @dataclass(frozen=True)
 class Proportional(Rule):
-    """Residual addition ``y = z_1 + z_2 + ...`` (all of one shape): each addend gets
-    relevance in proportion to its value, ``R_k = z_k / stab(y, stabilizer) R_y``, so
-    ``sum_k R_k = y / stab(y) R_y`` (conserved up to the stabiliser)."""
+    """Residual addition ``y = z_1 + z_2 + ...`` (all of one shape).
+
+    ``by_sign=True`` (default): a sign-aware split. Where ``y >= 0`` relevance goes to the
+    positive addends, where ``y < 0`` to the negative ones, each in proportion to its value:
+
+        R_k = [y >= 0] z_k^+ / stab(sum_l z_l^+) R_y + [y < 0] z_k^- / stab(sum_l z_l^-) R_y
+
+    Every share is in [0, 1] (``sum_k |R_k| <= |R_y|``), and ``sum_k R_k = R_y`` up to the
+    stabiliser (the sum of the addends of ``y``'s sign is nonzero when ``y`` is), so signed
+    addends that cancel cannot inflate relevance (docs/design.md §2).
+
+    ``by_sign=False``: the value split ``R_k = z_k / stab(y) R_y``, conserving too, but
+    unbounded where signed addends cancel (``y ~ 0`` with large ``z_k``).
+    """
 
     stabilizer: float = 1e-9
+    by_sign: bool = True
 
     def __post_init__(self):
         _check_stabilizer("Proportional.stabilizer", self.stabilizer)
+        _check_flag("Proportional.by_sign", self.by_sign)
 
     def apply(self, module, next_fun, args, kwargs):
         y = next_fun(*args, **kwargs)
@@ -459,19 +522,24 @@ class Proportional(Rule):
             raise ConfigError(
                 f"Proportional needs a sum of same-shaped arrays; {'/'.join(module.path)} maps {shapes} -> {y.shape}"
             )
-        return _proportional(self.stabilizer, tuple(args), y)
+        return _proportional(self.stabilizer, self.by_sign, tuple(args), y)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _proportional(eps, zs, y):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _proportional(eps, by_sign, zs, y):
     return y
 
 
-def _proportional_fwd(eps, zs, y):
-    return y, (zs, 1.0 / stabilize(y, eps))
+def _proportional_fwd(eps, by_sign, zs, y):
+    if not by_sign:
+        return y, (zs, 1.0 / stabilize(y, eps))
+    pos = y >= 0
+    # each addend's part of y's sign, and the reciprocal of their sum
+    parts = tuple(jnp.where(pos, jnp.maximum(z, 0), jnp.minimum(z, 0)) for z in zs)
+    return y, (parts, 1.0 / stabilize(functools.reduce(jnp.add, parts), eps))
 
 
-def _proportional_bwd(eps, res, R):
+def _proportional_bwd(eps, by_sign, res, R):
     zs, inv = res
     s = R * inv
     # y's own dependence on the addends gets a symbolic zero: the split above is the rule.

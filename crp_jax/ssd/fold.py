@@ -81,3 +81,39 @@ def _plain(tree):
     if isinstance(tree, Mapping):
         return {k: _plain(v) for k, v in tree.items()}
     return tree
+
+
+def calibrate_batchnorm(model: SSDLite, variables: Mapping, x) -> dict:
+    """Batch statistics measured on ``x``: every BatchNorm's ``mean``/``var`` become those of
+    its input over ``x [B, H, W, 3]`` (preprocessed images), layer by layer, each layer
+    normalised with its own new statistics (as a train-mode pass with momentum 1 would).
+
+    What a trained network has and random weights lack: activations of order 1 all the way
+    down, so that random models behave like trained ones where that matters (relevance
+    bounds, conservation, overflow). Returns ``{"params": ..., "batch_stats": ...}`` with
+    the same ``params``.
+    """
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    if not isinstance(model, SSDLite) or not model.batchnorm:
+        raise ConfigError("calibrate_batchnorm needs an SSDLite with BatchNorm (batchnorm=True)")
+    stats: dict[str, np.ndarray] = {}
+
+    def measure(next_fun, args, kwargs, context):
+        module = context.module
+        if not isinstance(module, nn.BatchNorm) or context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        h = args[0]
+        mean, var = jnp.mean(h, axis=(0, 1, 2)), jnp.var(h, axis=(0, 1, 2))
+        path = "/".join(module.path)
+        stats[path + "/mean"], stats[path + "/var"] = np.asarray(mean), np.asarray(var)
+        p = module.variables["params"]
+        return (h - mean) / jnp.sqrt(var + module.epsilon) * p["scale"] + p["bias"]
+
+    with nn.intercept_methods(measure):
+        model.apply(variables, jnp.asarray(x, jnp.float32))
+    return {
+        "params": variables["params"],
+        "batch_stats": traverse_util.unflatten_dict({k: v.astype(np.float32) for k, v in stats.items()}, sep="/"),
+    }

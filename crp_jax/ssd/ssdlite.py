@@ -9,11 +9,9 @@ without the model being edited to be explained (docs/ssdlite.md):
 - the residual addition of an inverted residual block is :class:`Add` ("add");
 - the squeeze-excitation product ``x * g`` is :class:`Gate` ("gate"), with the gate ``g``
   computed from ``x`` by the small :class:`SqueezeExcite` container;
-- a convolution whose input or output can be negative where relevance flows (reading
-  hardswish or a linear bottleneck; followed by hardswish or by nothing) is a
-  :class:`SignedConv` ("signed"), so that composites can give it a rule for signed
-  contributions (``SignedWPlus``, crp_jax/relevance/rules.py), while convolutions between
-  ReLU/ReLU6 outputs stay plain ``nn.Conv``;
+- convolutions are plain ``nn.Conv``: which of them read negative inputs (hardswish, a
+  linear bottleneck) or pass relevance to negative outputs is read from the graph by the
+  engine (crp_jax/relevance/signs.py), not declared here;
 - BatchNorm follows every conv (:class:`ConvBN`); ``SSDLite(config, batchnorm=False)`` is
   the same network with BN folded into the convs' biases (``crp_jax.ssd.fold``), which is
   the form rules should see.
@@ -128,14 +126,6 @@ class Gate(nn.Module):
         return x * g
 
 
-class SignedConv(nn.Conv):
-    """An ``nn.Conv`` whose input or output can be negative where relevance flows (after
-    hardswish or a linear bottleneck; before hardswish or as a linear bottleneck): declared
-    so that composites give it a rule for contributions of both signs."""
-
-    relevance_kind: ClassVar[str] = "signed"
-
-
 _ACTIVATIONS = {"hardswish": Hardswish, "relu6": ReLU6}
 
 
@@ -145,8 +135,6 @@ class ConvBN(nn.Module):
 
     ``batchnorm=False``: the folded form, a conv with bias and no BN (``crp_jax.ssd.fold``).
     ``act``: "relu" (a function), "hardswish"/"relu6" (modules named ``act``) or None.
-    ``signed_input``: the input can be negative; the conv is then a :class:`SignedConv`, as
-    it is whenever ``act`` is hardswish or None (a signed output).
     """
 
     features: int
@@ -154,16 +142,12 @@ class ConvBN(nn.Module):
     stride: int = 1
     depthwise: bool = False
     act: str | None = None
-    signed_input: bool = False
     batchnorm: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         p = (self.kernel - 1) // 2
-        # ReLU and ReLU6 outputs are >= 0 (and pass no relevance where the input is < 0)
-        signed = self.signed_input or self.act not in ("relu", "relu6")
-        conv_cls = SignedConv if signed else nn.Conv
-        x = conv_cls(
+        x = nn.Conv(
             self.features,
             (self.kernel, self.kernel),
             strides=(self.stride, self.stride),
@@ -220,25 +204,20 @@ class InvertedResidual(nn.Module):
         cin = x.shape[-1]
         h = x
         if self.expanded != cin:
-            # reads the previous block's linear output (or the stem's hardswish): signed
-            h = ConvBN(self.expanded, 1, act=act, signed_input=True, batchnorm=self.batchnorm, name="expand")(x)
+            h = ConvBN(self.expanded, 1, act=act, batchnorm=self.batchnorm, name="expand")(x)
         expansion = h
-        # the depthwise conv reads ReLU outputs (>= 0) except after hardswish or no expansion
-        signed = self.hardswish or self.expanded == cin
         h = ConvBN(
             self.expanded,
             self.kernel,
             self.stride,
             depthwise=True,
             act=act,
-            signed_input=signed,
             batchnorm=self.batchnorm,
             name="dw",
         )(h)
         if self.use_se:
             h = SqueezeExcite(make_divisible(self.expanded // 4), name="se")(h)
-        # the gate is in [0, 1], so the project conv's input has the sign of the activation's
-        h = ConvBN(self.out, 1, signed_input=self.hardswish, batchnorm=self.batchnorm, name="project")(h)
+        h = ConvBN(self.out, 1, batchnorm=self.batchnorm, name="project")(h)
         if self.stride == 1 and cin == self.out:
             h = Add(name="add")(h, x)
         return h, expansion
@@ -246,18 +225,16 @@ class InvertedResidual(nn.Module):
 
 class ExtraBlock(nn.Module):
     """torchvision's SSDlite extra block: 1x1 to ``out // 2``, depthwise 3x3 with ``stride``
-    (padding 1), 1x1 to ``out``, each + BN + ReLU6. ``signed_input``: the block input can be
-    negative (the first block reads the last conv's hardswish output; the others ReLU6)."""
+    (padding 1), 1x1 to ``out``, each + BN + ReLU6."""
 
     out: int
     stride: int
-    signed_input: bool = False
     batchnorm: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         bn, mid = self.batchnorm, self.out // 2
-        x = ConvBN(mid, 1, act="relu6", signed_input=self.signed_input, batchnorm=bn, name="pw1")(x)
+        x = ConvBN(mid, 1, act="relu6", batchnorm=bn, name="pw1")(x)
         x = ConvBN(mid, 3, self.stride, depthwise=True, act="relu6", batchnorm=bn, name="dw")(x)
         return ConvBN(self.out, 1, act="relu6", batchnorm=bn, name="pw2")(x)
 
@@ -277,17 +254,17 @@ class SSDLite(nn.Module):
         cfg = self.config
         bn = self.batchnorm
         ch = functools.partial(_backbone_channels, width=cfg.width)
-        x = ConvBN(ch(STEM_CHANNELS), 3, 2, act="hardswish", signed_input=True, batchnorm=bn, name="stem")(x)
+        x = ConvBN(ch(STEM_CHANNELS), 3, 2, act="hardswish", batchnorm=bn, name="stem")(x)
         srcs = []
         for i, (k, exp, out, se, hs, stride) in enumerate(MOBILENET_V3_LARGE_BLOCKS):
             x, expansion = InvertedResidual(k, ch(exp), ch(out), se, hs, stride, batchnorm=bn, name=f"block_{i}")(x)
             if i == C4_BLOCK:
                 srcs.append(expansion)
-        x = ConvBN(6 * x.shape[-1], 1, act="hardswish", signed_input=True, batchnorm=bn, name="last")(x)
+        x = ConvBN(6 * x.shape[-1], 1, act="hardswish", batchnorm=bn, name="last")(x)
         srcs.append(x)
         for j, (_mid, out, stride, _pad) in enumerate(cfg.extras):
             c = max(16, int(out * cfg.width))  # torchvision's get_depth (min_depth 16)
-            x = ExtraBlock(c, stride, signed_input=(j == 0), batchnorm=bn, name=f"extra_{j}")(x)
+            x = ExtraBlock(c, stride, batchnorm=bn, name=f"extra_{j}")(x)
             srcs.append(x)
         return srcs
 
@@ -301,7 +278,6 @@ class SSDLite(nn.Module):
         cls_out, loc_out = [], []
         for k, (src, a) in enumerate(zip(self.sources(x), cfg.anchors_per_cell)):
             B = src.shape[0]
-            signed = k < 2  # sources 0 and 1 are hardswish outputs, the rest ReLU6
             outs = []
             for head, n in (("cls", a * K), ("loc", a * 4)):
                 h = ConvBN(
@@ -309,7 +285,6 @@ class SSDLite(nn.Module):
                     3,
                     depthwise=True,
                     act="relu6",
-                    signed_input=signed,
                     batchnorm=self.batchnorm,
                     name=f"dw_{head}_{k}",
                 )(src)
