@@ -1,0 +1,1 @@
+TFLiteMeta = load_tflite = None
