@@ -12,7 +12,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-WEIGHT_FILES = ("*.msgpack", "*.json", "*.md")
+WEIGHT_FILES = ("*.msgpack", "*.json", "*.md", "*.tflite", "*.txt")
 
 
 class BuildPyWithWeights(build_py):

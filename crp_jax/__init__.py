@@ -42,6 +42,8 @@ _LAZY = {
     "SSDLite": "crp_jax.ssd.ssdlite",
     "convert_torchvision_ssdlite": "crp_jax.ssd.convert_ssdlite",
     "fold_batchnorm": "crp_jax.ssd.fold",
+    # imported graphs
+    "load_tflite": "crp_jax.tflite.load",
     # relevance engine
     "relevance_vjp": "crp_jax.relevance.core",
     "Composite": "crp_jax.relevance.composite",
@@ -90,6 +92,8 @@ _SUBMODULES = (
     "sanity",
     "report",
     "progress",
+    "tflite",
+    "blazeface",
 )
 
 

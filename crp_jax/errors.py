@@ -44,3 +44,13 @@ def one_line(e: BaseException) -> str:
     if isinstance(e, (CRPError, OSError, ValueError, MemoryError)):
         return first or type(e).__name__
     return f"{type(e).__name__}: {first}"
+
+
+class GraphImportError(CheckpointError):
+    """A model graph (a TFLite flatbuffer) that cannot be imported as it is: an op the
+    importer does not implement, a quantized (int8/uint8) tensor, an output name the graph
+    does not have. The message names the op or tensor (as Netron shows it)."""
+
+
+class MissingExtraError(CRPError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra that adds it."""

@@ -132,7 +132,12 @@ def preprocess_with_sizes(images, meta) -> tuple[jax.Array, list[tuple[int, int]
     (beyond rounding), integer images outside 0..255 and NaN/Inf pixels raise
     :class:`InputError` naming the image, as do shapes other than those above. Pass the sizes to
     ``detect(..., image_sizes=sizes)`` to get boxes in original pixels.
+
+    A meta with its own ``preprocess_with_sizes(images)`` method (a detector outside
+    ``crp_jax.ssd``, e.g. BlazeFace's letterbox: crp_jax/blazeface/meta.py) does its own.
     """
+    if _own_pipeline(meta, "preprocess_with_sizes"):
+        return meta.preprocess_with_sizes(images)
     if not all(hasattr(meta, k) for k in ("image_size", "mean", "std")):
         raise ConfigError(f"preprocess needs a crp_jax Meta (image_size, mean, std), got {type(meta).__name__}")
     # A Meta is checked when made; this also covers duck-typed meta objects, so that finite
@@ -155,6 +160,15 @@ def preprocess(images, meta) -> jax.Array:
 
 
 # ---- detection ------------------------------------------------------------------------------
+
+# torchvision's SSD.postprocess_detections defaults (used when detect() gets None)
+_SSD_DEFAULTS = {"score_threshold": 0.01, "nms_threshold": 0.45, "max_detections": 200, "topk_candidates": 400}
+
+
+def _own_pipeline(meta, method: str) -> bool:
+    """Whether ``meta`` brings its own pre/post-processing (a detector outside ``crp_jax.ssd``
+    whose meta defines ``method``; the SSD :class:`Meta` does not)."""
+    return meta is not None and callable(getattr(type(meta), method, None))
 
 
 @dataclass(eq=False)  # holds arrays: == would be ambiguous, so compare by identity
@@ -303,10 +317,10 @@ def detect(
     x,
     meta=None,
     *,
-    score_threshold: float = 0.01,
-    nms_threshold: float = 0.45,
-    max_detections: int = 200,
-    topk_candidates: int = 400,
+    score_threshold: float | None = None,
+    nms_threshold: float | None = None,
+    max_detections: int | None = None,
+    topk_candidates: int | None = None,
     image_sizes=None,
 ) -> list[Detections]:
     """Detect objects: ``x [B, S, S, 3]`` preprocessed -> one :class:`Detections` per image.
@@ -329,7 +343,23 @@ def detect(
       image_sizes: optional ``(H, W)`` per image (from :func:`preprocess_with_sizes`):
         boxes are rescaled from the model input to those pixels, as torchvision's
         ``transform.postprocess`` does.
+      score_threshold, nms_threshold, max_detections, topk_candidates: None means
+        torchvision's defaults (0.01, 0.45, 200, 400).
+
+    A meta with its own ``detect`` method (BlazeFace: crp_jax/blazeface/meta.py) runs its own
+    post-processing on the same arguments (None: that detector's defaults).
     """
+    settings = {
+        "score_threshold": score_threshold,
+        "nms_threshold": nms_threshold,
+        "max_detections": max_detections,
+        "topk_candidates": topk_candidates,
+    }
+    if _own_pipeline(meta, "detect"):
+        return meta.detect(model, variables, x, image_sizes=image_sizes, **settings)
+    score_threshold, nms_threshold, max_detections, topk_candidates = (
+        _SSD_DEFAULTS[k] if v is None else v for k, v in settings.items()
+    )
     config = model.config
     if meta is not None and meta.config != config:
         raise ConfigError(

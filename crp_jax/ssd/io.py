@@ -290,20 +290,32 @@ SHIPPED_MODELS = {
 }
 
 
+#: Shipped TFLite graphs (``weights/NAME.tflite``), imported by ``crp_jax.blazeface``.
+SHIPPED_TFLITE = {
+    "blazeface": "MediaPipe BlazeFace short range (128 px, 896 anchors, face logit + box + 6 keypoints)",
+    "blazeface_full": "MediaPipe BlazeFace full range (192 px, 2304 anchors)",
+}
+
+
 def load_pretrained(name=None) -> tuple[Detector, dict, Meta]:
     """A shipped model by name, or the checkpoint at a path: ``(model, variables, meta)``.
 
     ``name``: None or "default" (the small VGG SSD), "ssdlite" (SSDlite-MobileNetV3), both
     read from :func:`default_weights_dir` (offline; the files are produced by
-    ``crp-jax train [--model ssdlite]``); anything else is a checkpoint path, as
-    :func:`load_weights`. When a shipped file is missing the :class:`CheckpointError` says
-    where it looked.
+    ``crp-jax train [--model ssdlite]``); "blazeface" / "blazeface_full" (MediaPipe's
+    BlazeFace, imported from the shipped ``.tflite`` by :mod:`crp_jax.blazeface`; needs the
+    ``[tflite]`` extra); anything else is a checkpoint path, as :func:`load_weights`. When a
+    shipped file is missing the :class:`CheckpointError` says where it looked.
     """
     if name is None:
         name = DEFAULT_NAME
+    if isinstance(name, str) and name in SHIPPED_TFLITE:
+        from crp_jax.blazeface.presets import load_blazeface  # the detector package, not the engine
+
+        return load_blazeface(name)
     if not (isinstance(name, str) and name in SHIPPED_MODELS):
         if isinstance(name, str) and os.sep not in name and not Path(name).suffix and not Path(name).exists():
-            known = ", ".join(f"{k!r} ({v})" for k, v in SHIPPED_MODELS.items())
+            known = ", ".join(f"{k!r} ({v})" for k, v in {**SHIPPED_MODELS, **SHIPPED_TFLITE}.items())
             raise CheckpointError(f"no shipped model named {name!r} and no such file; shipped models: {known}")
         return load_weights(name)
     folder = default_weights_dir()

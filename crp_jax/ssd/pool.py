@@ -33,6 +33,13 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0, ceil_mode
     return _max_pool(x, window, stride, pool_pads(x.shape[1:3], window, stride, padding, ceil_mode))
 
 
+def max_pool_padded(x: jax.Array, window: int, stride: int, pads: Pads) -> jax.Array:
+    """Max-pool ``[B, H, W, C]`` with explicit ``((top, bottom), (left, right))`` -inf padding
+    (asymmetric allowed: TF's "SAME" puts the extra pixel after), same derivative as
+    :func:`max_pool`."""
+    return _max_pool(x, window, stride, tuple(tuple(int(v) for v in p) for p in pads))
+
+
 def pool_pads(hw, window: int, stride: int, padding: int, ceil_mode: bool) -> Pads:
     """Explicit ``((top, bottom), (left, right))`` padding that reproduces torch's output size."""
     pads = []
