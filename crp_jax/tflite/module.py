@@ -16,10 +16,8 @@ without being edited (crp_jax/relevance/composite.py):
   channel order) named after its output tensor, sanitised (``[^0-9A-Za-z_]`` -> ``_``, so no
   ``/``), unless ``rename`` gives it a name (a detector preset renames its head convs
   ``cls_<i>`` / ``loc_<i>`` for composites' ``cls_*`` / ``loc_*`` globs);
-- a conv whose input can be negative, or whose output is not rectified (no ReLU/ReLU6
-  follows; heads excepted: their linear output is where relevance starts) is a
-  :class:`~crp_jax.ssd.ssdlite.SignedConv` ("signed"), as in SSDlite; the sign analysis is
-  the static one below (:func:`_nonnegative_tensors`);
+- which convs read negative inputs or pass relevance to negative outputs is not declared:
+  the engine reads it from the traced graph (crp_jax/relevance/signs.py);
 - every other op is a module declaring its kind or a plain ``jnp`` op whose gradient routes
   relevance (table in crp_jax/tflite/ops.py).
 
@@ -41,7 +39,7 @@ import numpy as np
 from crp_jax.checks import check_image_batch
 from crp_jax.errors import GraphImportError, InputError
 from crp_jax.grouped_conv import conv_general_dilated
-from crp_jax.ssd.ssdlite import Add, ReLU6, SignedConv
+from crp_jax.ssd.ssdlite import Add, ReLU6
 from crp_jax.tflite import ops
 from crp_jax.tflite.reader import Graph, Op
 
@@ -62,7 +60,6 @@ SUPPORTED_OPS = (
     "RESIZE_BILINEAR",
     "DEQUANTIZE",
 )
-_INDEX_MAPS = ("RESHAPE", "CONCATENATION")
 
 
 @dataclass(frozen=True)
@@ -118,9 +115,8 @@ def _run(node: Node, xs: list[jax.Array]) -> jax.Array:
     a = dict(node.attrs)
     k = node.kind
     if k == "conv":
-        conv_cls = SignedConv if a["signed"] else nn.Conv
         depthwise = a["groups"] > 1
-        y = conv_cls(
+        y = nn.Conv(
             a["features"],
             a["kernel"],
             strides=a["strides"],
@@ -185,50 +181,6 @@ def _needed_ops(graph: Graph, outputs: tuple[int, ...]) -> list[Op]:
     return [op for op in graph.ops if op.index in need]
 
 
-def _nonnegative_tensors(graph: Graph, ops_: list[Op]) -> set[int]:
-    """Tensors that are >= 0 for every input (a static, conservative analysis): outputs of
-    ReLU/ReLU6/logistic or of a fused ReLU/ReLU6, and of pools, pads, reshapes, concats,
-    resizes and adds of non-negative tensors."""
-    nonneg: set[int] = set()
-    for op in ops_:
-        act = op.options.get("FusedActivationFunction", ops.ACT_NONE)
-        acts = [i for i in op.inputs if i >= 0 and i not in graph.constants]
-        if op.opcode in ("RELU", "RELU6", "LOGISTIC") or act in (ops.ACT_RELU, ops.ACT_RELU6):
-            nonneg.add(op.outputs[0])
-        elif op.opcode in (
-            "MAX_POOL_2D",
-            "AVERAGE_POOL_2D",
-            "PAD",
-            "RESHAPE",
-            "CONCATENATION",
-            "RESIZE_BILINEAR",
-            "ADD",
-        ):
-            if all(i in nonneg for i in acts):
-                nonneg.add(op.outputs[0])
-        elif op.opcode == "MUL" and all(i in nonneg for i in acts):
-            consts = [graph.constants[i] for i in op.inputs if i in graph.constants]
-            if all(np.all(c >= 0) for c in consts):
-                nonneg.add(op.outputs[0])
-    return nonneg
-
-
-def _heads(graph: Graph, ops_: list[Op], outputs: tuple[int, ...]) -> set[int]:
-    """Conv outputs that reach a requested output through index maps only (reshape, concat)."""
-    producers = {t: op for op in ops_ for t in op.outputs}
-    heads, stack = set(), list(outputs)
-    while stack:
-        t = stack.pop()
-        op = producers.get(t)
-        if op is None:
-            continue
-        if op.opcode in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-            heads.add(t)
-        elif op.opcode in _INDEX_MAPS:
-            stack.extend(i for i in op.inputs if i >= 0 and i not in graph.constants)
-    return heads
-
-
 def import_graph(
     graph: Graph, outputs: tuple[str, ...] | list[str] | None = None, rename: dict[str, str] | None = None
 ) -> tuple[TFLiteModule, dict]:
@@ -246,10 +198,6 @@ def import_graph(
         out_idx = tuple(graph.tensor_index(n) for n in outputs)
     ops_ = _needed_ops(graph, out_idx)
     produced = {t for op in ops_ for t in op.outputs}
-    consumers: dict[int, list[Op]] = {}
-    for op in ops_:
-        for i in op.inputs:
-            consumers.setdefault(i, []).append(op)
     inputs = {i for op in ops_ for i in op.inputs if i >= 0 and i not in graph.constants and i not in produced}
     if not inputs and out_idx and all(o in produced for o in out_idx):
         raise GraphImportError(f"{where}: the requested outputs do not depend on any input tensor")
@@ -264,8 +212,6 @@ def import_graph(
         raise GraphImportError(
             f"{where}: input {graph.tensors[x_idx].name!r} has shape {x_shape}, expected [1, H, W, C]"
         )
-    nonneg = _nonnegative_tensors(graph, ops_)
-    heads = _heads(graph, ops_, out_idx)
     used_names: set[str] = set()
     params: dict[str, dict[str, np.ndarray]] = {}
     nodes = []
@@ -280,7 +226,7 @@ def import_graph(
         return name
 
     for op in ops_:
-        nodes.append(_translate(graph, op, unique, params, nonneg, heads, consumers, where))
+        nodes.append(_translate(graph, op, unique, params, where))
     if rename:
         raise GraphImportError(f"{where}: rename names tensors no requested output needs: {sorted(rename)}")
     spec = GraphSpec(
@@ -299,7 +245,7 @@ def _describe(graph: Graph, op: Op) -> str:
     return f"op {op.index} {op.opcode} (output {out!r})"
 
 
-def _translate(graph, op, unique, params, nonneg, heads, consumers, where) -> Node:
+def _translate(graph, op, unique, params, where) -> Node:
     desc = _describe(graph, op)
     if op.opcode not in SUPPORTED_OPS:
         raise GraphImportError(
@@ -346,10 +292,6 @@ def _translate(graph, op, unique, params, nonneg, heads, consumers, where) -> No
         params[name] = {"kernel": np.ascontiguousarray(kernel)}
         if use_bias:
             params[name]["bias"] = const(2, "bias").astype(np.float32).reshape(features)
-        rectified = act != ops.ACT_NONE or (
-            consumers.get(out) and all(c.opcode in ("RELU", "RELU6") for c in consumers[out])
-        )
-        signed = op.inputs[0] not in nonneg or (not rectified and out not in heads)
         attrs = dict(
             features=features,
             kernel=tuple(int(v) for v in kernel.shape[:2]),
@@ -358,7 +300,6 @@ def _translate(graph, op, unique, params, nonneg, heads, consumers, where) -> No
             dilation=dilation,
             groups=groups,
             use_bias=use_bias,
-            signed=bool(signed),
             act=act,
         )
         return Node("conv", name, (op.inputs[0],), out, tuple(attrs.items()))
