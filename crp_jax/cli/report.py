@@ -98,7 +98,9 @@ def run_report(args) -> int:
         def work(path, stem, bar):
             try:
                 im = detect_file(model, variables, meta, path, stem, args)
-                n = writer.add_image(path, stem, im.pixels, im.x, im.det, display(im.pixels, 256, 384))
+                n = writer.add_image(
+                    path, stem, im.pixels, im.x, im.det, display(im.pixels, 256, 384), size=im.full_size
+                )
             except (CRPError, OSError) as e:  # listed on the index; each_image prints it
                 writer.add_failure(path, one_line(e))
                 raise

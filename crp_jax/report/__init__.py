@@ -137,34 +137,40 @@ class ReportWriter:
             return "scenes/" + Path(path).name
         return str(path)
 
-    def add_image(self, path: str, stem: str, pixels, x, det, display) -> int:
+    def add_image(self, path: str, stem: str, pixels, x, det, display, size=None) -> int:
         """Explain every detection of one image and write its page.
 
         Args:
           path, stem: the image file and its unique file-name stem.
-          pixels: uint8 ``[H, W, 3]`` as loaded; ``x``: its model input ``[1, S, S, 3]``;
+          pixels: uint8 ``[h, w, 3]`` as loaded (reduced while reading when the file is
+            large); ``x``: its model input ``[1, S, S, 3]``;
           det: its ``Detections`` (boxes in the original pixels).
-          display: ``(pixels, box_factor [4], scale)``: the picture at the size the pages
-            show it (``crp_jax.cli``'s display rule), boxes multiplied by ``box_factor``
-            and magnified by the integer ``scale``.
+          display: ``(pixels, box_factor [4], scale)``: ``pixels`` at the size the pages
+            show it (``crp_jax.cli``'s display rule), boxes in ``pixels``' pixels multiplied
+            by ``box_factor`` and magnified by the integer ``scale``.
+          size: ``(H, W)`` of the original image, the pixels ``det``'s boxes are in
+            (default: ``pixels``' own size).
 
         Returns the number of detections explained. On an error nothing of this image stays
         in the report (the caller lists it with :meth:`add_failure`).
         """
         try:
-            return self._add_image(path, stem, pixels, x, det, display)
+            return self._add_image(path, stem, pixels, x, det, display, size)
         except Exception:
             shutil.rmtree(self.tmp / "pages" / stem, ignore_errors=True)
             (self.tmp / "pages" / f"{stem}.html").unlink(missing_ok=True)
             raise
 
-    def _add_image(self, path: str, stem: str, pixels, x, det, display) -> int:
-        H, W = pixels.shape[:2]
+    def _add_image(self, path: str, stem: str, pixels, x, det, display, size) -> int:
+        h, w = pixels.shape[:2]
+        H, W = (int(v) for v in size) if size is not None else (h, w)
         scene = self.scenes.get(path)
         exps = explain_detections(
             self.model, self.variables, self.meta, x, det, (H, W), self.methods, partners=scene is not None
         )
         shown, f, s = display
+        # boxes are in the original pixels; the pictures are drawn on the (reduced) pixels
+        f = np.asarray(f, np.float64) * np.array([w / W, h / H, w / W, h / H])
         folder = self.tmp / "pages" / stem
         rel = f"{stem}/"
 
@@ -175,7 +181,7 @@ class ReportWriter:
         names = self.meta.class_names
         if s > 1:  # a small image: the overview magnified further, so that its tags are legible
             big = max(s, math.ceil(OVERVIEW_SIDE / max(H, W)))
-            overview = pic(figures.overview_png(pixels, np.asarray(det.boxes), det, names, big), "overview.png")
+            overview = pic(figures.overview_png(pixels, np.asarray(det.boxes) * f, det, names, big), "overview.png")
         else:
             overview = pic(figures.overview_png(shown, np.asarray(det.boxes) * f, det, names, s), "overview.png")
         entry = {
