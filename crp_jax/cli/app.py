@@ -144,10 +144,24 @@ def run_command(name: str, argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 runtime error, 2 usage, 130
     interrupted)."""
+    from crp_jax.interrupts import command_sigint
+
     argv, no_cache, cache_dir = _cache_options(list(sys.argv[1:] if argv is None else argv))
     if argv and any(c.name == argv[0] for c in COMMANDS):
-        _start_cache(no_cache, cache_dir, f"{PROG} {argv[0]}")
-        return run_command(argv[0], argv[1:])
+        prog = f"{PROG} {argv[0]}"
+        # from the first line: a Ctrl-C that JAX swallows while importing or compiling still
+        # counts (crp_jax/interrupts.py); the run then exits 130 whatever it returned
+        with command_sigint() as interrupted:
+            rc = None
+            try:
+                _start_cache(no_cache, cache_dir, prog)
+                rc = run_command(argv[0], argv[1:])
+            except KeyboardInterrupt:
+                pass
+            if rc is None or (interrupted.is_set() and rc != 130):  # rc 130: already said
+                print(f"{prog}: interrupted", file=sys.stderr)
+                return 130
+            return rc
     parser = build_parser()
     try:
         parser.parse_args(argv)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crp_jax.interrupts import SigintFlag
+from crp_jax.interrupts import SigintFlag, interrupted
 from crp_jax.progress import Progress
 
 __all__ = [
@@ -207,7 +207,7 @@ def each_image(paths: Sequence[str], args, desc: str, work: Callable[[str, str, 
     with SigintFlag(unit="image") as sigint:
         try:
             for path, stem in pairs:
-                if sigint.is_set():
+                if sigint.is_set() or interrupted.is_set():
                     raise KeyboardInterrupt
                 try:
                     work(path, stem, bar)
@@ -218,7 +218,7 @@ def each_image(paths: Sequence[str], args, desc: str, work: Callable[[str, str, 
                         msg = f"{path}: {msg}"
                     bar.write(f"{prog}: error: {msg}", err=True)
                 bar.update()
-            if sigint.is_set():  # during the last image: the work is done, but stop as asked
+            if sigint.is_set() or interrupted.is_set():  # during the last image: the work is done, but stop as asked
                 raise KeyboardInterrupt
         finally:
             bar.close()
