@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 
 __all__ = ["SigintFlag", "command_sigint", "interrupted"]
@@ -27,12 +28,15 @@ interrupted = threading.Event()
 class command_sigint:
     """Context manager for a command line run: clears :data:`interrupted`; then (main
     thread, SIGINT not ignored) every SIGINT sets it and raises ``KeyboardInterrupt``
-    (Python's default, which JAX may swallow: hence the flag). The previous handler is
-    restored on exit."""
+    (Python's default, which JAX may swallow: hence the flag; the "Exception ignored ...
+    KeyboardInterrupt" that Python prints for a swallowed one is not shown, the flag
+    stands for it). The previous handler and ``sys.unraisablehook`` are restored on exit."""
 
     def __enter__(self) -> threading.Event:
         interrupted.clear()
         self._previous = None
+        self._hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         if threading.current_thread() is threading.main_thread():
             previous = signal.getsignal(signal.SIGINT)
             if previous is not signal.SIG_IGN:
@@ -44,7 +48,13 @@ class command_sigint:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+        sys.unraisablehook = self._hook
         interrupted.clear()  # read inside the block; a later run in this process starts afresh
+
+
+    def _unraisable(self, unraisable) -> None:
+        if not (unraisable.exc_type is KeyboardInterrupt and interrupted.is_set()):
+            self._hook(unraisable)
 
 
 def _interrupt(signum, frame) -> None:
