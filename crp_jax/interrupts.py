@@ -51,7 +51,6 @@ class command_sigint:
         sys.unraisablehook = self._hook
         interrupted.clear()  # read inside the block; a later run in this process starts afresh
 
-
     def _unraisable(self, unraisable) -> None:
         if not (unraisable.exc_type is KeyboardInterrupt and interrupted.is_set()):
             self._hook(unraisable)

@@ -40,7 +40,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 def _other_device_dir(tmp_path: Path) -> Path:
     """A fresh folder on a file system other than ``tmp_path``'s (skip when there is none)."""
     here = os.stat(tmp_path).st_dev
-    for root in ("/dev/shm", "/run/user/%d" % os.getuid(), "/var/tmp", "/tmp", os.path.expanduser("~")):
+    for root in ("/dev/shm", f"/run/user/{os.getuid()}", "/var/tmp", "/tmp", os.path.expanduser("~")):
         try:
             if os.path.isdir(root) and os.access(root, os.W_OK) and os.stat(root).st_dev != here:
                 return Path(tempfile.mkdtemp(prefix="crp-jax-test-", dir=root))

@@ -27,7 +27,7 @@ from crp_jax.errors import ConfigError, InputError, NumericsError
 from crp_jax.numerics import check_finite_forward
 from crp_jax.ssd.anchors import default_boxes_xyxy
 from crp_jax.ssd.boxes import batched_nms, clip_boxes, decode, xyxy_to_cxcywh
-from crp_jax.ssd.meta import check_preprocessing
+from crp_jax.ssd.meta import SSD300_POSTPROCESS, Postprocess, check_preprocessing
 
 # Float images may overshoot [0, 1] by rounding (e.g. after a resize); more than this is
 # almost surely a 0..255 image passed as float, which would silently break the z^B bounds.
@@ -303,15 +303,15 @@ def detect(
     x,
     meta=None,
     *,
-    score_threshold: float = 0.01,
-    nms_threshold: float = 0.45,
-    max_detections: int = 200,
-    topk_candidates: int = 400,
+    score_threshold: float | None = None,
+    nms_threshold: float | None = None,
+    max_detections: int | None = None,
+    topk_candidates: int | None = None,
     image_sizes=None,
 ) -> list[Detections]:
     """Detect objects: ``x [B, S, S, 3]`` preprocessed -> one :class:`Detections` per image.
 
-    Exactly torchvision's ``SSD.postprocess_detections`` (defaults are its defaults): softmax
+    Exactly torchvision's ``SSD.postprocess_detections``: softmax
     over classes; decode the offsets against the default boxes and clip to the input; per
     foreground class keep scores > ``score_threshold``, at most ``topk_candidates`` of them;
     per-class NMS at ``nms_threshold``; the ``max_detections`` best. Every detection keeps
@@ -326,6 +326,9 @@ def detect(
       variables: the model's variables.
       x: preprocessed batch (see :func:`preprocess`).
       meta: optional :class:`Meta`; checked to describe ``model``.
+      score_threshold, nms_threshold, max_detections, topk_candidates: None (default):
+        ``meta.postprocess``, the settings of the weights' source (a converted SSDlite:
+        torchvision's 0.001, 0.55, 300, 300); without ``meta``, SSD300's 0.01, 0.45, 200, 400.
       image_sizes: optional ``(H, W)`` per image (from :func:`preprocess_with_sizes`):
         boxes are rescaled from the model input to those pixels, as torchvision's
         ``transform.postprocess`` does.
@@ -335,7 +338,14 @@ def detect(
         raise ConfigError(
             f"meta describes a different architecture than the model (meta: {meta.config}, model: {config})"
         )
-    settings = _check_settings(score_threshold, nms_threshold, max_detections, topk_candidates)
+    pp = getattr(meta, "postprocess", None)
+    pp = pp if isinstance(pp, Postprocess) else SSD300_POSTPROCESS
+    settings = _check_settings(
+        pp.score_threshold if score_threshold is None else score_threshold,
+        pp.nms_threshold if nms_threshold is None else nms_threshold,
+        pp.max_detections if max_detections is None else max_detections,
+        pp.topk_candidates if topk_candidates is None else topk_candidates,
+    )
     check_image_batch(x, config.image_size)
     out_sizes = _check_image_sizes(image_sizes, x.shape[0])
     scores, boxes, finite, out_finite = jax.device_get(_raw_fn(model)(variables, x))
