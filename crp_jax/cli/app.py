@@ -152,12 +152,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # from the first line: a Ctrl-C that JAX swallows while importing or compiling still
         # counts (crp_jax/interrupts.py); the run then exits 130 whatever it returned
         with command_sigint() as interrupted:
-            rc = None
+            rc, cache = None, None
             try:
-                _start_cache(no_cache, cache_dir, prog)
+                cache = _start_cache(no_cache, cache_dir, prog)
                 rc = run_command(argv[0], argv[1:])
             except KeyboardInterrupt:
                 pass
+            finally:
+                from crp_jax.compile_cache import record_entries
+
+                record_entries(cache)
             if rc is None or (interrupted.is_set() and rc != 130):  # rc 130: already said
                 print(f"{prog}: interrupted", file=sys.stderr)
                 return 130
@@ -195,8 +199,9 @@ def _cache_options(argv: list[str]) -> tuple[list[str], bool, str | None]:
     return rest, no_cache, cache_dir
 
 
-def _start_cache(no_cache: bool, cache_dir: str | None, prog: str) -> None:
-    """JAX's persistent compilation cache, on by default (crp_jax/compile_cache.py)."""
+def _start_cache(no_cache: bool, cache_dir: str | None, prog: str):
+    """JAX's persistent compilation cache, on by default (crp_jax/compile_cache.py); the
+    folder in use, or None."""
     from crp_jax.compile_cache import enable_compile_cache, resolve_cache_dir
 
-    enable_compile_cache(resolve_cache_dir(cache_dir, no_cache), prog)
+    return enable_compile_cache(resolve_cache_dir(cache_dir, no_cache), prog)
