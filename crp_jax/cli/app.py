@@ -146,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupted)."""
     from crp_jax.interrupts import command_sigint
 
+    top_level = argv is None  # the program itself (console script, python -m crp_jax)
     argv, no_cache, cache_dir = _cache_options(list(sys.argv[1:] if argv is None else argv))
     if argv and any(c.name == argv[0] for c in COMMANDS):
         prog = f"{PROG} {argv[0]}"
@@ -164,8 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 record_entries(cache)
             if rc is None or (interrupted.is_set() and rc != 130):  # rc 130: already said
                 print(f"{prog}: interrupted", file=sys.stderr)
-                return 130
-            return rc
+                rc = 130
+        if rc == 130 and top_level:
+            _exit_interrupted()
+        return rc
     parser = build_parser()
     try:
         parser.parse_args(argv)
@@ -175,6 +178,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.print_usage(sys.stderr)
     print_error(PROG, f"choose a command: {', '.join(c.name for c in COMMANDS)}")
     return 2
+
+
+def _exit_interrupted() -> None:
+    """End the program with status 130 now. A KeyboardInterrupt that JAX swallowed can
+    leave CPython's "unhandled interrupt" mark set, after which the interpreter kills
+    itself with SIGINT at exit (status -2 to the parent, not 130); everything of ours is
+    written and closed by now."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(130)
 
 
 def _cache_options(argv: list[str]) -> tuple[list[str], bool, str | None]:
