@@ -19,12 +19,24 @@ The cache is an optimisation only: a folder that cannot be created turns it off 
 one-line note on stderr, and the command still runs. JAX decides once per process, at the
 first compilation, whether the cache is in use, so :func:`enable_compile_cache` must run
 before anything compiles (``crp_jax.cli.main`` calls it first).
+
+Damaged entries: JAX trusts its entries. One whose compressed bytes were damaged (a disk
+error, a copy cut short, an edit) made every run warn "Error reading persistent compilation
+cache entry" without ever replacing it, and a damaged executable inside intact compression
+can crash the process when XLA deserialises it. So each command records the SHA-256 of
+every entry when it ends (``crp-jax-entries.json`` in the cache folder; JAX ignores files
+that do not end in ``-cache``/``-atime``), and before anything compiles removes, with a
+note naming the file, every entry that changed since (or that does not even decompress);
+JAX then compiles it afresh and the next run records it again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,7 +50,18 @@ MIN_COMPILE_SECONDS = 0.2
 # where a fast machine may compile everything in less than the default).
 MIN_SECONDS_ENV_VAR = "CRP_JAX_CACHE_MIN_SECONDS"
 
-__all__ = ["ENV_VAR", "default_cache_dir", "resolve_cache_dir", "enable_compile_cache"]
+#: The record of every entry's size, mtime and SHA-256, in the cache folder.
+MANIFEST = "crp-jax-entries.json"
+
+__all__ = [
+    "ENV_VAR",
+    "MANIFEST",
+    "default_cache_dir",
+    "resolve_cache_dir",
+    "enable_compile_cache",
+    "check_entries",
+    "record_entries",
+]
 
 
 def default_cache_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -73,6 +96,7 @@ def enable_compile_cache(path: Path | None, prog: str = "crp-jax") -> Path | Non
     except OSError as e:
         print(f"{prog}: note: compilation cache off: cannot create {path}: {e.strerror or e}", file=sys.stderr)
         return None
+    check_entries(path, prog)
     import jax
 
     jax.config.update("jax_compilation_cache_dir", str(path))
@@ -83,3 +107,98 @@ def enable_compile_cache(path: Path | None, prog: str = "crp-jax") -> Path | Non
         min_seconds = MIN_COMPILE_SECONDS
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
     return path
+
+
+def _entries(path: Path) -> list[Path]:
+    return sorted(p for p in path.glob("*-cache") if p.is_file())
+
+
+def _sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        data = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _decompresses(file: Path) -> bool:
+    """Whether the entry's bytes decompress as JAX writes them (zstandard when installed,
+    else zlib)."""
+    data = file.read_bytes()
+    try:
+        import zstandard
+
+        try:
+            zstandard.ZstdDecompressor().decompressobj().decompress(data)
+            return True
+        except zstandard.ZstdError:
+            pass
+    except ImportError:
+        pass
+    try:
+        zlib.decompress(data)
+        return True
+    except zlib.error:
+        return False
+
+
+def check_entries(path: Path, prog: str = "crp-jax") -> list[Path]:
+    """Remove the entries of cache folder ``path`` that changed since :func:`record_entries`
+    saw them, or that were never recorded and do not decompress; one note per removed file
+    on stderr. Returns the removed files. Never fails: a cache problem is not the command's."""
+    removed = []
+    try:
+        manifest = _read_manifest(path)
+        for file in _entries(path):
+            rec = manifest.get(file.name)
+            st = file.stat()
+            if isinstance(rec, dict) and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+                continue
+            if isinstance(rec, dict):
+                bad = _sha256(file) != rec.get("sha256")
+                why = "its bytes changed since it was written"
+            else:
+                bad = not _decompresses(file)
+                why = "it does not decompress"
+            if bad:
+                file.unlink(missing_ok=True)
+                removed.append(file)
+                print(
+                    f"{prog}: note: removed damaged compilation-cache entry {file} ({why}; it will be recompiled)",
+                    file=sys.stderr,
+                )
+    except OSError:
+        pass
+    return removed
+
+
+def record_entries(path: Path | None) -> None:
+    """Record size, mtime and SHA-256 of every entry of cache folder ``path`` (new or
+    changed ones are hashed; entries that are gone are dropped). Written atomically; never
+    fails."""
+    if path is None:
+        return
+    try:
+        old = _read_manifest(path)
+        new = {}
+        for file in _entries(path):
+            st = file.stat()
+            rec = old.get(file.name)
+            if not (isinstance(rec, dict) and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns):
+                rec = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(file)}
+            new[file.name] = rec
+        if new == old:
+            return
+        tmp = path / f".{MANIFEST}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(new, indent=0))
+        os.replace(tmp, path / MANIFEST)
+    except OSError:
+        pass

@@ -144,10 +144,31 @@ def run_command(name: str, argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 runtime error, 2 usage, 130
     interrupted)."""
+    from crp_jax.interrupts import command_sigint
+
+    top_level = argv is None  # the program itself (console script, python -m crp_jax)
     argv, no_cache, cache_dir = _cache_options(list(sys.argv[1:] if argv is None else argv))
     if argv and any(c.name == argv[0] for c in COMMANDS):
-        _start_cache(no_cache, cache_dir, f"{PROG} {argv[0]}")
-        return run_command(argv[0], argv[1:])
+        prog = f"{PROG} {argv[0]}"
+        # from the first line: a Ctrl-C that JAX swallows while importing or compiling still
+        # counts (crp_jax/interrupts.py); the run then exits 130 whatever it returned
+        with command_sigint() as interrupted:
+            rc, cache = None, None
+            try:
+                cache = _start_cache(no_cache, cache_dir, prog)
+                rc = run_command(argv[0], argv[1:])
+            except KeyboardInterrupt:
+                pass
+            finally:
+                from crp_jax.compile_cache import record_entries
+
+                record_entries(cache)
+            if rc is None or (interrupted.is_set() and rc != 130):  # rc 130: already said
+                print(f"{prog}: interrupted", file=sys.stderr)
+                rc = 130
+        if rc == 130 and top_level:
+            _exit_interrupted()
+        return rc
     parser = build_parser()
     try:
         parser.parse_args(argv)
@@ -157,6 +178,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.print_usage(sys.stderr)
     print_error(PROG, f"choose a command: {', '.join(c.name for c in COMMANDS)}")
     return 2
+
+
+def _exit_interrupted() -> None:
+    """End the program with status 130 now. A KeyboardInterrupt that JAX swallowed can
+    leave CPython's "unhandled interrupt" mark set, after which the interpreter kills
+    itself with SIGINT at exit (status -2 to the parent, not 130); everything of ours is
+    written and closed by now."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(130)
 
 
 def _cache_options(argv: list[str]) -> tuple[list[str], bool, str | None]:
@@ -181,8 +217,9 @@ def _cache_options(argv: list[str]) -> tuple[list[str], bool, str | None]:
     return rest, no_cache, cache_dir
 
 
-def _start_cache(no_cache: bool, cache_dir: str | None, prog: str) -> None:
-    """JAX's persistent compilation cache, on by default (crp_jax/compile_cache.py)."""
+def _start_cache(no_cache: bool, cache_dir: str | None, prog: str):
+    """JAX's persistent compilation cache, on by default (crp_jax/compile_cache.py); the
+    folder in use, or None."""
     from crp_jax.compile_cache import enable_compile_cache, resolve_cache_dir
 
-    enable_compile_cache(resolve_cache_dir(cache_dir, no_cache), prog)
+    return enable_compile_cache(resolve_cache_dir(cache_dir, no_cache), prog)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crp_jax.interrupts import SigintFlag
+from crp_jax.interrupts import SigintFlag, interrupted
 from crp_jax.progress import Progress
 
 __all__ = [
@@ -117,16 +117,25 @@ def out_dir(path) -> Path:
 
 
 def unique_stems(paths: Sequence[str]) -> list[str]:
-    """File-name-safe stems of ``paths``, made unique by ``-2``, ``-3`` ... in list order."""
+    """File-name-safe stems of ``paths``, made unique by ``-2``, ``-3`` ... in list order.
+
+    A suffixed stem never takes a name that another path has as its own stem (``x.png``,
+    ``x-2.png``, ``b/x.png`` -> ``x``, ``x-2``, ``x-3``), and stems that differ only in case
+    count as one (a case-insensitive file system would merge their files).
+    """
     from crp_jax.apps.figures import safe_name
 
-    seen: dict[str, int] = {}
+    stems = [safe_name(Path(p).stem) for p in paths]
+    own = {s.casefold() for s in stems}
+    used: set[str] = set()
     out = []
-    for p in paths:
-        stem = safe_name(Path(p).stem)
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        out.append(stem if n == 0 else f"{stem}-{n + 1}")
+    for stem in stems:
+        name, n = stem, 1
+        while name.casefold() in used or (n > 1 and name.casefold() in own):
+            n += 1
+            name = f"{stem}-{n}"
+        used.add(name.casefold())
+        out.append(name)
     return out
 
 
@@ -207,7 +216,7 @@ def each_image(paths: Sequence[str], args, desc: str, work: Callable[[str, str, 
     with SigintFlag(unit="image") as sigint:
         try:
             for path, stem in pairs:
-                if sigint.is_set():
+                if sigint.is_set() or interrupted.is_set():
                     raise KeyboardInterrupt
                 try:
                     work(path, stem, bar)
@@ -218,7 +227,7 @@ def each_image(paths: Sequence[str], args, desc: str, work: Callable[[str, str, 
                         msg = f"{path}: {msg}"
                     bar.write(f"{prog}: error: {msg}", err=True)
                 bar.update()
-            if sigint.is_set():  # during the last image: the work is done, but stop as asked
+            if sigint.is_set() or interrupted.is_set():  # during the last image: the work is done, but stop as asked
                 raise KeyboardInterrupt
         finally:
             bar.close()

@@ -51,7 +51,12 @@ def build_report_parser(prog: str = f"{PROG} report") -> argparse.ArgumentParser
         "--seed", type=nonneg_int, default=None, metavar="N", help="data-set seed of --scenes (default: held-out)"
     )
     p.add_argument("--save-relevance", action="store_true", help="also write relevance/STEM.npz per image")
-    p.add_argument("--force", action="store_true", help="write into an existing folder that holds other files")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into an existing folder that holds other files (they are kept; a pages/, scenes/ or "
+        "relevance/ that no report wrote is refused, never replaced)",
+    )
     add_model_options(p)
     add_shard_option(p)
     add_progress_option(p)
@@ -98,7 +103,9 @@ def run_report(args) -> int:
         def work(path, stem, bar):
             try:
                 im = detect_file(model, variables, meta, path, stem, args)
-                n = writer.add_image(path, stem, im.pixels, im.x, im.det, display(im.pixels, 256, 384))
+                n = writer.add_image(
+                    path, stem, im.pixels, im.x, im.det, display(im.pixels, 256, 384), size=im.full_size
+                )
             except (CRPError, OSError) as e:  # listed on the index; each_image prints it
                 writer.add_failure(path, one_line(e))
                 raise

@@ -189,7 +189,16 @@ OUTPUTS = ("dense", "windows")
 class _Collector:
     """Gathers ``explain``'s chunks into its output, one chunk behind the device: the
     device-to-host copy of chunk k starts as soon as it is dispatched and is read while
-    chunk k + 1 runs."""
+    chunk k + 1 runs.
+
+    Memory: on the host every chunk is copied into its final place at once and dropped,
+    so the peak is the output plus one chunk. The dense output is one array; windows go
+    into one buffer per window size, allocated for all ``T`` targets with ``np.empty``
+    (pages never written are never resident) and cut to the targets it holds at the end
+    (``ndarray.resize``: shrinking reallocates in place). Keeping the chunks and
+    concatenating them at the end, as before, held every window twice (10,000 targets on
+    the shipped model peaked at 1.8x the dense output's peak, benchmarks/windows_memory.py).
+    """
 
     def __init__(self, T: int, shape, to_host: bool, windows: bool, layers: bool, zeroed: bool):
         self.T, self.shape, self.to_host, self.windows, self.layers = T, tuple(shape), to_host, windows, layers
@@ -197,7 +206,8 @@ class _Collector:
         # otherwise every row is written and np.empty avoids touching 1 MiB per target twice.
         dense_host = to_host and not windows
         self.out = (np.zeros if zeroed else np.empty)((T, *self.shape), np.float32) if dense_host else None
-        self.parts: list = []  # on the device, or windows: (indices, array) / (indices, windows, offsets)
+        self.parts: list = []  # on the device: (indices, array) / (indices, windows, offsets)
+        self.buffers: dict = {}  # windows on the host: window shape -> [array, [indices], [offsets], count]
         self.flow: dict[str, np.ndarray] = {}
         self.finite: list = []
         self.pending = None
@@ -207,6 +217,20 @@ class _Collector:
             jax.tree.map(lambda v: v.copy_to_host_async(), res)
         self.flush()
         self.pending = (cropped, idx, res)
+
+    def _keep_windows(self, idx, wins, offs) -> None:
+        if not self.to_host:
+            self.parts.append((idx, wins, offs))
+            return
+        key = tuple(wins.shape[1:])
+        buf = self.buffers.get(key)
+        if buf is None:
+            buf = self.buffers[key] = [np.empty((self.T, *key), np.float32), [], [], 0]
+        n = len(idx)
+        buf[0][buf[3] : buf[3] + n] = wins
+        buf[1].append(np.asarray(idx))
+        buf[2].append(np.asarray(offs))
+        buf[3] += n
 
     def flush(self) -> None:
         if self.pending is None:
@@ -218,7 +242,7 @@ class _Collector:
         if cropped:
             wins, offs = get(res[0])[:n], np.asarray(res[1])[:n]
             if self.windows:
-                self.parts.append((idx, wins, offs))
+                self._keep_windows(idx, wins, offs)
                 return
             h, w = wins.shape[1:3]
             for i, t in enumerate(idx):
@@ -233,7 +257,7 @@ class _Collector:
             r = res
         r = get(r)[0, :n]
         if self.windows:
-            self.parts.append((idx, r, np.zeros((n, 2), np.int64)))
+            self._keep_windows(idx, r, np.zeros((n, 2), np.int64))
         elif self.to_host:
             self.out[idx] = r
         else:
@@ -241,14 +265,29 @@ class _Collector:
 
     def result(self):
         if self.windows:
-            by_size: dict = {}
-            for idx, wins, offs in self.parts:
-                by_size.setdefault(tuple(wins.shape[1:3]), []).append((idx, wins, offs))
-            cat = np.concatenate if self.to_host else jnp.concatenate
-            groups = [
-                (np.concatenate([p[0] for p in ps]), cat([p[1] for p in ps]), np.concatenate([p[2] for p in ps]))
-                for ps in by_size.values()
-            ]
+            groups = []
+            if self.to_host:
+                for key in list(self.buffers):
+                    arr, idx, offs, n = self.buffers.pop(key)
+                    if n < self.T:
+                        try:  # in place: the unused (never written) tail is given back
+                            arr.resize((n, *key), refcheck=False)
+                        except ValueError:  # pragma: no cover - an array that does not own its data
+                            arr = arr[:n]
+                    groups.append((np.concatenate(idx), arr, np.concatenate(offs)))
+            else:
+                by_size: dict = {}
+                while self.parts:  # release each part as it is taken
+                    idx, wins, offs = self.parts.pop(0)
+                    by_size.setdefault(tuple(wins.shape[1:3]), []).append((idx, wins, offs))
+                for ps in by_size.values():
+                    groups.append(
+                        (
+                            np.concatenate([p[0] for p in ps]),
+                            jnp.concatenate([p[1] for p in ps]),
+                            np.concatenate([p[2] for p in ps]),
+                        )
+                    )
             return RelevanceWindows(
                 (self.T, *self.shape),
                 tuple(g[0] for g in groups),

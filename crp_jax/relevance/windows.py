@@ -77,21 +77,40 @@ class RelevanceWindows:
         return out
 
     def dense(self, targets: Sequence[int] | None = None) -> np.ndarray:
-        """The dense relevance ``[T, H, W, ...]`` (or of the listed ``targets``), numpy."""
-        order = range(len(self)) if targets is None else list(targets)
+        """The dense relevance ``[T, H, W, ...]`` (or of the listed ``targets``, indexed like
+        numpy: negative counts from the end, repeats repeat), numpy. An index out of range
+        or not an integer raises :class:`InputError` naming it."""
+        order = np.arange(len(self)) if targets is None else self._indices(targets)
         out = np.zeros((len(order),) + tuple(self.shape[1:]), np.float32)
-        where = {t: k for k, t in enumerate(order)}
+        rows: dict[int, list[int]] = {}
+        for k, t in enumerate(order):
+            rows.setdefault(int(t), []).append(k)
         for idx, wins, offs in zip(self.targets, self.windows, self.offsets):
             idx, offs = np.asarray(idx), np.asarray(offs)
-            keep = [i for i, t in enumerate(idx) if int(t) in where]
+            keep = [i for i, t in enumerate(idx) if int(t) in rows]
             if not keep:
                 continue
             wins = np.asarray(wins)
             h, w = wins.shape[1:3]
             for i in keep:
                 top, left = offs[i]
-                out[where[int(idx[i])], top : top + h, left : left + w] = wins[i]
+                for k in rows[int(idx[i])]:
+                    out[k, top : top + h, left : left + w] = wins[i]
         return out
+
+    def _indices(self, targets) -> np.ndarray:
+        """``targets`` as non-negative int indices (numpy's rules), or :class:`InputError`."""
+        if isinstance(targets, (str, bytes)) or not hasattr(targets, "__iter__"):
+            raise InputError(f"targets must be a sequence of target indices, got {targets!r}")
+        items = list(targets)
+        bad = [t for t in items if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer))]
+        if bad:
+            raise InputError(f"target index {bad[0]!r} is not an integer")
+        T = len(self)
+        out = [t for t in items if not -T <= t < T]
+        if out:
+            raise InputError(f"target index {out[0]} out of range for {T} targets (valid: {-T} .. {T - 1})")
+        return np.asarray([int(t) % T for t in items], np.int64) if items else np.zeros(0, np.int64)
 
     def __array__(self, dtype=None, copy=None):
         out = self.dense()

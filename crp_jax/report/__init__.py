@@ -11,11 +11,19 @@ Layout of a report folder (relative links only; opens from disk, no server, no n
     scenes/scene_IIII.png   data-set mode: the generated input images
     relevance/STEM.npz      --save-relevance: input relevance [S, S, 3] of every map
 
-Atomic: a report is built in a temporary folder beside ``--out`` and moved into place at
-the end (:meth:`ReportWriter.finish`); an interrupted or failed run removes the temporary
-folder and leaves ``--out`` as it was. An existing ``--out`` that is neither empty nor a
-previous report is refused unless ``force`` (then only the report's own entries above are
-replaced; other files in it are kept).
+Atomic: a report is built in a temporary folder and moved into place at the end
+(:meth:`ReportWriter.finish`); an interrupted or failed run removes the temporary folder and
+leaves ``--out`` as it was. A new ``--out`` is built beside it and renamed. An existing
+``--out`` (perhaps a mount point: a Docker volume, a bind mount, a tmpfs) is built INSIDE
+itself, so that every rename stays on one file system: the old report's entries are first
+renamed into the temporary folder, then the new ones into place, and only then is the old
+report deleted; a failure or Ctrl-C during the move puts the old entries back. An existing
+``--out`` that is neither empty nor a previous report is refused unless ``force``.
+
+What a report owns: ``report.json`` lists the top-level entries it wrote (``"files"``); a
+rerun replaces exactly those and nothing else. A user's own entry of the same name (a
+``pages/`` folder the report did not write) is never deleted: the run is refused, naming it.
+The folders are made with the user's umask (not ``mkdtemp``'s 0700).
 
 The numbers are computed in :mod:`crp_jax.report.build`, the pictures in
 :mod:`crp_jax.report.figures`, the markup in :mod:`crp_jax.report.html`, the data-set table
@@ -29,7 +37,10 @@ import json
 import math
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +49,7 @@ import numpy as np
 
 from crp_jax import viz
 from crp_jax.errors import InputError
+from crp_jax.interrupts import interrupted
 from crp_jax.report import figures, html, scenes
 from crp_jax.report.build import LOC_QUESTIONS, explain_detections, loc_key
 
@@ -45,6 +57,8 @@ GENERATOR = "crp-jax report"
 #: Top-level entries a report owns in its folder (replaced on a rerun, nothing else is touched).
 OVERVIEW_SIDE = 384  # longer side of a small image's overview picture, in pixels
 ENTRIES = ("index.html", "quality.html", "report.json", "pages", "scenes", "relevance")
+#: Prefix of the temporary folder made inside an existing ``--out``.
+TMP_PREFIX = ".crp-jax-report.tmp-"
 
 __all__ = ["GENERATOR", "ENTRIES", "ReportWriter", "is_report", "eta_line", "explain_detections"]
 
@@ -55,6 +69,25 @@ def is_report(folder: Path) -> bool:
         return json.loads((Path(folder) / "report.json").read_text()).get("generator") == GENERATOR
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def owned_entries(folder: Path) -> set[str]:
+    """Top-level entries of ``folder`` that a previous ``crp-jax report`` wrote: the
+    ``"files"`` manifest of its ``report.json`` (a report written before the manifest
+    existed: those of :data:`ENTRIES` present); empty when no report is there."""
+    folder = Path(folder)
+    if not is_report(folder):
+        return set()
+    files = json.loads((folder / "report.json").read_text()).get("files")
+    if isinstance(files, list) and all(isinstance(f, str) for f in files):
+        return {f for f in files if f in ENTRIES}
+    return {n for n in ENTRIES if (folder / n).exists() or (folder / n).is_symlink()}
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def eta_line(done: int, total: int, elapsed: float) -> str:
@@ -85,11 +118,14 @@ class ReportWriter:
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"--out {self.out} exists and is not a folder")
-        if self.out.is_dir() and any(self.out.iterdir()) and not is_report(self.out) and not force:
+        if self.out.is_dir() and _has_files(self.out) and not is_report(self.out) and not force:
             raise InputError(
                 f"--out {self.out} is a folder with other files and no crp-jax report in it; "
                 "choose a new or empty folder, or pass --force to write the report's files into it"
             )
+        self.owned = owned_entries(self.out) if self.out.is_dir() else set()
+        self.entries_planned = {"index.html", "report.json", "pages"} | ({"relevance"} if save_relevance else set())
+        self._check_clash(self.entries_planned)
         self.model, self.variables, self.meta = model, variables, meta
         self.methods = ["crp"] + [m for m in methods if m != "crp"]
         self.settings = dict(settings, methods=self.methods)
@@ -99,10 +135,27 @@ class ReportWriter:
         self.scenes: dict[str, object] = {}
         self.scene_seed: int | None = None
         self.scene_values: list[dict] = []
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        if self.out.is_dir():  # inside: renames stay on --out's file system (a mount point)
+            self.tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.out))
+        else:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would become the report's mode
         self.started = time.perf_counter()
         figures.save_png(figures.legend_png(), self.tmp / "pages" / "legend.png")
+
+    def _check_clash(self, names) -> None:
+        """Refuse to replace entries of ``--out`` that no previous report wrote (``--force``)."""
+        if not self.out.is_dir():
+            return
+        clash = sorted(
+            n for n in names if n not in self.owned and ((self.out / n).exists() or (self.out / n).is_symlink())
+        )
+        if clash:
+            raise InputError(
+                f"--out {self.out} holds {', '.join(clash)} that no crp-jax report wrote; the report would "
+                "replace them: move them away or choose another folder"
+            )
 
     # -- context manager: remove the temporary folder unless finished
     def __enter__(self) -> ReportWriter:
@@ -120,6 +173,7 @@ class ReportWriter:
     # -- inputs
     def add_scenes(self, n: int, seed: int) -> list[str]:
         """Write ``n`` generated scenes of data set ``seed`` into the report; returns their paths."""
+        self._check_clash(("scenes", "quality.html"))
         self.scene_seed = seed
         self.scenes = scenes.write_scenes(n, seed, self.tmp / "scenes")
         return list(self.scenes)
@@ -137,34 +191,40 @@ class ReportWriter:
             return "scenes/" + Path(path).name
         return str(path)
 
-    def add_image(self, path: str, stem: str, pixels, x, det, display) -> int:
+    def add_image(self, path: str, stem: str, pixels, x, det, display, size=None) -> int:
         """Explain every detection of one image and write its page.
 
         Args:
           path, stem: the image file and its unique file-name stem.
-          pixels: uint8 ``[H, W, 3]`` as loaded; ``x``: its model input ``[1, S, S, 3]``;
+          pixels: uint8 ``[h, w, 3]`` as loaded (reduced while reading when the file is
+            large); ``x``: its model input ``[1, S, S, 3]``;
           det: its ``Detections`` (boxes in the original pixels).
-          display: ``(pixels, box_factor [4], scale)``: the picture at the size the pages
-            show it (``crp_jax.cli``'s display rule), boxes multiplied by ``box_factor``
-            and magnified by the integer ``scale``.
+          display: ``(pixels, box_factor [4], scale)``: ``pixels`` at the size the pages
+            show it (``crp_jax.cli``'s display rule), boxes in ``pixels``' pixels multiplied
+            by ``box_factor`` and magnified by the integer ``scale``.
+          size: ``(H, W)`` of the original image, the pixels ``det``'s boxes are in
+            (default: ``pixels``' own size).
 
         Returns the number of detections explained. On an error nothing of this image stays
         in the report (the caller lists it with :meth:`add_failure`).
         """
         try:
-            return self._add_image(path, stem, pixels, x, det, display)
+            return self._add_image(path, stem, pixels, x, det, display, size)
         except Exception:
             shutil.rmtree(self.tmp / "pages" / stem, ignore_errors=True)
             (self.tmp / "pages" / f"{stem}.html").unlink(missing_ok=True)
             raise
 
-    def _add_image(self, path: str, stem: str, pixels, x, det, display) -> int:
-        H, W = pixels.shape[:2]
+    def _add_image(self, path: str, stem: str, pixels, x, det, display, size) -> int:
+        h, w = pixels.shape[:2]
+        H, W = (int(v) for v in size) if size is not None else (h, w)
         scene = self.scenes.get(path)
         exps = explain_detections(
             self.model, self.variables, self.meta, x, det, (H, W), self.methods, partners=scene is not None
         )
         shown, f, s = display
+        # boxes are in the original pixels; the pictures are drawn on the (reduced) pixels
+        f = np.asarray(f, np.float64) * np.array([w / W, h / H, w / W, h / H])
         folder = self.tmp / "pages" / stem
         rel = f"{stem}/"
 
@@ -175,7 +235,7 @@ class ReportWriter:
         names = self.meta.class_names
         if s > 1:  # a small image: the overview magnified further, so that its tags are legible
             big = max(s, math.ceil(OVERVIEW_SIDE / max(H, W)))
-            overview = pic(figures.overview_png(pixels, np.asarray(det.boxes), det, names, big), "overview.png")
+            overview = pic(figures.overview_png(pixels, np.asarray(det.boxes) * f, det, names, big), "overview.png")
         else:
             overview = pic(figures.overview_png(shown, np.asarray(det.boxes) * f, det, names, s), "overview.png")
         entry = {
@@ -223,8 +283,11 @@ class ReportWriter:
         if self.scenes:
             quality = scenes.quality_table(self.scene_values, self.methods, len(self.scenes), self.scene_seed)
             (self.tmp / "quality.html").write_text(html.quality_page(quality), encoding="utf-8")
+        files = sorted({p.name for p in self.tmp.iterdir()} | {"report.json", "index.html"})
+        self._check_clash(files)
         doc = {
             "generator": GENERATOR,
+            "files": files,
             "settings": self.settings,
             "seconds": time.perf_counter() - self.started,
             "images": self.entries,
@@ -239,23 +302,71 @@ class ReportWriter:
         return self.out
 
     def _move_into_place(self) -> None:
-        if not self.out.exists():
-            os.replace(self.tmp, self.out)
-            self.tmp = None
-            return
-        # An existing folder (empty, a previous report, or --force): replace only our entries,
-        # index.html first out and last in, so the folder never looks like a finished report
-        # while it is half replaced.
-        for name in ENTRIES:
-            target = self.out / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
-        for name in sorted(ENTRIES, key=lambda n: n == "index.html"):
-            if (self.tmp / name).exists():
-                os.replace(self.tmp / name, self.out / name)
+        """Rename the new report into place; Ctrl-C waits until the move is done or undone."""
+        if interrupted.is_set():  # a Ctrl-C that JAX swallowed (crp_jax/interrupts.py)
+            raise KeyboardInterrupt
+        with _sigint_deferred() as asked:
+            if not self.out.exists():
+                os.replace(self.tmp, self.out)
+                self.tmp = None
+            else:
+                self._swap_entries(asked)
+        if asked.is_set():  # undone (see _swap_entries): the old report is as it was
+            raise KeyboardInterrupt
         self.close()
+
+    def _swap_entries(self, asked: threading.Event) -> None:
+        """Old entries (those this report replaces, and stale ones an older report owned)
+        into ``tmp/.old``, then the new ones into place, index.html first out and last in;
+        the old ones are deleted with ``tmp`` only once everything new is in place. On an
+        error or Ctrl-C, everything is put back."""
+        new = sorted((p.name for p in self.tmp.iterdir() if p.name in ENTRIES), key=lambda n: n == "index.html")
+        old = sorted(
+            (n for n in (self.owned | set(new)) if (self.out / n).exists() or (self.out / n).is_symlink()),
+            key=lambda n: n != "index.html",
+        )
+        backup = self.tmp / ".old"
+        backup.mkdir()
+        moved_out, moved_in = [], []
+        try:
+            for name in old:
+                os.replace(self.out / name, backup / name)
+                moved_out.append(name)
+            for name in new:
+                os.replace(self.tmp / name, self.out / name)
+                moved_in.append(name)
+            if asked.is_set():
+                raise KeyboardInterrupt
+        except BaseException:
+            for name in reversed(moved_in):
+                os.replace(self.out / name, self.tmp / name)
+            for name in reversed(moved_out):
+                os.replace(backup / name, self.out / name)
+            if not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+                raise
+
+
+class _sigint_deferred:
+    """While active (main thread), SIGINT only sets the event it returns."""
+
+    def __enter__(self) -> threading.Event:
+        self.event = threading.Event()
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is not signal.SIG_IGN:
+                self.previous = previous
+                signal.signal(signal.SIGINT, lambda signum, frame: self.event.set())
+        return self.event
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _has_files(folder: Path) -> bool:
+    """Anything in ``folder`` but a temporary folder a killed run left behind."""
+    return any(not p.name.startswith(TMP_PREFIX) for p in folder.iterdir())
 
 
 def _plain(value):

@@ -41,6 +41,7 @@ import argparse
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -161,19 +162,28 @@ def _strip_module_prefix(state_dict: Mapping) -> dict:
 
 def detect_format(state_dict: Mapping) -> str:
     """ "torchvision" / "ssd.pytorch" (SSD300-VGG16) or "ssdlite" (torchvision's
-    ssdlite320_mobilenet_v3_large) from the key names (CheckpointError if none)."""
+    ssdlite320_mobilenet_v3_large) from the key names (CheckpointError if none): the family
+    with the largest share of its keys present, so that a checkpoint with keys missing is
+    still named by its own family (and the converter lists what is missing)."""
+    from crp_jax.ssd.convert_ssdlite import ssdlite_key_map
+
     keys = set(_strip_module_prefix(_check_mapping(state_dict)))
     if _SSDLITE_STEM in keys:
         return "ssdlite"
-    tv = sum(k in keys for k in torch_key_map("torchvision"))
-    sp = sum(k in keys for k in torch_key_map("ssd.pytorch"))
-    if tv == 0 and sp == 0:
+    share = {}
+    for fmt, keymap in (
+        ("torchvision", torch_key_map("torchvision")),
+        ("ssd.pytorch", torch_key_map("ssd.pytorch")),
+        ("ssdlite", ssdlite_key_map()),
+    ):
+        share[fmt] = sum(k in keys for k in keymap) / max(1, len(keymap))
+    if max(share.values()) == 0:
         sample = ", ".join(sorted(map(str, keys))[:8])
         raise CheckpointError(
-            "state dict is neither a torchvision ssd300_vgg16 nor an ssd.pytorch SSD300 checkpoint "
-            f"(first keys: {sample or 'none'})"
+            "state dict is neither a torchvision ssd300_vgg16, an ssd.pytorch SSD300 nor a torchvision "
+            f"ssdlite320_mobilenet_v3_large checkpoint (first keys: {sample or 'none'})"
         )
-    return "torchvision" if tv >= sp else "ssd.pytorch"
+    return max(share, key=lambda f: (share[f], f == "torchvision"))
 
 
 _SSDLITE_STEM = "backbone.features.0.0.0.weight"  # MobileNetV3's stem: torchvision's SSDlite
@@ -384,7 +394,9 @@ def load_torch_state_dict(path) -> dict:
     except ImportError:
         raise CheckpointError("reading .pth files needs torch: pip install 'crp-jax[convert]'") from None
     try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own warnings ("please file an issue") are not ours
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(
             f"{p}: not a torch checkpoint that can be read safely (torch.load with weights_only=True): "
@@ -485,11 +497,15 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
             )
     except SystemExit as e:  # argparse: --help -> 0, bad usage -> 2
         return int(e.code) if isinstance(e.code, int) else 2
-    from crp_jax.ssd.io import save_weights
+    from crp_jax.ssd.io import check_finite, save_weights
 
     try:
         sd = load_torch_state_dict(args.src)
-        model, variables, meta = convert_state_dict(sd, args.format, args.classes)
+        try:
+            model, variables, meta = convert_state_dict(sd, args.format, args.classes)
+            check_finite(variables, where=None)  # before save_weights, which would name OUT
+        except CRPError as e:  # what is wrong is in SRC: say so
+            raise type(e)(str(e) if str(e).startswith(str(args.src)) else f"{args.src}: {e}") from None
         out = save_weights(args.out, variables, meta)
     except (CRPError, OSError) as e:
         print(f"crp-jax convert: error: {e}", file=sys.stderr)

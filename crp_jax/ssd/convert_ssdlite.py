@@ -30,7 +30,7 @@ from crp_jax.errors import CheckpointError
 from crp_jax.ssd.config import SSDConfig
 from crp_jax.ssd.convert import _class_names, _strip_module_prefix, read_state_dict
 from crp_jax.ssd.io import expected_shapes, format_problems, unflatten_variables
-from crp_jax.ssd.meta import Meta
+from crp_jax.ssd.meta import SSDLITE_POSTPROCESS, Meta
 from crp_jax.ssd.ssdlite import MOBILENET_V3_LARGE_BLOCKS, SSDLite
 
 # torchvision's ssdlite transform: (x - 0.5) / 0.5 on [0, 1] pixels
@@ -155,5 +155,6 @@ def convert_torchvision_ssdlite(
         mean=SSDLITE_MEAN,
         std=SSDLITE_STD,
         source="torchvision",
+        postprocess=SSDLITE_POSTPROCESS,  # torchvision's ssdlite320 settings, not SSD300's
     )
     return model, variables, meta

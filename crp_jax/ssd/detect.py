@@ -27,7 +27,7 @@ from crp_jax.errors import ConfigError, InputError, NumericsError
 from crp_jax.numerics import check_finite_forward
 from crp_jax.ssd.anchors import default_boxes_xyxy
 from crp_jax.ssd.boxes import batched_nms, clip_boxes, decode, xyxy_to_cxcywh
-from crp_jax.ssd.meta import check_preprocessing
+from crp_jax.ssd.meta import SSD300_POSTPROCESS, Postprocess, check_preprocessing
 
 # Float images may overshoot [0, 1] by rounding (e.g. after a resize); more than this is
 # almost surely a 0..255 image passed as float, which would silently break the z^B bounds.
@@ -160,9 +160,6 @@ def preprocess(images, meta) -> jax.Array:
 
 
 # ---- detection ------------------------------------------------------------------------------
-
-# torchvision's SSD.postprocess_detections defaults (used when detect() gets None)
-_SSD_DEFAULTS = {"score_threshold": 0.01, "nms_threshold": 0.45, "max_detections": 200, "topk_candidates": 400}
 
 
 def _own_pipeline(meta, method: str) -> bool:
@@ -325,7 +322,7 @@ def detect(
 ) -> list[Detections]:
     """Detect objects: ``x [B, S, S, 3]`` preprocessed -> one :class:`Detections` per image.
 
-    Exactly torchvision's ``SSD.postprocess_detections`` (defaults are its defaults): softmax
+    Exactly torchvision's ``SSD.postprocess_detections``: softmax
     over classes; decode the offsets against the default boxes and clip to the input; per
     foreground class keep scores > ``score_threshold``, at most ``topk_candidates`` of them;
     per-class NMS at ``nms_threshold``; the ``max_detections`` best. Every detection keeps
@@ -340,11 +337,12 @@ def detect(
       variables: the model's variables.
       x: preprocessed batch (see :func:`preprocess`).
       meta: optional :class:`Meta`; checked to describe ``model``.
+      score_threshold, nms_threshold, max_detections, topk_candidates: None (default):
+        ``meta.postprocess``, the settings of the weights' source (a converted SSDlite:
+        torchvision's 0.001, 0.55, 300, 300); without ``meta``, SSD300's 0.01, 0.45, 200, 400.
       image_sizes: optional ``(H, W)`` per image (from :func:`preprocess_with_sizes`):
         boxes are rescaled from the model input to those pixels, as torchvision's
         ``transform.postprocess`` does.
-      score_threshold, nms_threshold, max_detections, topk_candidates: None means
-        torchvision's defaults (0.01, 0.45, 200, 400).
 
     A meta with its own ``detect`` method (BlazeFace: crp_jax/blazeface/meta.py) runs its own
     post-processing on the same arguments (None: that detector's defaults).
@@ -357,15 +355,19 @@ def detect(
     }
     if _own_pipeline(meta, "detect"):
         return meta.detect(model, variables, x, image_sizes=image_sizes, **settings)
-    score_threshold, nms_threshold, max_detections, topk_candidates = (
-        _SSD_DEFAULTS[k] if v is None else v for k, v in settings.items()
-    )
     config = model.config
     if meta is not None and meta.config != config:
         raise ConfigError(
             f"meta describes a different architecture than the model (meta: {meta.config}, model: {config})"
         )
-    settings = _check_settings(score_threshold, nms_threshold, max_detections, topk_candidates)
+    pp = getattr(meta, "postprocess", None)
+    pp = pp if isinstance(pp, Postprocess) else SSD300_POSTPROCESS
+    settings = _check_settings(
+        pp.score_threshold if score_threshold is None else score_threshold,
+        pp.nms_threshold if nms_threshold is None else nms_threshold,
+        pp.max_detections if max_detections is None else max_detections,
+        pp.topk_candidates if topk_candidates is None else topk_candidates,
+    )
     check_image_batch(x, config.image_size)
     out_sizes = _check_image_sizes(image_sizes, x.shape[0])
     scores, boxes, finite, out_finite = jax.device_get(_raw_fn(model)(variables, x))

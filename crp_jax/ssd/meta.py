@@ -15,7 +15,16 @@ Every ``Meta`` is validated when it is made (so also when a JSON sidecar is read
   inside; a std of 1e-45 (a float32 denormal) would turn every pixel into Inf;
 - ``config.image_size`` in ``IMAGE_SIZE_RANGE`` (16 .. 4096): the config alone allows any
   size >= 16, but a sidecar saying 100000 would make ``preprocess`` allocate 112 GiB;
-- one ``str`` class name per class (``len(class_names) == config.num_classes``).
+- one ``str`` class name per class (``len(class_names) == config.num_classes``), none empty
+  and no two alike (``--contrast E`` must mean one class), except torchvision's COCO
+  placeholder ``"N/A"`` for unused ids (which :meth:`Meta.class_index` refuses to look up);
+- ``postprocess``: the detection settings of the weights' source (:class:`Postprocess`):
+  torchvision's ssd300_vgg16 and ssd.pytorch use NMS IoU 0.45, 400 candidates per class and
+  200 detections, torchvision's ssdlite320 0.55, 300 and 300 (score 0.001). ``detect``
+  uses them unless told otherwise; a sidecar without them (older files) gets SSD300's.
+
+A JSON record (``from_dict``) must name every field but ``source`` and ``postprocess``:
+a sidecar without ``mean`` or ``std`` is refused rather than read as 0 / 1.
 
 With these bounds ``(v - mean) / std`` for pixels ``v`` in [0, 1] is at most
 ``(1 + 1e3) / 1e-3 ~ 1e6`` in magnitude, so ``preprocess`` cannot return NaN or Inf for
@@ -172,6 +181,50 @@ COCO_CLASSES = (
 )
 
 
+def _is_number(v) -> bool:
+    # bool is an int to Python, and a string would be float()-ed silently: refuse both.
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class Postprocess:
+    """Detection settings of a set of weights (torchvision's names: ``score_thresh``,
+    ``nms_thresh``, ``detections_per_img``, ``topk_candidates``); ``crp_jax.detect`` uses
+    them when its own arguments are not given. Defaults: SSD300's."""
+
+    score_threshold: float = 0.01
+    nms_threshold: float = 0.45
+    max_detections: int = 200
+    topk_candidates: int = 400
+
+    def __post_init__(self):
+        for name in ("score_threshold", "nms_threshold"):
+            v = getattr(self, name)
+            if not _is_number(v) or not (math.isfinite(v) and 0.0 <= v <= 1.0):
+                raise ConfigError(f"meta field 'postprocess.{name}' must be a number in [0, 1], got {v!r}")
+            object.__setattr__(self, name, float(v))
+        for name, lo in (("max_detections", 0), ("topk_candidates", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ConfigError(f"meta field 'postprocess.{name}' must be an int >= {lo}, got {v!r}")
+            object.__setattr__(self, name, int(v))
+
+    @classmethod
+    def from_dict(cls, d) -> Postprocess:
+        if not isinstance(d, dict):
+            raise ConfigError(f"meta field 'postprocess' must be an object, got {d!r}")
+        reject_unknown_fields(cls, d)
+        return cls(**d)
+
+
+#: torchvision ``ssd300_vgg16`` (and ssd.pytorch: conf 0.01, NMS 0.45, top 200).
+SSD300_POSTPROCESS = Postprocess()
+#: torchvision ``ssdlite320_mobilenet_v3_large``.
+SSDLITE_POSTPROCESS = Postprocess(score_threshold=0.001, nms_threshold=0.55, max_detections=300, topk_candidates=300)
+#: Names that may repeat in ``class_names`` (torchvision's COCO ids that COCO left unused).
+PLACEHOLDER_NAMES = ("N/A",)
+
+
 @dataclass(frozen=True)
 class Meta:
     """Everything about a set of weights that is not an array.
@@ -181,6 +234,7 @@ class Meta:
       class_names: one per class, index 0 is background (len == config.num_classes).
       mean, std: per-channel RGB preprocessing on [0, 1] pixel values (see module doc).
       source: where the weights came from ("crp-jax", "torchvision", "ssd.pytorch", ...).
+      postprocess: the detection settings of that source (:class:`Postprocess`).
     """
 
     config: SSDConfig
@@ -188,6 +242,7 @@ class Meta:
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     source: str = "crp-jax"
+    postprocess: Postprocess = SSD300_POSTPROCESS
 
     def __post_init__(self):
         if not isinstance(self.config, SSDConfig):
@@ -205,6 +260,16 @@ class Meta:
         not_str = [c for c in self.class_names if not isinstance(c, str)]
         if not_str:
             raise ConfigError(f"meta field 'class_names' must hold strings, got {not_str[0]!r}")
+        empty = [i for i, c in enumerate(self.class_names) if not c.strip()]
+        if empty:
+            raise ConfigError(f"meta field 'class_names' has an empty name at index {empty[0]}")
+        seen: dict[str, int] = {}
+        for i, c in enumerate(self.class_names):
+            if c in seen and c not in PLACEHOLDER_NAMES:
+                raise ConfigError(f"meta field 'class_names' names {c!r} twice (indices {seen[c]} and {i})")
+            seen.setdefault(c, i)
+        if not isinstance(self.postprocess, Postprocess):
+            raise ConfigError(f"meta field 'postprocess' must be a Postprocess, got {self.postprocess!r}")
         if not isinstance(self.source, str):
             raise ConfigError(f"meta field 'source' must be a string, got {self.source!r}")
 
@@ -224,6 +289,8 @@ class Meta:
         return low, high
 
     def class_index(self, name: str) -> int:
+        if self.class_names.count(name) > 1:
+            raise ConfigError(f"class name {name!r} names {self.class_names.count(name)} classes; give an index")
         try:
             return self.class_names.index(name)
         except ValueError:
@@ -242,7 +309,12 @@ class Meta:
         try:
             d = dict(d)
             reject_unknown_fields(cls, d)
+            missing = [f for f in ("config", "class_names", "mean", "std") if f not in d]
+            if missing:
+                raise ConfigError(f"meta record has no {', '.join(repr(f) for f in missing)} field")
             d["config"] = SSDConfig.from_dict(d["config"])
+            if "postprocess" in d:
+                d["postprocess"] = Postprocess.from_dict(d["postprocess"])
             return cls(**d)
         except (KeyError, TypeError) as e:
             raise ConfigError(f"not a crp-jax meta record: {e}") from None
@@ -253,11 +325,6 @@ class Meta:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
             raise ConfigError(f"meta is not valid JSON: {e}") from None
-
-
-def _is_number(v) -> bool:
-    # bool is an int to Python, and a string would be float()-ed silently: refuse both.
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 def check_preprocessing(mean, std, image_size) -> tuple[tuple[float, ...], tuple[float, ...]]:
