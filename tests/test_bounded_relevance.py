@@ -330,3 +330,19 @@ def test_torchvision_ssdlite_with_calibrated_signed_weights_conserves_in_every_s
         assert np.all(np.isfinite(v)) and np.all(v[:, 1] <= 1.0 + 1e-3), (k, v[:, 1])
     cuts = [flow[k][1, 1] for k in trunk(flow)]
     assert all(cuts[i] <= cuts[i + 1] * (1 + 1e-3) + 1e-6 for i in range(len(cuts) - 1)), cuts
+
+
+def test_half_precision_variables_are_explained_as_their_float32_values():
+    """float16 / bfloat16 variables (a bare TypeError from XLA before) are explained exactly
+    as the same values cast to float32 by hand."""
+    model, variables, meta = cj.load_pretrained()
+    S = meta.config.image_size
+    x = cj.preprocess(np.random.default_rng(5).integers(0, 256, (S, S, 3)).astype(np.uint8), meta)
+    t = [cj.ClassTarget(0, 100, 1)]
+    for dtype in (jnp.float16, jnp.bfloat16):
+        half = jax.tree.map(lambda a: jnp.asarray(a, dtype), variables)
+        by_hand = jax.tree.map(lambda a: np.asarray(a, np.float32), half)
+        np.testing.assert_array_equal(
+            cj.explain(model, half, x, t, method="crp", meta=meta),
+            cj.explain(model, by_hand, x, t, method="crp", meta=meta),
+        )

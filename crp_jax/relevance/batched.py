@@ -114,6 +114,7 @@ def explain(
     targets = _check_target_list(targets)
     comp = get_composite(method, meta)
     _check_meta_fits(model, meta)
+    variables = _float32_variables(variables)
     A, K = output_sizes(model, variables, xs)
     images, anchors, cls_coef, loc_coef = encode_targets(targets, xs.shape[0], A, K, comp.contrast)
     T = len(images)
@@ -598,6 +599,22 @@ def _check_images(x) -> np.ndarray:
     if bad.size:
         raise InputError(f"images {bad.tolist()} contain NaN or Inf pixels")
     return xs
+
+
+def _float32_variables(variables):
+    """Floating leaves of another precision (float16, bfloat16, float64) as float32, the
+    precision the rules are written and tested for (and the images are cast to); a mapping
+    that is not variables is left for ``output_sizes`` to name."""
+    if not isinstance(variables, Mapping):
+        return variables
+
+    def cast(a):
+        dtype = getattr(a, "dtype", None)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and dtype != jnp.float32:
+            return np.asarray(a, np.float32) if isinstance(a, np.ndarray) else jnp.asarray(a, jnp.float32)
+        return a
+
+    return jax.tree.map(cast, variables)
 
 
 def _check_flag(name: str, value: Any) -> bool:
