@@ -22,8 +22,8 @@ import jax.numpy as jnp  # noqa: E402
 import crp_jax as cj  # noqa: E402
 from crp_jax.errors import CRPError  # noqa: E402
 from crp_jax.ssd import SSD, Meta, SSDConfig  # noqa: E402
-from crp_jax.ssd.build import build_detector, init_detector  # noqa: E402
-from crp_jax.ssd.convert_ssdlite import SSDLITE_MEAN, SSDLITE_STD  # noqa: E402
+from crp_jax.ssd.build import build_detector, init_variables  # noqa: E402
+from crp_jax.ssd.convert import SSDLITE_MEAN, SSDLITE_STD  # noqa: E402
 from crp_jax.ssd.fold import fold_batchnorm  # noqa: E402
 from crp_jax.ssd.meta import TORCHVISION_MEAN, TORCHVISION_STD, default_class_names  # noqa: E402
 from crp_jax.ssd.ssdlite import SSDLite, random_variables  # noqa: E402
@@ -40,7 +40,7 @@ def build_model(name: str):
     - "ssdlite320": torchvision's SSDlite320-MobileNetV3-Large layout (91 classes), random
       weights with random BatchNorm statistics, BN folded into the convs (what rules see);
     - "shipped_ssdlite": ``cj.load_pretrained("ssdlite")``, else
-      ``SSDConfig.ssdlite_small(num_classes=7)`` at random (``init_detector``).
+      ``SSDConfig.ssdlite_small(num_classes=7)`` at random (``init_variables``).
 
     A stand-in for missing shipped weights says so in its label.
     """
@@ -70,7 +70,7 @@ def build_model(name: str):
 
 
 def _shipped(weights, fallback: SSDConfig, what: str):
-    """``cj.load_pretrained(weights)``, or ``fallback`` with random ``init_detector`` weights
+    """``cj.load_pretrained(weights)``, or ``fallback`` with random ``init_variables`` weights
     (seed 0) when nothing is shipped under that name."""
     try:
         model, variables, meta = cj.load_pretrained(weights)
@@ -85,12 +85,12 @@ def _shipped(weights, fallback: SSDConfig, what: str):
         )
     except (CRPError, OSError) as e:
         model = build_detector(fallback)
-        variables = jax.tree_util.tree_map(jnp.asarray, init_detector(model, seed=0))
-        meta = Meta(fallback, default_class_names(fallback.num_classes), source="init_detector(seed=0)")
+        variables = jax.tree_util.tree_map(jnp.asarray, init_variables(model, seed=0))
+        meta = Meta(fallback, default_class_names(fallback.num_classes), source="init_variables(seed=0)")
         why = str(e).splitlines()[0][:120]
         return (
             f"{what} ({fallback.image_size}px, width {fallback.width}), random weights "
-            f"(init_detector) -- no shipped weights: {why}",
+            f"(init_variables) -- no shipped weights: {why}",
             model,
             variables,
             meta,

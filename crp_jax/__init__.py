@@ -29,7 +29,7 @@ _LAZY = {
     "preprocess": "crp_jax.ssd.detect",
     "preprocess_with_sizes": "crp_jax.ssd.detect",
     "default_boxes_xyxy": "crp_jax.ssd.anchors",
-    "init_variables": "crp_jax.ssd.model",
+    "init_variables": "crp_jax.ssd.build",
     "check_variables": "crp_jax.ssd.io",
     "detect": "crp_jax.ssd.detect",
     "Detections": "crp_jax.ssd.detect",
@@ -40,7 +40,7 @@ _LAZY = {
     "convert_ssdpytorch": "crp_jax.ssd.convert",
     "load_torch_state_dict": "crp_jax.ssd.convert",
     "SSDLite": "crp_jax.ssd.ssdlite",
-    "convert_torchvision_ssdlite": "crp_jax.ssd.convert_ssdlite",
+    "convert_torchvision_ssdlite": "crp_jax.ssd.convert",
     "fold_batchnorm": "crp_jax.ssd.fold",
     # imported graphs
     "load_tflite": "crp_jax.tflite.load",

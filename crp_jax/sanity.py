@@ -225,7 +225,7 @@ def model_randomization(
       ConfigError: unknown ``mode`` or method name.
       InputError: ``seed`` not an int, no targets, or an explainer output of the wrong shape.
     """
-    from crp_jax.ssd.model import init_variables
+    from crp_jax.ssd.build import init_variables
 
     if mode not in MODES:
         raise ConfigError(f"mode {mode!r} unknown; use one of {MODES}")

@@ -64,12 +64,12 @@ def problem(model_name: str):
         try:
             model, variables, meta = cj.load_pretrained("ssdlite")
         except CheckpointError:
-            from crp_jax.ssd.build import build_detector, init_detector
+            from crp_jax.ssd.build import build_detector, init_variables
             from crp_jax.training import TrainConfig
 
             cfg = TrainConfig.preset("ssdlite")
             model = build_detector(cfg.model_config())
-            variables, meta = init_detector(model, seed=0), cfg.meta()
+            variables, meta = init_variables(model, seed=0), cfg.meta()
         per_image = (5, 1, 2)
     else:
         from crp_jax.ssd import SSD, Meta, SSDConfig

@@ -20,9 +20,9 @@ from crp_jax.cli import main
 from crp_jax.cli.explain import METHODS
 from crp_jax.data import CLASS_NAMES
 from crp_jax.ssd import SSD, Meta, SSDConfig
+from crp_jax.ssd.build import init_variables
 from crp_jax.ssd.io import save_weights
 from crp_jax.ssd.meta import TORCHVISION_MEAN, TORCHVISION_STD
-from crp_jax.ssd.model import init_variables
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WEIGHTS = ROOT / "weights" / "default.msgpack"

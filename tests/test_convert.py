@@ -17,6 +17,7 @@ import re
 import numpy as np
 import pytest
 
+from crp_jax.cli.convert import convert_main
 from crp_jax.errors import CheckpointError, ConfigError
 from crp_jax.ssd import convert, io
 from crp_jax.ssd.config import SSDConfig
@@ -352,7 +353,7 @@ def test_convert_main(tmp_path, capsys):
     src = tmp_path / "tv.pth"
     torch.save({"model": {k: torch.from_numpy(v) for k, v in sd.items()}}, src)
     out = tmp_path / "out" / "tv.msgpack"
-    assert convert.convert_main([str(src), str(out), "--classes", "cat", "dog"]) == 0
+    assert convert_main([str(src), str(out), "--classes", "cat", "dog"]) == 0
     assert "3 classes" in capsys.readouterr().out
     model, variables, meta = io.load_weights(out)
     assert meta.class_names == ("__background__", "cat", "dog") and meta.source == "torchvision"
@@ -360,17 +361,17 @@ def test_convert_main(tmp_path, capsys):
         variables["params"]["conv5_2"]["kernel"], sd["backbone.extra.0.3.weight"].transpose(2, 3, 1, 0)
     )
     # runtime errors: 1 and one line, no traceback
-    assert convert.convert_main([str(tmp_path / "nope.pth"), str(out)]) == 1
+    assert convert_main([str(tmp_path / "nope.pth"), str(out)]) == 1
     err = capsys.readouterr().err
     assert "nope.pth" in err and "Traceback" not in err and err.count("\n") == 1
-    assert convert.convert_main([str(src), str(out), "--format", "ssd.pytorch"]) == 1
+    assert convert_main([str(src), str(out), "--format", "ssd.pytorch"]) == 1
     assert "missing keys" in capsys.readouterr().err
-    assert convert.convert_main([str(src), str(out), "--classes", "a"]) == 1
+    assert convert_main([str(src), str(out), "--classes", "a"]) == 1
     capsys.readouterr()
     # usage errors: 2
-    assert convert.convert_main([str(src)]) == 2
-    assert convert.convert_main([str(src), str(out), "--format", "caffe"]) == 2
-    assert convert.convert_main(["--help"]) == 0
+    assert convert_main([str(src)]) == 2
+    assert convert_main([str(src), str(out), "--format", "caffe"]) == 2
+    assert convert_main(["--help"]) == 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -553,7 +554,7 @@ def test_convert_without_suffix_writes_and_prints_name_msgpack(tmp_path, capsys)
     sd = numpy_state_dict("torchvision", num_classes=3, seed=1)
     src = tmp_path / "tv.pth"
     torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, src)
-    assert convert.convert_main([str(src), str(tmp_path / "X")]) == 0
+    assert convert_main([str(src), str(tmp_path / "X")]) == 0
     out = capsys.readouterr().out
     assert f"{tmp_path / 'X.msgpack'} + {tmp_path / 'X.json'}" in out
     assert (tmp_path / "X.msgpack").is_file() and (tmp_path / "X.json").is_file()

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from crp_jax.ssd.convert import convert_main
+from crp_jax.cli.convert import convert_main
 
 pytestmark = pytest.mark.torch
 

@@ -13,8 +13,8 @@ from crp_jax.errors import ConfigError, InputError, TargetError
 from crp_jax.relevance import Composite, relevance_vjp
 from crp_jax.relevance.composite import get_composite
 from crp_jax.ssd import SSD, Meta, SSDConfig
+from crp_jax.ssd.build import init_variables
 from crp_jax.ssd.meta import TORCHVISION_MEAN, TORCHVISION_STD, default_class_names
-from crp_jax.ssd.model import init_variables
 
 K_TINY = 5
 

@@ -7,7 +7,7 @@ import pytest
 
 from crp_jax.errors import ConfigError, InputError
 from crp_jax.ssd import SSD, L2Norm, SSDConfig
-from crp_jax.ssd.model import init_variables
+from crp_jax.ssd.build import init_variables
 
 
 def _param_shapes(cfg):

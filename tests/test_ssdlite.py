@@ -17,7 +17,7 @@ import crp_jax as cj
 from crp_jax.errors import CheckpointError, ConfigError
 from crp_jax.ssd import SSDConfig
 from crp_jax.ssd.anchors import central_anchor
-from crp_jax.ssd.convert_ssdlite import ssdlite_key_map
+from crp_jax.ssd.convert import ssdlite_key_map
 from crp_jax.ssd.fold import fold_batchnorm
 from crp_jax.ssd.io import expected_shapes
 from crp_jax.ssd.ssdlite import SSDLite, random_variables

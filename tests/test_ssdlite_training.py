@@ -17,7 +17,7 @@ import pytest
 import crp_jax as cj
 from crp_jax.errors import CheckpointError, ConfigError
 from crp_jax.ssd import SSDConfig
-from crp_jax.ssd.build import build_detector, init_detector
+from crp_jax.ssd.build import build_detector, init_variables
 from crp_jax.ssd.io import load_pretrained, load_weights, save_weights
 from crp_jax.ssd.meta import Meta
 from crp_jax.ssd.ssdlite import SSDLite, random_variables
@@ -62,7 +62,7 @@ def _capture(model, variables, x, path):
 
 def test_initialiser_starts_residual_blocks_as_the_identity_and_keeps_activations_of_order_one():
     model = build_detector(TINY)
-    variables = init_detector(model, seed=3)
+    variables = init_variables(model, seed=3)
     x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
     # block_2 is 24 -> 24 channels with stride 1 (scaled by the width): it has a residual add
     x_in, (y, _expansion) = _capture(model, variables, x, ("block_2",))
@@ -79,10 +79,10 @@ def test_initialiser_starts_residual_blocks_as_the_identity_and_keeps_activation
     assert k.shape[2] == 1
     assert 0.7 < k.std() / np.sqrt(2.0 / (k.shape[0] * k.shape[1])) < 1.3
     # same seed, same numbers; the initialiser refuses the BatchNorm form
-    again = init_detector(model, seed=3)
+    again = init_variables(model, seed=3)
     jax.tree_util.tree_map(np.testing.assert_array_equal, variables, again)
     with pytest.raises(ConfigError, match="folded"):
-        init_detector(build_detector(TINY, batchnorm=True), seed=0)
+        init_variables(build_detector(TINY, batchnorm=True), seed=0)
 
 
 def test_training_preset_ssdlite_and_result_dict():
@@ -144,7 +144,7 @@ def test_load_pretrained_by_name_and_its_errors(tmp_path, monkeypatch):
     # a name that is a file is a path
     cfg = TrainConfig.preset("ssdlite", image_size=64, width=0.25)
     model = build_detector(cfg.model_config())
-    save_weights(tmp_path / "ssdlite", init_detector(model, 0), cfg.meta())
+    save_weights(tmp_path / "ssdlite", init_variables(model, 0), cfg.meta())
     m, _, meta = load_pretrained("ssdlite")
     assert isinstance(m, SSDLite) and meta.config.image_size == 64
 

@@ -268,7 +268,7 @@ def test_read_checkpoint_returns_step_settings_and_parameters(tmp_path):
 
 
 def test_training_starts_from_the_one_initializer_of_the_model():
-    from crp_jax.ssd.model import init_variables
+    from crp_jax.ssd.build import init_variables
 
     model, tx, _, _ = _compiled(_result_config(TINY))
     state = init_state(TINY, model, tx)

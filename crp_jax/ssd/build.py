@@ -9,13 +9,12 @@ torchvision's state dicts convert to before :func:`crp_jax.ssd.fold.fold_batchno
 
 from __future__ import annotations
 
+from crp_jax.errors import ConfigError
 from crp_jax.ssd.config import SSDConfig
-from crp_jax.ssd.model import SSD
-from crp_jax.ssd.model import init_variables as _init_vgg
-from crp_jax.ssd.ssdlite import SSDLite
-from crp_jax.ssd.ssdlite import init_variables as _init_ssdlite
+from crp_jax.ssd.model import SSD, init_vgg_variables
+from crp_jax.ssd.ssdlite import SSDLite, init_folded_variables
 
-__all__ = ["build_detector", "init_detector", "Detector"]
+__all__ = ["build_detector", "init_variables", "Detector"]
 
 Detector = SSD | SSDLite
 
@@ -28,10 +27,14 @@ def build_detector(config: SSDConfig, *, batchnorm: bool = False) -> Detector:
     return SSD(config)
 
 
-def init_detector(model: Detector, seed: int = 0) -> dict:
+def init_variables(model: Detector, seed: int = 0) -> dict:
     """Initial ``{"params": ...}`` of ``model``, drawn with numpy from ``seed`` (no JAX
-    random graph): :func:`crp_jax.ssd.model.init_variables` for SSD,
-    :func:`crp_jax.ssd.ssdlite.init_variables` for a folded SSDlite."""
+    random graph, which on XLA CPU compiles for longer than the network runs): Xavier-uniform
+    for SSD (:func:`crp_jax.ssd.model.init_vgg_variables`), activation-aware He-normal for a
+    folded SSDlite (:func:`crp_jax.ssd.ssdlite.init_folded_variables`). The one entry point
+    (``cj.init_variables``)."""
     if isinstance(model, SSDLite):
-        return _init_ssdlite(model, seed)
-    return _init_vgg(model, seed)
+        return init_folded_variables(model, seed)
+    if isinstance(model, SSD):
+        return init_vgg_variables(model, seed)
+    raise ConfigError(f"init_variables initialises an SSD or SSDLite, got a {type(model).__name__}")

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from crp_jax.checks import check_image_batch
 from crp_jax.errors import ConfigError
 from crp_jax.ssd.config import SSDConfig
+from crp_jax.ssd.heads import multibox
 from crp_jax.ssd.pool import max_pool
 
 _conv_init = nn.initializers.xavier_uniform()
@@ -110,19 +111,15 @@ class SSD(nn.Module):
                 f"SSD builds the VGG16 backbone; a {cfg.backbone!r} config needs crp_jax.ssd.ssdlite.SSDLite"
             )
         check_image_batch(x, cfg.image_size)
-        K = cfg.num_classes
-        cls_out, loc_out = [], []
-        for k, (src, a) in enumerate(zip(self.sources(x), cfg.anchors_per_cell)):
-            B = src.shape[0]
-            c = _conv(a * K, 3, f"cls_{k}", padding=1)(src)
-            l = _conv(a * 4, 3, f"loc_{k}", padding=1)(src)
-            # NHWC channel index a*K + k  ->  anchor order (row, col, box), as torchvision.
-            cls_out.append(c.reshape(B, -1, K))
-            loc_out.append(l.reshape(B, -1, 4))
-        return jnp.concatenate(cls_out, axis=1), jnp.concatenate(loc_out, axis=1)
+        return multibox(
+            self.sources(x),
+            cfg.anchors_per_cell,
+            cfg.num_classes,
+            lambda src, name, n: _conv(n, 3, name, padding=1)(src),
+        )
 
 
-def init_variables(model: SSD, seed: int = 0) -> dict:
+def init_vgg_variables(model: SSD, seed: int = 0) -> dict:
     """Initialise ``model``'s variables on the host with numpy, fast on any machine.
 
     Same scheme as the module's initialisers (Xavier-uniform kernels, zero biases, L2Norm

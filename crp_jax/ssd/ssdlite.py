@@ -42,6 +42,7 @@ from flax import traverse_util
 from crp_jax.errors import ConfigError
 from crp_jax.grouped_conv import conv_general_dilated
 from crp_jax.ssd.config import SSDConfig
+from crp_jax.ssd.heads import multibox
 from crp_jax.ssd.model import check_image_batch
 
 BN_EPS = 1e-3  # torchvision's ssdlite: BatchNorm2d(eps=0.001, momentum=0.03)
@@ -274,32 +275,21 @@ class SSDLite(nn.Module):
         if cfg.backbone != "mobilenet_v3_large":
             raise ConfigError(f"SSDLite needs a mobilenet_v3_large config, got backbone {cfg.backbone!r}")
         check_image_batch(x, cfg.image_size)
-        K = cfg.num_classes
-        cls_out, loc_out = [], []
-        for k, (src, a) in enumerate(zip(self.sources(x), cfg.anchors_per_cell)):
-            B = src.shape[0]
-            outs = []
-            for head, n in (("cls", a * K), ("loc", a * 4)):
-                h = ConvBN(
-                    src.shape[-1],
-                    3,
-                    depthwise=True,
-                    act="relu6",
-                    batchnorm=self.batchnorm,
-                    name=f"dw_{head}_{k}",
-                )(src)
-                outs.append(nn.Conv(n, (1, 1), kernel_init=nn.initializers.normal(0.03), name=f"{head}_{k}")(h))
-            # NHWC channel index a*K + k  ->  anchor order (row, col, box), as torchvision.
-            cls_out.append(outs[0].reshape(B, -1, K))
-            loc_out.append(outs[1].reshape(B, -1, 4))
-        return jnp.concatenate(cls_out, axis=1), jnp.concatenate(loc_out, axis=1)
+        bn = self.batchnorm
+
+        def head(src, name, n):
+            # depthwise 3x3 + BN + ReLU6, then the 1x1 conv (with bias) that CRP's rules address
+            h = ConvBN(src.shape[-1], 3, depthwise=True, act="relu6", batchnorm=bn, name=f"dw_{name}")(src)
+            return nn.Conv(n, (1, 1), kernel_init=nn.initializers.normal(0.03), name=name)(h)
+
+        return multibox(self.sources(x), cfg.anchors_per_cell, cfg.num_classes, head)
 
 
 def _backbone_channels(c: int, width: float) -> int:
     return make_divisible(c * width)
 
 
-def init_variables(model: SSDLite, seed: int = 0) -> dict:
+def init_folded_variables(model: SSDLite, seed: int = 0) -> dict:
     """Initial variables for training a folded SSDlite (``batchnorm=False``) from scratch,
     drawn with numpy from ``seed`` (one ``default_rng(seed)`` stream over the leaves in tree
     order). Returns ``{"params": ...}``.
@@ -315,7 +305,7 @@ def init_variables(model: SSDLite, seed: int = 0) -> dict:
     the branch" practice, Goyal et al. 2017); biases are zero.
     """
     if model.batchnorm:
-        raise ConfigError("init_variables initialises the folded SSDlite (batchnorm=False)")
+        raise ConfigError("init_folded_variables initialises the folded SSDlite (batchnorm=False)")
     S = model.config.image_size
     width = model.config.width
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, S, S, 3), np.float32))

@@ -6,7 +6,7 @@ Everything a training run does is a function of its :class:`TrainConfig`:
   ``cfg.seed`` (:func:`crp_jax.data.make_batch`), and augmentation, when switched on, draws
   from ``fold_in(PRNGKey(cfg.seed), k)``. So the batch of step ``k`` depends only on
   ``(seed, k)``, and ``resume`` from a checkpoint reproduces an uninterrupted run exactly.
-- parameters: :func:`crp_jax.ssd.build.init_detector` (drawn with numpy from ``cfg.seed``).
+- parameters: :func:`crp_jax.ssd.build.init_variables` (drawn with numpy from ``cfg.seed``).
 - targets and loss: SSD's matching and multibox loss (:mod:`crp_jax.ssd.loss`).
 - optimiser: :mod:`crp_jax.training.optimizer`; checkpoints: :mod:`crp_jax.training.checkpoints`.
 
@@ -39,7 +39,7 @@ from crp_jax.interrupts import SigintFlag
 from crp_jax.progress import Progress
 from crp_jax.ssd.anchors import default_boxes_xyxy
 from crp_jax.ssd.boxes import xyxy_to_cxcywh
-from crp_jax.ssd.build import Detector, build_detector, init_detector
+from crp_jax.ssd.build import Detector, build_detector, init_variables
 from crp_jax.ssd.loss import assign_targets_batch, multibox_loss
 from crp_jax.ssd.meta import Meta
 from crp_jax.training.augment import augment
@@ -88,10 +88,10 @@ def batch_for_step(cfg: TrainConfig, step: int, meta: Meta | None = None) -> dic
 
 def init_state(cfg: TrainConfig, model: Detector | None = None, tx=None) -> dict:
     """``{"params", "opt_state", "step"}`` at step 0 (parameters from
-    :func:`crp_jax.ssd.build.init_detector` with ``cfg.seed``)."""
+    :func:`crp_jax.ssd.build.init_variables` with ``cfg.seed``)."""
     model = model or build_detector(cfg.model_config())
     tx = tx or make_optimizer(cfg)
-    params = init_detector(model, seed=cfg.seed)["params"]
+    params = init_variables(model, seed=cfg.seed)["params"]
     return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 
 from crp_jax.errors import CheckpointError
 from crp_jax.ssd.config import SSDConfig
-from crp_jax.ssd.convert import _class_names, _strip_module_prefix, read_state_dict
+from crp_jax.ssd.convert._common import check_mapping, class_names_for, read_state_dict, strip_module_prefix
 from crp_jax.ssd.io import expected_shapes, format_problems, unflatten_variables
 from crp_jax.ssd.meta import SSDLITE_POSTPROCESS, Meta
 from crp_jax.ssd.ssdlite import MOBILENET_V3_LARGE_BLOCKS, SSDLite
@@ -113,9 +113,7 @@ def convert_torchvision_ssdlite(
     Raises CheckpointError listing missing, unexpected and mis-shaped torch keys, and saying
     so when the state dict is an SSD300-VGG16 one (use ``convert_torchvision_ssd``).
     """
-    if not isinstance(state_dict, Mapping):
-        raise CheckpointError(f"a state dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
-    sd = _strip_module_prefix(state_dict)
+    sd = strip_module_prefix(check_mapping(state_dict))
     if any(k in sd for k in _VGG_MARKERS) and not looks_like_ssdlite(sd):
         raise CheckpointError(
             "this state dict looks like an SSD300-VGG16 checkpoint (torchvision ssd300_vgg16 or ssd.pytorch), "
@@ -151,7 +149,7 @@ def convert_torchvision_ssdlite(
         model, variables = fold_batchnorm(model, variables)
     meta = Meta(
         config=config,
-        class_names=_class_names(class_names, num_classes),
+        class_names=class_names_for(class_names, num_classes),
         mean=SSDLITE_MEAN,
         std=SSDLITE_STD,
         source="torchvision",
