@@ -1,5 +1,4 @@
-"""Box-aware deletion: delete the pixels most relevant to a box coordinate, follow the box
-(DExT-style faithfulness of localization explanations)."""
+"""Box-aware deletion (DExT-style): delete the pixels relevant to a coordinate, follow the box."""
 
 from __future__ import annotations
 

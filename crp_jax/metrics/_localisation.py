@@ -1,5 +1,4 @@
-"""Where positive relevance lies relative to a box or a part: energy pointing game, pointing
-game, part enrichment."""
+"""Where positive relevance lies against a box or part: (energy) pointing game, part enrichment."""
 
 from __future__ import annotations
 
