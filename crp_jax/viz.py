@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from crp_jax.checks import as_heatmap
 from crp_jax.errors import InputError
 
 __all__ = [
@@ -77,12 +78,9 @@ _PALETTE = (
 
 
 def _as_heatmap(heatmap) -> np.ndarray:
-    h = np.asarray(heatmap, dtype=np.float32)
-    if h.ndim == 3 and h.shape[-1] in (1, 3):  # relevance [H, W, C]: sum the channels
-        h = h.sum(-1)
-    if h.ndim != 2 or h.shape[0] == 0 or h.shape[1] == 0:
-        raise InputError(f"a heatmap must be [H, W] (or [H, W, C] relevance), got shape {h.shape}")
-    return np.where(np.isfinite(h), h, 0.0).astype(np.float32)
+    # A picture, not a measurement: NaN/Inf pixels are drawn as zero relevance (the metrics
+    # raise on them instead; crp_jax.checks.as_heatmap documents both policies).
+    return as_heatmap(heatmap, nonfinite="zero", dtype=np.float32)
 
 
 def robust_max(heatmap, percentile: float = 99.5) -> float:

@@ -94,12 +94,7 @@ class LocTarget:
 
     @property
     def coord_index(self) -> int:
-        if isinstance(self.coord, str):
-            if self.coord not in COORDS:
-                raise TargetError(f"coord {self.coord!r} unknown; use one of {COORDS} or 0..3")
-            return COORDS.index(self.coord)
-        _check_index("coord", self.coord, 4)
-        return int(self.coord)
+        return coord_index(self.coord)
 
     def __post_init__(self):
         if not (_is_index(self.sign) and self.sign in (1, -1)):
@@ -124,6 +119,17 @@ def _is_index(value) -> bool:
 def _check_index(field: str, value, n: int) -> None:
     if not _is_index(value) or not 0 <= int(value) < n:
         raise TargetError(f"{field} {value!r} out of range: valid is 0..{n - 1}")
+
+
+def coord_index(coord: str | int) -> int:
+    """Index 0..3 of a box coordinate given by name (one of :data:`COORDS`) or by index; the
+    one parser of coordinate names (``LocTarget``, ``crp_jax.metrics.box_coordinate``)."""
+    if isinstance(coord, str):
+        if coord not in COORDS:
+            raise TargetError(f"coord {coord!r} unknown; use one of {COORDS} or 0..3")
+        return COORDS.index(coord)
+    _check_index("coord", coord, 4)
+    return int(coord)
 
 
 def encode_targets(

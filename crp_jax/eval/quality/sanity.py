@@ -15,12 +15,9 @@ import numpy as np
 import crp_jax as cj
 from crp_jax import metrics as M
 from crp_jax.eval.quality.cases import CHUNK
-from crp_jax.relevance.targets import ClassTarget, LocTarget
+from crp_jax.relevance.targets import COORDS, ClassTarget, LocTarget
 from crp_jax.ssd.anchors import default_boxes_xyxy
 from crp_jax.ssd.boxes import decode, xyxy_to_cxcywh
-
-COORDS = ("cx", "cy", "w", "h")
-
 
 SIGNS = (1, -1)
 
