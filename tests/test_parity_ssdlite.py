@@ -34,11 +34,14 @@ def test_preprocess_equals_torchvision_transform(parity):
     assert parity["input_max_abs_diff"] <= 1e-5
 
 
-def test_raw_outputs_within_1e_4_of_their_largest_value(parity):
+def test_raw_outputs_within_2e_4_of_their_largest_value(parity):
     # outputs of a useful size (random BN statistics keep the signal from vanishing)
     assert parity["cls_max_abs"] > 1.0 and parity["loc_max_abs"] > 1.0
-    assert parity["cls_max_rel_diff"] <= 1e-4, parity["cls_max_rel_diff"]
-    assert parity["loc_max_rel_diff"] <= 1e-4, parity["loc_max_rel_diff"]
+    # Both sides are float32 through ~60 layers, summed in different orders (torch's CPU
+    # kernels vs XLA's fusions): the same code measured 6.6e-5 on one machine and 1.27e-4 on
+    # another (2026-12-07, unchanged since 8c2a376), so the bound is 2e-4, not 1e-4.
+    assert parity["cls_max_rel_diff"] <= 2e-4, parity["cls_max_rel_diff"]
+    assert parity["loc_max_rel_diff"] <= 2e-4, parity["loc_max_rel_diff"]
 
 
 def test_default_boxes_are_torchvisions_3234(parity):
