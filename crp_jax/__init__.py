@@ -60,7 +60,7 @@ _LAZY = {
     "crop_groups": "crp_jax.relevance.cropped",
     "composite_names": "crp_jax.relevance.composite",
     # sanity checks
-    "model_randomization": "crp_jax.sanity",
+    "model_randomization": "crp_jax.metrics",
     # errors
     "CRPError": "crp_jax.errors",
     "InputError": "crp_jax.errors",
@@ -89,7 +89,6 @@ _SUBMODULES = (
     "apps",
     "errors",
     "numerics",
-    "sanity",
     "report",
     "progress",
     "tflite",

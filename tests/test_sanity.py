@@ -1,4 +1,4 @@
-"""Model-randomization test (crp_jax.sanity) on the shipped model and on a hand-built module.
+"""Model-randomization test (crp_jax.metrics, _randomization.py) on the shipped model and on a hand-built module.
 
 References are independent of the code under test: Adebayo et al.'s control (an edge map of
 the input, which cannot depend on the weights) must stay at similarity 1.0 through every
@@ -16,7 +16,7 @@ import pytest
 
 import crp_jax as cj
 from crp_jax.errors import ConfigError, InputError
-from crp_jax.sanity import randomization_blocks
+from crp_jax.metrics import randomization_blocks
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_independent_mode_randomizes_one_block_and_its_heads_step_equals_the_cas
 
 
 def test_randomize_takes_exactly_the_blocks_arrays_from_the_fresh_variables(shipped):
-    from crp_jax.sanity import randomize
+    from crp_jax.metrics import randomize
 
     model, variables, _, _, _ = shipped
     fresh = cj.init_variables(model, 3)

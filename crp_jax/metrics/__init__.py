@@ -51,6 +51,7 @@ from crp_jax.metrics._localisation import energy_pointing_game, part_enrichment,
 from crp_jax.metrics._perturbation import BASELINES as BASELINES
 from crp_jax.metrics._perturbation import ORDERS as ORDERS
 from crp_jax.metrics._perturbation import aopc, region_perturbation
+from crp_jax.metrics._randomization import model_randomization, randomization_blocks, randomize
 from crp_jax.metrics._similarity import SSIM_K1 as SSIM_K1
 from crp_jax.metrics._similarity import SSIM_K2 as SSIM_K2
 from crp_jax.metrics._similarity import SSIM_WINDOW as SSIM_WINDOW
@@ -58,6 +59,9 @@ from crp_jax.metrics._similarity import class_discriminativeness, spearman, ssim
 from crp_jax.metrics._statistics import bootstrap_ci
 
 __all__ = [
+    "model_randomization",
+    "randomization_blocks",
+    "randomize",
     "box_mask",
     "energy_pointing_game",
     "class_discriminativeness",

@@ -86,7 +86,21 @@ def _check_stabilizer(name: str, value: float) -> None:
 
 
 class Rule:
-    """Base class. ``apply(module, next_fun, args, kwargs)`` runs the layer under the rule."""
+    """Base class. ``apply(module, next_fun, args, kwargs)`` runs the layer under the rule.
+
+    Rules are frozen dataclasses; their fields are validated here, once for all rules: a
+    field named ``stabilizer`` or ``epsilon`` must be a finite float >= ``MIN_STABILIZER``,
+    a field annotated ``bool`` must be True or False. A rule with more to check extends
+    ``__post_init__`` and calls this one first.
+    """
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("stabilizer", "epsilon"):
+                _check_stabilizer(f"{type(self).__name__}.{f.name}", value)
+            elif f.type in ("bool", bool):
+                _check_flag(f"{type(self).__name__}.{f.name}", value)
 
     def apply(self, module, next_fun: Callable, args: tuple, kwargs: dict):  # pragma: no cover
         raise NotImplementedError
@@ -175,9 +189,6 @@ class Epsilon(LinearRule):
 
     epsilon: float = 1e-6
 
-    def __post_init__(self):
-        _check_stabilizer("Epsilon.epsilon", self.epsilon)
-
     def residuals(self, op, x, w, b, z, zs):
         return x, op.transpose_kernel(w), 1.0 / stabilize(z + b, self.epsilon)
 
@@ -198,10 +209,6 @@ class WPlus(LinearRule):
 
     stabilizer: float = 1e-9
     contributions: bool = False
-
-    def __post_init__(self):
-        _check_stabilizer("WPlus.stabilizer", self.stabilizer)
-        _check_flag("WPlus.contributions", self.contributions)
 
     def specialize(self, signs):
         if signs.output_signed:
@@ -251,8 +258,7 @@ class AlphaBeta(LinearRule):
     contributions: bool = False
 
     def __post_init__(self):
-        _check_stabilizer("AlphaBeta.stabilizer", self.stabilizer)
-        _check_flag("AlphaBeta.contributions", self.contributions)
+        super().__post_init__()
         for name in ("alpha", "beta"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0 and v < float("inf")):
@@ -310,10 +316,6 @@ class SignedWPlus(LinearRule):
 
     stabilizer: float = 1e-9
     signed_input: bool = True
-
-    def __post_init__(self):
-        _check_stabilizer("SignedWPlus.stabilizer", self.stabilizer)
-        _check_flag("SignedWPlus.signed_input", self.signed_input)
 
     def specialize(self, signs):
         # signed_input=False is the cheaper form for inputs >= 0 (x+ = x, x- = 0): only where
@@ -380,7 +382,7 @@ class ZBox(LinearRule):
     stabilizer: float = 1e-9
 
     def __post_init__(self):
-        _check_stabilizer("ZBox.stabilizer", self.stabilizer)
+        super().__post_init__()
         for name in ("low", "high"):
             v = getattr(self, name)
             if isinstance(v, (list, tuple)):
@@ -419,17 +421,20 @@ def _per_tap(v: jax.Array, op, w: jax.Array) -> jax.Array:
 
 
 @dataclass(frozen=True)
-class Flat(LinearRule):
-    """Flat: relevance spread uniformly over each output's receptive field."""
+class _WeightShares(LinearRule):
+    """Rules that ignore the input: each output's relevance is spread over its receptive
+    field in proportion to ``shares(w)`` (one expression per rule, as RelevancePropagation.jl's
+    ``modify_weight``): ``R_i = sum_j s_ij / stab(sum_i' s_i'j) R_j``, the sums over the
+    receptive field as the layer sees it (padding included, through a conv of ones)."""
 
     stabilizer: float = 1e-9
 
-    def __post_init__(self):
-        _check_stabilizer("Flat.stabilizer", self.stabilizer)
+    def shares(self, w: jax.Array) -> jax.Array:  # pragma: no cover
+        raise NotImplementedError
 
     def residuals(self, op, x, w, b, z, zs):
-        ones = jnp.ones_like(w)
-        return op.transpose_kernel(ones), 1.0 / stabilize(op.apply(jnp.ones_like(x), ones), self.stabilizer)
+        s = self.shares(w)
+        return op.transpose_kernel(s), 1.0 / stabilize(op.apply(jnp.ones_like(x), s), self.stabilizer)
 
     def backward(self, op, res, R, in_hw):
         wt, inv = res
@@ -437,21 +442,19 @@ class Flat(LinearRule):
 
 
 @dataclass(frozen=True)
-class WSquare(LinearRule):
+class Flat(_WeightShares):
+    """Flat: relevance spread uniformly over each output's receptive field."""
+
+    def shares(self, w):
+        return jnp.ones_like(w)
+
+
+@dataclass(frozen=True)
+class WSquare(_WeightShares):
     """w^2: relevance spread in proportion to squared weights (inputs ignored)."""
 
-    stabilizer: float = 1e-9
-
-    def __post_init__(self):
-        _check_stabilizer("WSquare.stabilizer", self.stabilizer)
-
-    def residuals(self, op, x, w, b, z, zs):
-        w2 = w * w
-        return op.transpose_kernel(w2), 1.0 / stabilize(op.apply(jnp.ones_like(x), w2), self.stabilizer)
-
-    def backward(self, op, res, R, in_hw):
-        wt, inv = res
-        return op.transpose(R * inv, wt, in_hw)
+    def shares(self, w):
+        return w * w
 
 
 @dataclass(frozen=True)
@@ -510,10 +513,6 @@ class Proportional(Rule):
 
     stabilizer: float = 1e-9
     by_sign: bool = True
-
-    def __post_init__(self):
-        _check_stabilizer("Proportional.stabilizer", self.stabilizer)
-        _check_flag("Proportional.by_sign", self.by_sign)
 
     def apply(self, module, next_fun, args, kwargs):
         y = next_fun(*args, **kwargs)

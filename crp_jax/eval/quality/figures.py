@@ -28,7 +28,7 @@ def cascade_figure(model, variables, meta, x, shown, case, rz: dict, methods, se
     control), columns = the trained model and cascade steps (each map on its own colour
     scale, cropped around the box); below, the mean Spearman |R| / SSIM per step over all
     detections (band: quartiles)."""
-    from crp_jax.sanity import randomization_blocks, randomize
+    from crp_jax.metrics import randomization_blocks, randomize
 
     blocks = randomization_blocks(model, variables, x)
     n = len(blocks)

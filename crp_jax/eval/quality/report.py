@@ -88,7 +88,7 @@ def format_sanity(result: dict) -> str:
             "",
             "Similarities: Spearman rank correlation over all pixels of |R| and of R (`metrics.spearman`), SSIM with "
             "7x7 uniform windows on maps scaled to [0, 1] by (R / max|R| + 1) / 2 (`metrics.ssim`). Blocks come from the "
-            "model's data flow (`crp_jax.sanity.randomization_blocks`): all heads first, then each conv in reverse "
+            "model's data flow (`crp_jax.metrics.randomization_blocks`): all heads first, then each conv in reverse "
             "forward order (L2Norm joins conv4_3); weights re-drawn by `cj.init_variables` (Xavier-uniform, zero "
             f"biases). Flag: a mean similarity above {FLAG_LEVEL} with half of the blocks randomized. The edge-map "
             "control ignores the weights and must stay at 1. Spearman |R| and SSIM also reward what every map of "

@@ -34,8 +34,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from crp_jax import metrics as M
 from crp_jax.errors import ConfigError, InputError
+from crp_jax.metrics._similarity import spearman, ssim
 
 __all__ = ["model_randomization", "randomization_blocks", "randomize"]
 
@@ -181,9 +181,9 @@ def similarities(trained, randomized) -> dict[str, np.ndarray]:
     a, b = np.asarray(trained, np.float64), np.asarray(randomized, np.float64)
     out = {k: np.zeros(len(a)) for k in SIMILARITIES}
     for t in range(len(a)):
-        out["spearman_abs"][t] = M.spearman(np.abs(a[t]), np.abs(b[t]))
-        out["spearman"][t] = M.spearman(a[t], b[t])
-        out["ssim"][t] = M.ssim(a[t], b[t])
+        out["spearman_abs"][t] = spearman(np.abs(a[t]), np.abs(b[t]))
+        out["spearman"][t] = spearman(a[t], b[t])
+        out["ssim"][t] = ssim(a[t], b[t])
     return out
 
 
