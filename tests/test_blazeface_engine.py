@@ -222,3 +222,36 @@ def test_cropped_blazeface_keypoint_map_equals_dense(short):
     dense = cj.explain(model, variables, x, t, method="crp", meta=meta, crop=False)
     cropped = cj.explain(model, variables, x, t, method="crp", meta=meta, crop="always")
     np.testing.assert_allclose(cropped, dense, atol=1e-5 * np.abs(dense).max())
+
+
+# ---- the command line ------------------------------------------------------------------
+
+
+def test_cli_explain_writes_class_and_keypoint_maps_and_json_for_the_astronaut(astronaut, tmp_path):
+    from PIL import Image
+
+    from crp_jax.cli import main
+
+    path = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut).save(path)
+    out = tmp_path / "out"
+    rc = main(["explain", str(path), "--weights", "blazeface", "--compare", "none", "--out", str(out)])
+    assert rc == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "astronaut_det00_face_cls_crp.png",
+        "astronaut_det00_face_keypoints_crp.png",
+        "astronaut_explain.json",
+    ]
+    rec = json.loads((out / "astronaut_explain.json").read_text())["detections"]
+    assert len(rec) == 1
+    d = rec[0]
+    assert [m["regressor"] for m in d["keypoint_maps"]] == HAND_NAMES[4:]
+    assert set(d["keypoints"]) == {"right_eye", "left_eye", "nose_tip", "mouth", "right_ear", "left_ear"}
+    # the class map (one-hot on the logit, LRP-ab rules) conserves 1; its peak lies in the face box
+    assert abs(d["class_map"]["sum"] - 1.0) < 1e-2
+    x1, y1, x2, y2 = d["box"]
+    px, py = d["class_map"]["peak_xy"]
+    assert x1 <= px <= x2 and y1 <= py <= y2
+    for m in d["keypoint_maps"]:  # CRP regressor maps are contrasts: they sum to about 0
+        assert abs(m["sum"]) < 1e-2 * max(m["abs_sum"], 1e-6) + 1e-3
