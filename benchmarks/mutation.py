@@ -309,8 +309,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "loc_target_sign_ignored",
         "crp_jax/relevance/targets.py",
-        "loc[self.coord_index] = float(self.sign)",
-        "loc[self.coord_index] = 1.0",
+        "loc[idx] = float(self.sign)",
+        "loc[idx] = 1.0",
         ("tests/test_explain_reference.py",),
         "float64",
         "LocTarget(sign=-1) explained as +1",

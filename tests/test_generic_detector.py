@@ -142,7 +142,7 @@ def test_a_model_with_other_outputs_or_wrong_variables_is_refused_by_name(tiny):
 
     m1 = OneOutput()
     v1 = m1.init(jax.random.PRNGKey(0), x[:1])
-    with pytest.raises(ConfigError, match=r"\(cls \[B, A, K\], loc \[B, A, 4\]\)"):
+    with pytest.raises(ConfigError, match=r"\(cls \[B, A, K\], loc \[B, A, R\]\)"):
         cj.explain(m1, v1, x, [cj.ClassTarget(0, 0, 1)], method=COMPOSITE)
     with pytest.raises(CheckpointError, match="'params'"):
         cj.explain(model, {}, x, [cj.ClassTarget(0, 0, 1)], method=COMPOSITE)

@@ -23,6 +23,7 @@ __all__ = [
     "explain_detections",
     "first_detected_scene",
     "heatmaps",
+    "keypoint_maps",
     "partner",
     "target_for",
 ]
@@ -156,15 +157,41 @@ def describe(meta, target, method: str) -> str:
     return f"{m}: {name} not {'/'.join(class_name(meta, k) for k in c)}"
 
 
-def heatmaps(model, variables, meta, x, targets, method: str) -> list:
+def heatmaps(model, variables, meta, x, targets, method: str, size=None) -> list:
     """``T`` signed heatmaps ``[S, S]`` (channels summed) for ``targets`` of one image ``x``
-    ``[1, S, S, 3]``."""
+    ``[1, S, S, 3]``. With the original image's ``size`` ``(H, W)`` and a meta that
+    letterboxes (BlazeFace: ``meta.heatmap_to_original``), each heatmap is cut to the part
+    that covers the image, so that drawing it over the image lines up."""
     from crp_jax.relevance import explain, heatmap
 
     if not targets:
         return []
     R = explain(model, variables, x, list(targets), method=method, meta=meta)
-    return list(heatmap(R))
+    hs = list(heatmap(R))
+    cut = getattr(meta, "heatmap_to_original", None)
+    if size is not None and cut is not None:
+        hs = [cut(h, tuple(size)) for h in hs]
+    return hs
+
+
+def keypoint_maps(model, variables, meta, im: DetectedImage, method: str, sign: int = 1) -> dict:
+    """Keypoint maps of every detection of a detector with keypoints (``meta.keypoint_names``
+    and ``meta.regressor_names``, e.g. BlazeFace): ``{det: [(name, target, heatmap), ...]}``,
+    one :class:`crp_jax.LocTarget` per keypoint regressor (``right_eye_x``, ...,
+    ``left_ear_y``) pushed in direction ``sign``; one ``explain`` call per detection.
+    Empty for a detector without keypoints."""
+    from crp_jax.relevance.targets import COORDS, LocTarget
+
+    names = [n for n in getattr(meta, "regressor_names", COORDS) if n not in COORDS]
+    if not names or not getattr(meta, "keypoint_names", ()):
+        return {}
+    out = {}
+    for i in range(len(im.det)):
+        a = int(im.det.anchors[i])
+        targets = [LocTarget(0, a, n, sign) for n in names]
+        hs = heatmaps(model, variables, meta, im.x, targets, method, im.full_size)
+        out[i] = list(zip(names, targets, hs))
+    return out
 
 
 def explain_detections(model, variables, meta, im: DetectedImage, ask: Ask, method: str, compare: str):
@@ -186,7 +213,7 @@ def explain_detections(model, variables, meta, im: DetectedImage, ask: Ask, meth
     cache: dict[str, dict] = {}
 
     def run(m: str, targets: dict) -> dict:
-        hs = heatmaps(model, variables, meta, im.x, [targets[i] for i in sorted(targets)], m)
+        hs = heatmaps(model, variables, meta, im.x, [targets[i] for i in sorted(targets)], m, im.full_size)
         return {i: (targets[i], h) for i, h in zip(sorted(targets), hs)}
 
     cache[method] = run(method, base)

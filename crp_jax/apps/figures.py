@@ -21,7 +21,7 @@ from crp_jax.apps.explanations import (
     target_for,
 )
 
-__all__ = ["safe_name", "display", "explain_grid", "demo_figures", "class_swap_grid"]
+__all__ = ["safe_name", "display", "explain_grid", "keypoint_grid", "demo_figures", "class_swap_grid"]
 
 
 def display(pixels: np.ndarray, small: int = 160, large: int = 400):
@@ -68,6 +68,54 @@ def explain_grid(im: DetectedImage, meta, dets, columns, alpha: float):
     return viz.grid(cells, titles, ncols=len(columns) + 1)
 
 
+def keypoint_grid(im: DetectedImage, meta, i: int, maps, method: str, alpha: float, side: int = 200):
+    """Keypoint maps of detection ``i`` (``maps``: its list from
+    :func:`crp_jax.apps.explanations.keypoint_maps`): first the image around the face with its
+    box and keypoints, then one cell per keypoint regressor, in the meta's order (two per
+    keypoint: x then y). Every cell shows the region around the face (the box grown by half
+    its size on each side), magnified to about ``side`` pixels, with the predicted keypoint
+    marked by a small square; each map has its own colour scale."""
+    from PIL import ImageDraw
+
+    from crp_jax import viz
+
+    d = im.det
+    box = np.asarray(im.on_pixels(d.boxes[i]), np.float64)
+    H, W = im.pixels.shape[:2]
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    x0, y0 = int(max(0, np.floor(box[0] - bw / 2))), int(max(0, np.floor(box[1] - bh / 2)))
+    x1, y1 = int(min(W, np.ceil(box[2] + bw / 2))), int(min(H, np.ceil(box[3] + bh / 2)))
+    if x1 <= x0 or y1 <= y0:
+        x0, y0, x1, y1 = 0, 0, W, H
+    crop = im.pixels[y0:y1, x0:x1]
+    s = max(1, min(8, side // max(1, max(crop.shape[:2]))))
+    off = np.array([x0, y0, x0, y0], np.float64)
+    kps = getattr(d, "keypoints", None)
+    kp = None if kps is None else np.asarray(kps[i], np.float64)  # [P, 2] original pixels
+    kp_px = None if kp is None else im.on_pixels(np.concatenate([kp, kp], -1))[:, :2] - off[:2]
+    r = max(1.5, 0.03 * max(bw, bh))
+    knames = list(getattr(meta, "keypoint_names", ()))
+
+    face = viz.overlay(crop, np.zeros(crop.shape[:2], np.float32), box=box - off, alpha=0.0, scale=s)
+    if kp_px is not None:
+        draw = ImageDraw.Draw(face)
+        for x, y in kp_px:
+            draw.ellipse([(x - r) * s, (y - r) * s, (x + r) * s, (y + r) * s], outline=(0, 200, 0), width=2)
+    cells = [face]
+    titles = [f"det {i}: {class_name(meta, int(d.labels[i]))} {float(d.scores[i]):.2f}\nkeypoints"]
+    for name, target, h in maps:
+        hp = viz.resize_heatmap(h, (H, W))[y0:y1, x0:x1]
+        marker = None
+        kname = name.rsplit("_", 1)[0]
+        if kp_px is not None and kname in knames:
+            x, y = kp_px[knames.index(kname)]
+            marker = np.array([x - r, y - r, x + r, y + r])
+        vmax = viz.robust_max(h)
+        cells.append(viz.overlay(crop, hp, box=marker, alpha=alpha, scale=s, vmax=vmax))
+        titles.append(describe(meta, target, method).replace(": ", ":\n", 1))
+    return viz.grid(cells, titles, ncols=1 + len(knames) if len(cells) > 7 else len(cells))
+
+
 def safe_name(text: str) -> str:
     """A file-name-safe version of a class name or file stem (``[A-Za-z0-9._-]``, never
     empty)."""
@@ -94,7 +142,7 @@ def demo_figures(model, variables, meta, im: DetectedImage) -> tuple[list, int |
     per_method = {}
     for m in ("crp", "lrp_ab"):
         targets = [target_for(ask, d.anchors[i], int(d.labels[i])) for i in range(len(d))]
-        per_method[m] = heatmaps(model, variables, meta, im.x, targets, m)
+        per_method[m] = heatmaps(model, variables, meta, im.x, targets, m, im.full_size)
         for i in range(len(d)):
             name = class_name(meta, int(d.labels[i]))
             label = f"{name} {float(d.scores[i]):.2f} | {describe(meta, targets[i], m)}"
@@ -146,7 +194,7 @@ def class_swap_grid(model, variables, meta, im: DetectedImage, i: int, s: int):
     ]
     cells, titles = [], []
     for method, targets, names in rows:
-        hs = heatmaps(model, variables, meta, im.x, targets, method)
+        hs = heatmaps(model, variables, meta, im.x, targets, method, im.full_size)
         vmax = max(viz.robust_max(h) for h in hs)
         for h, t in zip(hs, names):
             cells.append(viz.overlay(im.pixels, h, box=d.boxes[i], vmax=vmax, scale=s))

@@ -88,6 +88,13 @@ class BlazeFaceMeta:
 
         return preprocess_with_sizes(images, self.image_size)
 
+    def heatmap_to_original(self, heatmap, image_size):
+        """The part of a model-input heatmap ``[S, S]`` that covers the original image of
+        ``image_size`` ``(h, w)`` (letterbox bands cut off; crp_jax/blazeface/preprocess.py)."""
+        from crp_jax.blazeface.preprocess import heatmap_to_original
+
+        return heatmap_to_original(heatmap, image_size)
+
     def detect(self, model, variables, x, **kwargs):
         """Faces per image (:func:`crp_jax.blazeface.detect.detect`)."""
         from crp_jax.blazeface.detect import detect

@@ -110,3 +110,14 @@ def to_original(points: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     x = (p[..., 0] - pad_x) / (1.0 - 2.0 * pad_x) * w
     y = (p[..., 1] - pad_y) / (1.0 - 2.0 * pad_y) * h
     return np.stack([x, y], axis=-1).astype(np.float32)
+
+
+def heatmap_to_original(heatmap: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """A heatmap ``[S, S, ...]`` on the letterboxed model input -> the part that covers the
+    original image ``[s_h, s_w, ...]`` (the padding bands cut off, as :func:`letterbox`
+    placed them), ready to be resized onto the image ``image_size`` ``(h, w)``."""
+    h, w = image_size
+    S = heatmap.shape[0]
+    pad_x, pad_y = letterbox_padding(h, w)
+    top, left = int(pad_y * S), int(pad_x * S)
+    return heatmap[top : S - top if top else S, left : S - left if left else S]

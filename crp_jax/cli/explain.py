@@ -268,9 +268,11 @@ def run_explain(args) -> int:
         raise UsageError("--contrast applies to class targets (--target cls) only")
     if args.compare == "classes" and args.target != "cls":
         raise UsageError("--compare classes needs --target cls")
+    import json
+
     from crp_jax import viz
-    from crp_jax.apps.explanations import Ask, class_name, describe, explain_detections
-    from crp_jax.apps.figures import explain_grid, safe_name
+    from crp_jax.apps.explanations import Ask, class_name, describe, explain_detections, keypoint_maps
+    from crp_jax.apps.figures import explain_grid, keypoint_grid, safe_name
 
     model, variables, meta = load_model(args)
     ask = Ask(args.target, -1 if args.sign == "-" else 1, _resolve_contrast(args.contrast, meta))
@@ -305,6 +307,18 @@ def run_explain(args) -> int:
             file = out / f"{stem}_grid.png"
             explain_grid(im, meta, dets, columns, args.alpha).save(file)
             written.append(file)
+        kmaps = keypoint_maps(model, variables, meta, im, args.method, ask.sign) if args.target == "cls" else {}
+        if kmaps:  # a detector with keypoints (BlazeFace): their maps and a JSON of every map
+            record = []
+            for i in dets:
+                name = class_name(meta, int(d.labels[i]))
+                file = out / f"{stem}_det{i:02d}_{safe_name(name)}_keypoints_{args.method}.png"
+                keypoint_grid(im, meta, i, kmaps[i], args.method, args.alpha).save(file)
+                written.append(file)
+                record.append(_detection_record(im, meta, i, main[i], kmaps[i], file.name, args.method))
+            file = out / f"{stem}_explain.json"
+            file.write_text(json.dumps({"image": str(path), "size": [H, W], "detections": record}, indent=1))
+            written.append(file)
         lines = [
             f"{path} ({W}x{H}): {len(d)} detection{'s' if len(d) != 1 else ''}, wrote {len(written)} files to {out}"
         ]
@@ -312,6 +326,53 @@ def run_explain(args) -> int:
         bar.write("\n".join(lines))
 
     return each_image(args.images, args, "explain", work)
+
+
+def _map_record(h, size) -> dict:
+    """Numbers of one heatmap ``[h, w]`` covering an image of ``size`` ``(H, W)``: total,
+    absolute total and the peak (largest value) in original pixels."""
+    import numpy as np
+
+    H, W = size
+    h = np.asarray(h, np.float64)
+    r, c = np.unravel_index(int(np.argmax(h)), h.shape)
+    return {
+        "sum": float(h.sum()),
+        "abs_sum": float(np.abs(h).sum()),
+        "peak_xy": [float((c + 0.5) * W / h.shape[1]), float((r + 0.5) * H / h.shape[0])],
+    }
+
+
+def _detection_record(im, meta, i: int, main, kmaps, kfile: str, method: str) -> dict:
+    """One detection of a detector with keypoints in ``STEM_explain.json``: box, score,
+    keypoints (original pixels), the class map and every keypoint map with
+    :func:`_map_record`'s numbers."""
+    import numpy as np
+
+    d = im.det
+    size = im.full_size
+    target, h = main
+    kp = np.asarray(d.keypoints[i], np.float64)
+    names = list(getattr(meta, "keypoint_names", ()))
+    rec = {
+        "detection": i,
+        "class": meta.class_names[int(d.labels[i])],
+        "score": float(d.scores[i]),
+        "anchor": int(d.anchors[i]),
+        "box": [float(v) for v in d.boxes[i]],
+        "keypoints": {n: [float(v) for v in kp[k]] for k, n in enumerate(names)},
+        "method": method,
+        "class_map": {"target": repr(target), **_map_record(h, size)},
+        "keypoint_figure": kfile,
+        "keypoint_maps": [],
+    }
+    for name, t, hk in kmaps:
+        m = {"regressor": name, "sign": int(t.sign), **_map_record(hk, size)}
+        kname = name.rsplit("_", 1)[0]
+        if kname in names:
+            m["peak_to_keypoint_px"] = float(np.hypot(*(np.array(m["peak_xy"]) - kp[names.index(kname)])))
+        rec["keypoint_maps"].append(m)
+    return rec
 
 
 def explain_main(argv=None, prog: str = f"{PROG} explain") -> int:

@@ -1,7 +1,7 @@
 """The relevance engine: rules as custom_vjp functions, composites, relevance_vjp, explain."""
 
 from crp_jax.relevance import rules
-from crp_jax.relevance.batched import compiled_functions, explain, heatmap, output_sizes
+from crp_jax.relevance.batched import compiled_functions, explain, heatmap, output_dims, output_sizes
 from crp_jax.relevance.composite import (
     INPUT_LAYER,
     LAYER_KINDS,
@@ -15,7 +15,7 @@ from crp_jax.relevance.composite import (
 from crp_jax.relevance.cones import anchor_cone, cone_geometry, cone_sizes
 from crp_jax.relevance.core import relevance_vjp
 from crp_jax.relevance.cropped import CropGroup, compiled_cropped, crop_groups
-from crp_jax.relevance.targets import COORDS, ClassTarget, LocTarget, targets_from_detections
+from crp_jax.relevance.targets import COORDS, ClassTarget, LocTarget, regressor_names, targets_from_detections
 from crp_jax.relevance.windows import RelevanceWindows
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "explain",
     "compiled_functions",
     "output_sizes",
+    "output_dims",
     "heatmap",
     "anchor_cone",
     "cone_geometry",
@@ -41,6 +42,7 @@ __all__ = [
     "compiled_cropped",
     "RelevanceWindows",
     "COORDS",
+    "regressor_names",
     "ClassTarget",
     "LocTarget",
     "targets_from_detections",

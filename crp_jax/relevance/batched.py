@@ -8,8 +8,10 @@ Memory is bounded by the chunk, not by the number of targets; both functions are
 once per (model, composite, chunk, shapes) and reused, so a second call does not recompile.
 
 The engine knows nothing of SSD: any Flax module whose ``apply(variables, x)`` returns
-``(cls [B, A, K], loc [B, A, 4])`` can be explained; A and K are read from the outputs'
-shapes (``jax.eval_shape``, no compilation).
+``(cls [B, A, K], loc [B, A, R])`` can be explained; A, K and R are read from the outputs'
+shapes (``jax.eval_shape``, no compilation). R is 4 for an SSD (cx, cy, w, h) and 16 for
+BlazeFace (box and six keypoints); the regressors' names come from ``meta.regressor_names``
+(crp_jax/relevance/targets.py).
 
 Sharding (``mesh=``): the forward runs on the whole image batch at once, sharded along the
 batch axis, and each backward takes one target slot of every image (a ``[B, A, K]``
@@ -38,7 +40,7 @@ from crp_jax.errors import CheckpointError, ConfigError, InputError, NumericsErr
 from crp_jax.relevance.composite import Composite, get_composite
 from crp_jax.relevance.core import finish, linearize
 from crp_jax.relevance.cropped import Unsupported, compiled_cropped, crop_groups, trimmed_forward
-from crp_jax.relevance.targets import ClassTarget, LocTarget, Target, encode_targets
+from crp_jax.relevance.targets import ClassTarget, LocTarget, Target, encode_targets, regressor_names
 from crp_jax.relevance.windows import RelevanceWindows
 
 
@@ -60,13 +62,17 @@ def explain(
 
     Args:
       model: a Flax module whose ``apply(variables, x)`` returns ``(cls [B, A, K],
-        loc [B, A, 4])`` (raw logits and box offsets), e.g. ``crp_jax.SSD``.
+        loc [B, A, R])`` (raw logits and regressors: R = 4 box offsets for an SSD, 16 for
+        BlazeFace), e.g. ``crp_jax.SSD``.
       variables: its variables (a mapping with ``"params"``).
       x: preprocessed images ``[B, H, W, C]`` float.
-      targets: ``ClassTarget``/``LocTarget`` list (e.g. ``targets_from_detections``).
+      targets: ``ClassTarget``/``LocTarget`` list (e.g. ``targets_from_detections``). A
+        ``LocTarget``'s ``coord`` is one of ``meta.regressor_names`` (without a meta: cx, cy,
+        w, h for R = 4, indices otherwise).
       method: preset name ("crp", "lrp_ab", "lrp_eps", "gradient", "gradient_x_input")
         or a :class:`Composite`.
-      meta: weights' meta (pixel bounds for z^B; required by "crp" and "lrp_ab").
+      meta: weights' meta (pixel bounds for z^B, required by "crp" and "lrp_ab";
+        regressor names).
       chunk_size: targets per vmapped backward; bounds memory (SSD300: about 45 MiB of
         scratch per target on a CPU, benchmarks/RESULTS.md). 8 is also the fastest end to
         end on an H200 with ``to_host=True``; with ``to_host=False``, 32 is slightly faster.
@@ -115,8 +121,10 @@ def explain(
     comp = get_composite(method, meta)
     _check_meta_fits(model, meta)
     variables = _float32_variables(variables)
-    A, K = output_sizes(model, variables, xs)
-    images, anchors, cls_coef, loc_coef = encode_targets(targets, xs.shape[0], A, K, comp.contrast)
+    A, K, n_reg = output_dims(model, variables, xs)
+    names = regressor_names(meta, n_reg)
+    regressors = names if names is not None else n_reg
+    images, anchors, cls_coef, loc_coef = encode_targets(targets, xs.shape[0], A, K, comp.contrast, regressors)
     T = len(images)
     if mesh is not None:
         if layers or not to_host:
@@ -126,7 +134,7 @@ def explain(
             )
         R = _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, comp, chunk_size, mesh, A)
         return _whole_windows(R) if output == "windows" else R
-    groups, n_heads = _cropped_groups(model, variables, xs, comp, A, K, crop) if crop and not layers else ((), 0)
+    groups, n_heads = _cropped_groups(model, variables, xs, comp, A, K, crop, n_reg) if crop and not layers else ((), 0)
     windows = output == "windows"
     collect = _Collector(T, xs.shape[1:], to_host, windows, layers, zeroed=bool(groups))
 
@@ -177,7 +185,7 @@ def explain(
     out = collect.result()
     bad = _nonfinite_targets(out)
     if len(bad):
-        _raise_nonfinite_relevance(model, variables, xs, targets, comp, bad)
+        _raise_nonfinite_relevance(model, variables, xs, targets, comp, bad, regressors)
     if layers:
         order = _layer_order(model, variables, xs[:1], comp)
         return out, {k: collect.flow[k] for k in order if k in collect.flow}
@@ -306,13 +314,13 @@ def _whole_windows(R) -> RelevanceWindows:
     return RelevanceWindows(tuple(R.shape), (np.arange(T),), (R,), (np.zeros((T, 2), np.int64),))
 
 
-def _cropped_groups(model, variables, xs, comp, A: int, K: int, crop) -> tuple:
+def _cropped_groups(model, variables, xs, comp, A: int, K: int, crop, R: int = 4) -> tuple:
     """``(groups, number of head outputs)``: the anchor groups ``explain`` propagates
     cropped (docs/design.md §6), those whose window is small enough (``crop=True``) or every
     windowed one (``crop="always"``); none when the model's backward does not split its
     anchors per head output."""
     try:
-        groups = crop_groups(model, variables, xs.shape, comp, A, K)
+        groups = crop_groups(model, variables, xs.shape, comp, A, K, R)
     except Unsupported:
         return (), 0
     return tuple(g for g in groups if (g.windowed if crop == "always" else g.cropped)), len(groups)
@@ -341,8 +349,16 @@ def heatmap(R, reduce: str = "sum") -> np.ndarray:
 
 def output_sizes(model, variables, x) -> tuple[int, int]:
     """``(A, K)``: boxes and classes of a detector whose ``apply(variables, x)`` returns
-    ``(cls [B, A, K], loc [B, A, 4])``; from shapes only (``jax.eval_shape``, nothing runs).
+    ``(cls [B, A, K], loc [B, A, R])``; from shapes only (``jax.eval_shape``, nothing runs).
     Variables that do not fit the model raise :class:`CheckpointError`."""
+    A, K, _ = output_dims(model, variables, x)
+    return A, K
+
+
+def output_dims(model, variables, x) -> tuple[int, int, int]:
+    """``(A, K, R)``: boxes, classes and regressors per box of a detector whose
+    ``apply(variables, x)`` returns ``(cls [B, A, K], loc [B, A, R])`` (SSD: R = 4,
+    BlazeFace: 16); from shapes only. Raises as :func:`output_sizes`."""
     apply = getattr(model, "apply", None)
     if not callable(apply):
         raise ConfigError(f"model must be a Flax module with .apply(variables, x), got {type(model).__name__}")
@@ -356,15 +372,15 @@ def output_sizes(model, variables, x) -> tuple[int, int]:
     except flax.errors.FlaxError as e:
         raise CheckpointError(f"variables do not fit the model: {str(e).splitlines()[0]}") from None
     shapes = [getattr(o, "shape", None) for o in out] if isinstance(out, (tuple, list)) else None
-    if not shapes or len(shapes) != 2 or any(s is None or len(s) != 3 for s in shapes) or shapes[1][-1] != 4:
+    if not shapes or len(shapes) != 2 or any(s is None or len(s) != 3 for s in shapes) or min(shapes[1]) < 1:
         raise ConfigError(
-            "explain needs a detector whose apply(variables, x) returns (cls [B, A, K], loc [B, A, 4]); "
+            "explain needs a detector whose apply(variables, x) returns (cls [B, A, K], loc [B, A, R]); "
             f"this one returns {jax.tree.map(lambda o: getattr(o, 'shape', o), out)}"
         )
-    (_, A, K), (_, A2, _) = shapes
+    (_, A, K), (_, A2, R) = shapes
     if A != A2:
         raise ConfigError(f"class and box outputs disagree on the number of boxes: {A} vs {A2}")
-    return int(A), int(K)
+    return int(A), int(K), int(R)
 
 
 def compiled_functions(model, comp: Composite, chunk: int, num_boxes: int, layers: bool = False):
@@ -373,7 +389,7 @@ def compiled_functions(model, comp: Composite, chunk: int, num_boxes: int, layer
 
     ``forward(variables, x [N, H, W, C]) -> (ok, vjp_fn)``: ``ok`` a device bool, True when
     the outputs are finite; ``vjp_fn`` a pytree of residuals.
-    ``backward(vjp_fn, x, anchors [N, chunk], cls_coef [N, chunk, K], loc_coef [N, chunk, 4])
+    ``backward(vjp_fn, x, anchors [N, chunk], cls_coef [N, chunk, K], loc_coef [N, chunk, R])
     -> R [N, chunk, H, W, C]`` (and per-layer totals ``path -> [N, chunk, 2]`` with
     ``layers=True``): slot ``c`` of image ``n`` is the target with initial relevance
     ``cls_coef[n, c]`` / ``loc_coef[n, c]`` at box ``anchors[n, c]``. Compiled once per
@@ -407,7 +423,7 @@ def _functions(model, comp: Composite, layers: bool, num_boxes: int):
         return ok, vjp_fn
 
     def backward(vjp_fn, x, anchors, cls_coef, loc_coef):
-        def one(a, cc, lc):  # one slot: a [N], cc [N, K], lc [N, 4]
+        def one(a, cc, lc):  # one slot: a [N], cc [N, K], lc [N, R]
             ct = _initial_relevance(a, cc, lc, num_boxes)
             res = finish(comp, vjp_fn(ct), x, layers)
             if layers:
@@ -425,7 +441,7 @@ def _functions(model, comp: Composite, layers: bool, num_boxes: int):
 
 
 def _initial_relevance(anchors, cls_coef, loc_coef, num_boxes: int):
-    """Cotangent ``([N, A, K], [N, A, 4])``: each image's coefficients at its anchor, zero
+    """Cotangent ``([N, A, K], [N, A, R])``: each image's coefficients at its anchor, zero
     elsewhere. Written as a one-hot product (elementwise, no scatter), which partitions
     along a sharded batch like any elementwise op."""
     onehot = (jnp.arange(num_boxes)[None, :] == anchors[:, None]).astype(cls_coef.dtype)[..., None]  # [N, A, 1]
@@ -482,7 +498,7 @@ def _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, 
     K = cls_coef.shape[1]
     A = np.zeros((Bp, slots), np.int32)
     C = np.zeros((Bp, slots, K), np.float32)
-    L = np.zeros((Bp, slots, 4), np.float32)
+    L = np.zeros((Bp, slots, loc_coef.shape[1]), np.float32)
     slot = np.zeros(T, np.int64)
     fill = np.zeros(Bp, np.int64)
     for t, b in enumerate(images):
@@ -548,7 +564,7 @@ def _nonfinite_targets(out) -> np.ndarray:
     return np.sort(np.concatenate(bad)) if bad else np.zeros(0, np.int64)
 
 
-def _raise_nonfinite_relevance(model, variables, xs, targets, comp: Composite, bad: np.ndarray):
+def _raise_nonfinite_relevance(model, variables, xs, targets, comp: Composite, bad: np.ndarray, regressors=4):
     """Slow path: some target's relevance is not finite although the forward was. Rerun the
     first such target densely with the per-layer relevance and name the first layer, going
     back from the outputs, whose output relevance holds NaN/Inf."""
@@ -557,11 +573,13 @@ def _raise_nonfinite_relevance(model, variables, xs, targets, comp: Composite, b
     t = int(bad[0])
     target = targets[t]
     xb = jnp.asarray(xs[target.image : target.image + 1])
-    A, K = output_sizes(model, variables, xb)
-    _, anchors, cls_coef, loc_coef = encode_targets([dataclasses.replace(target, image=0)], 1, A, K, comp.contrast)
+    A, K, R = output_dims(model, variables, xb)
+    _, anchors, cls_coef, loc_coef = encode_targets(
+        [dataclasses.replace(target, image=0)], 1, A, K, comp.contrast, regressors
+    )
     cot = (
         jnp.zeros((1, A, K), jnp.float32).at[0, anchors[0]].set(cls_coef[0]),
-        jnp.zeros((1, A, 4), jnp.float32).at[0, anchors[0]].set(loc_coef[0]),
+        jnp.zeros((1, A, R), jnp.float32).at[0, anchors[0]].set(loc_coef[0]),
     )
     _, explain_fn = relevance_vjp(model.apply, variables, xb, comp, layers=True)
     _, per_layer = explain_fn(cot)  # layer path -> relevance at its output, in forward order

@@ -619,14 +619,17 @@ def residual_spec(vjp_fn) -> tuple:
     return treedef, tuple((tuple(np.shape(v)), np.dtype(v.dtype).name) for v in leaves)
 
 
-def backward_jaxpr(spec: tuple, num_images: int, num_boxes: int, num_classes: int, dtype=jnp.float32):
+def backward_jaxpr(
+    spec: tuple, num_images: int, num_boxes: int, num_classes: int, dtype=jnp.float32, num_regressors: int = 4
+):
     """The VJP of a detector as a closed jaxpr whose inputs are its residual leaves (``spec``
-    from :func:`residual_spec`) followed by the cotangents ``[N, A, K]`` and ``[N, A, 4]``."""
+    from :func:`residual_spec`) followed by the cotangents ``[N, A, K]`` and ``[N, A, R]``
+    (R = ``num_regressors``: 4 for an SSD, 16 for BlazeFace)."""
     treedef, leaf_specs = spec
     specs = [jax.ShapeDtypeStruct(s, d) for s, d in leaf_specs]
     cts = (
         jax.ShapeDtypeStruct((num_images, num_boxes, num_classes), dtype),
-        jax.ShapeDtypeStruct((num_images, num_boxes, 4), dtype),
+        jax.ShapeDtypeStruct((num_images, num_boxes, num_regressors), dtype),
     )
     return jax.make_jaxpr(lambda lv, ct: jax.tree.unflatten(treedef, lv)(ct))(specs, cts)
 
@@ -665,7 +668,7 @@ def cropped_slot(leaves, x, anchor, cls_coef, loc_coef, *, spec, num_boxes: int,
         images), in ``spec``'s order; leaves the group does not read may be ``None``.
       x: the model input ``[N, H, W, C]`` (for gradient x input).
       anchor: int32 scalar, the target's anchor, inside ``group``.
-      cls_coef, loc_coef: ``[N, K]`` and ``[N, 4]`` initial relevance at that anchor.
+      cls_coef, loc_coef: ``[N, K]`` and ``[N, R]`` initial relevance at that anchor.
       spec: :func:`residual_spec` of the VJP.
       num_boxes: A, the detector's number of anchors.
       group: the anchor range ``[a0, a1)`` of one head output (:func:`anchor_groups`).
@@ -676,7 +679,7 @@ def cropped_slot(leaves, x, anchor, cls_coef, loc_coef, *, spec, num_boxes: int,
       ``offset`` (row, column) at the input; zero outside it. ``(h, w)`` is static.
     """
     N, K = cls_coef.shape
-    closed = backward_jaxpr(spec, N, num_boxes, K, cls_coef.dtype)
+    closed = backward_jaxpr(spec, N, num_boxes, K, cls_coef.dtype, loc_coef.shape[-1])
     A = num_boxes
     leaves = [_Missing() if v is None else v for v in leaves]
     interp = _Interpreter(tuple(group), plan, leaves)
@@ -740,18 +743,22 @@ class CropGroup:
         return self.windowed and area <= CROP_MAX_AREA
 
 
-def crop_groups(model, variables, x_shape: Sequence[int], composite, num_boxes: int, num_classes: int):
+def crop_groups(
+    model, variables, x_shape: Sequence[int], composite, num_boxes: int, num_classes: int, num_regressors: int = 4
+):
     """The :class:`CropGroup` of every head output of ``model`` (in anchor order), from
     shapes only (nothing is compiled or run); cached per model, composite and shapes.
 
     Raises :class:`Unsupported` when the backward does not split its anchors per head."""
     leaves, treedef = jax.tree.flatten(variables)
     key = (treedef, tuple((tuple(np.shape(v)), np.dtype(v.dtype).name) for v in leaves))
-    return _crop_groups(model, composite, tuple(x_shape[1:]), int(num_boxes), int(num_classes), key)
+    return _crop_groups(
+        model, composite, tuple(x_shape[1:]), int(num_boxes), int(num_classes), key, int(num_regressors)
+    )
 
 
 @functools.lru_cache(maxsize=32)
-def _crop_groups(model, comp, image_shape, A, K, key):
+def _crop_groups(model, comp, image_shape, A, K, key, R=4):
     from crp_jax.relevance.core import linearize
 
     treedef, specs = key
@@ -760,7 +767,7 @@ def _crop_groups(model, comp, image_shape, A, K, key):
     vjp = jax.eval_shape(lambda v, x: linearize(model.apply, v, x, comp)[1], variables, x)
     spec = residual_spec(vjp)
     out = []
-    for group in anchor_groups(backward_jaxpr(spec, 1, A, K)):
+    for group in anchor_groups(backward_jaxpr(spec, 1, A, K, jnp.float32, R)):
         plan = Plan()
         slot = functools.partial(
             cropped_slot, spec=spec, num_boxes=A, group=group, times_input=comp.times_input, plan=plan
@@ -768,7 +775,7 @@ def _crop_groups(model, comp, image_shape, A, K, key):
         coef = jax.ShapeDtypeStruct((1, K), jnp.float32)
         leaves = jax.tree.leaves(vjp)
         jax.eval_shape(
-            slot, leaves, x, jax.ShapeDtypeStruct((), jnp.int32), coef, jax.ShapeDtypeStruct((1, 4), jnp.float32)
+            slot, leaves, x, jax.ShapeDtypeStruct((), jnp.int32), coef, jax.ShapeDtypeStruct((1, R), jnp.float32)
         )
         g = CropGroup(group, plan.grid, plan.input_window, image_shape[:2], tuple(plan.densified))
         out.append(dataclasses.replace(g, leaves=tuple(sorted(plan.leaves)), spec=spec))
@@ -784,7 +791,7 @@ def group_leaves(group: CropGroup, vjp_fn) -> tuple:
 def compiled_cropped(model, comp, chunk: int, num_boxes: int, group: CropGroup, dense_out: bool = False):
     """The jitted cropped backward of one anchor group (public, for benchmarks):
     ``backward(leaves, x [1, H, W, C], anchors [chunk], cls_coef [chunk, 1, K],
-    loc_coef [chunk, 1, 4]) -> (windows [chunk, h, w, C], offsets [chunk, 2])``, or the
+    loc_coef [chunk, 1, R]) -> (windows [chunk, h, w, C], offsets [chunk, 2])``, or the
     dense ``[1, chunk, H, W, C]`` with ``dense_out=True`` (windows placed on the device;
     laid out as the dense backward's result).
     ``leaves`` are :func:`group_leaves` of the forward's VJP (or of :func:`trimmed_forward`)."""

@@ -278,6 +278,12 @@ class Meta:
         return self.config.num_classes
 
     @property
+    def regressor_names(self) -> tuple[str, ...]:
+        """The names of the ``loc`` output's regressors: SSD's box offsets (cx, cy, w, h).
+        A property, not a field: fixed for every SSD, so the JSON does not carry it."""
+        return ("cx", "cy", "w", "h")
+
+    @property
     def image_size(self) -> int:
         return self.config.image_size
 
