@@ -16,9 +16,8 @@ import pytest
 
 from crp_jax.errors import InputError
 from crp_jax.relevance.cones import Window, anchor_cone, cone_geometry, cone_sizes
-from crp_jax.ssd.build import build_detector
+from crp_jax.ssd.build import build_detector, init_variables
 from crp_jax.ssd.config import SSDConfig
-from crp_jax.ssd.build import init_variables
 from crp_jax.ssd.model import SSD
 from crp_jax.ssd.ssdlite import random_variables
 

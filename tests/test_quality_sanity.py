@@ -19,9 +19,9 @@ pytestmark = pytest.mark.slow  # compiles seven composites and runs a 20-step ca
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from crp_jax.data import CLASS_NAMES
+    from crp_jax.ssd.build import init_variables
     from crp_jax.ssd.config import SSDConfig
     from crp_jax.ssd.meta import Meta
-    from crp_jax.ssd.build import init_variables
     from crp_jax.ssd.model import SSD
 
     cfg = SSDConfig.small(num_classes=7, image_size=64, width=0.125)

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny():
     from crp_jax.data import CLASS_NAMES
+    from crp_jax.ssd.build import init_variables
     from crp_jax.ssd.config import SSDConfig
     from crp_jax.ssd.meta import Meta
-    from crp_jax.ssd.build import init_variables
     from crp_jax.ssd.model import SSD
 
     cfg = SSDConfig.small(num_classes=7, image_size=64, width=0.125)
