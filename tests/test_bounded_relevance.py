@@ -72,6 +72,28 @@ def test_sign_analysis_reads_each_layers_facts_from_the_graph():
     }
 
 
+class _SumNet(nn.Module):
+    """A plain sum (an interpolation) before a ReLU lets relevance reach an addend's negative
+    entries (the gradient gives every addend the sum's relevance); a sign-split add module
+    before a ReLU does not."""
+
+    @nn.compact
+    def __call__(self, x):
+        a = nn.Conv(4, (1, 1), name="before_plain_sum")(x)
+        mixed = nn.relu(0.5 * a + 0.5 * jnp.roll(a, 1, axis=1))
+        b = nn.Conv(4, (1, 1), name="before_add_module")(x)
+        added = nn.relu(_Add(name="add")(b, nn.relu(x)))
+        return nn.Conv(2, (1, 1), name="head")(mixed + added)
+
+
+def test_plain_sums_pass_relevance_to_negative_entries_and_add_modules_split_by_sign():
+    model = _SumNet()
+    v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 3, 4)))
+    signs = layer_signs(model.apply, v, jax.ShapeDtypeStruct((1, 3, 3, 4), jnp.float32))
+    assert signs["before_plain_sum"].output_signed
+    assert not signs["before_add_module"].output_signed
+
+
 def test_sign_analysis_of_ssdlite_finds_what_its_former_hand_list_named():
     """The reviewed hand list that SSDlite kept before (convs whose input or output can be
     negative): the graph analysis must find at least those, and none of the convs between

@@ -45,6 +45,10 @@ from jax.ad_checkpoint import checkpoint_name
 from jax.extend import core as jcore
 
 _IN, _OUT = "crp_jax.in:", "crp_jax.out:"
+# Addends and sum of a module of kind "add", which the presets split by sign
+# (``rules.Proportional(by_sign=True)``): an addend's negative entries get relevance only
+# where the sum's do, unlike a plain add's gradient.
+_ADDEND, _ADDSUM = "crp_jax.addend:", "crp_jax.addsum:"
 
 
 @dataclass(frozen=True)
@@ -78,13 +82,9 @@ _STRUCTURAL = frozenset(
         "copy_p",
         "convert_element_type",
         "reduce_precision",
-        "reduce_sum",
         "reduce_max",
         "reduce_min",
-        "reduce_window_sum",
         "reduce_window_max",
-        "reduce_window",
-        "cumsum",
         "cummax",
         "name",
         "stop_gradient",
@@ -96,9 +96,10 @@ _STRUCTURAL = frozenset(
 )
 # Ops whose output is >= 0 for any finite input.
 _NONNEG_ALWAYS = frozenset({"logistic", "exp", "exp2", "abs", "sqrt", "rsqrt", "square"})
-# Ops that are non-negative when all operands are, and pass output sign-liveness on to
-# operands only through their own positive scaling (add) or structure.
-_SUMS = frozenset({"add", "add_any", "max", "min"})
+# Ops that are non-negative when all operands are. Sums of several entries (an add, a
+# reduce_sum, an average pool, an interpolation) are not structural for the backward pass:
+# their gradient gives relevance to a negative entry whatever the sum's sign.
+_SUMS = frozenset({"add", "add_any", "max", "min", "reduce_sum", "reduce_window_sum", "reduce_window", "cumsum"})
 # Products/quotients: non-negative if both operands are.
 _PRODUCTS = frozenset({"mul", "div", "dot_general", "conv_general_dilated"})
 
@@ -164,8 +165,12 @@ def _forward(jaxpr, in_nonneg: list[bool], nonneg: dict, consts_nonneg: list[boo
     return [get(v) for v in jaxpr.outvars]
 
 
-def _backward(jaxpr, out_live: list[bool], out_neg: list[bool], nonneg: dict, live: dict, neg: dict):
-    """``live[v]``: relevance may reach ``v``; ``neg[v]``: it may reach negative entries of ``v``."""
+def _backward(
+    jaxpr, out_live: list[bool], out_neg: list[bool], nonneg: dict, live: dict, neg: dict, sums: dict | None = None
+):
+    """``live[v]``: relevance may reach ``v``; ``neg[v]``: it may reach negative entries of ``v``.
+    ``sums``: kind-"add" module path -> whether its sum's negative entries get relevance."""
+    sums = {} if sums is None else sums
 
     def mark(v, is_live: bool, is_neg: bool):
         if _is_literal(v):
@@ -193,6 +198,7 @@ def _backward(jaxpr, out_live: list[bool], out_neg: list[bool], nonneg: dict, li
                 nonneg,
                 live,
                 neg,
+                sums,
             )
             for v, iv in zip(eqn.invars, inner.invars):
                 mark(v, live.get(iv, False), neg.get(iv, False))
@@ -212,19 +218,30 @@ def _backward(jaxpr, out_live: list[bool], out_neg: list[bool], nonneg: dict, li
                 mark(b, True, o_neg if is_nonneg(a) else True)
             else:
                 mark(b, True, True)
-        elif prim in _STRUCTURAL or prim in ("add", "add_any", "min"):
+        elif prim == "name" and eqn.params.get("name", "").startswith(_ADDSUM):
+            sums[eqn.params["name"][len(_ADDSUM) :]] = o_neg
+            mark(ins[0], True, o_neg)
+        elif prim == "name" and eqn.params.get("name", "").startswith(_ADDEND):
+            path = eqn.params["name"][len(_ADDEND) :].rsplit(":", 1)[0]
+            mark(ins[0], True, sums.get(path, True))
+        elif prim in _STRUCTURAL or prim == "min":
             for v in ins:
                 mark(v, True, o_neg)
-        else:  # convs, dense layers, sub, anything unknown: negative inputs may get relevance
+        else:  # convs, dense layers, sums, anything unknown: negative inputs may get relevance
             for v in ins:
                 mark(v, True, True)
 
 
-def _tag_linear_layers(next_fun, args, kwargs, context):
+def _tag_layers(next_fun, args, kwargs, context):
     module = context.module
-    if context.method_name != "__call__" or not isinstance(module, (nn.Conv, nn.Dense)) or not args:
+    if context.method_name != "__call__" or not args:
         return next_fun(*args, **kwargs)
     path = "/".join(module.path)
+    if getattr(type(module), "relevance_kind", None) == "add":
+        y = next_fun(*(checkpoint_name(a, f"{_ADDEND}{path}:{k}") for k, a in enumerate(args)), **kwargs)
+        return checkpoint_name(y, _ADDSUM + path)
+    if not isinstance(module, (nn.Conv, nn.Dense)):
+        return next_fun(*args, **kwargs)
     x = checkpoint_name(args[0], _IN + path)
     y = next_fun(x, *args[1:], **kwargs)
     return checkpoint_name(y, _OUT + path)
@@ -248,7 +265,7 @@ def layer_signs(apply_fn: Callable, variables: Any, x: Any) -> dict[str, LayerSi
 
 def _analyse(apply_fn, spec) -> tuple[tuple[str, LayerSigns], ...]:
     def f(variables, x):
-        with nn.intercept_methods(_tag_linear_layers):
+        with nn.intercept_methods(_tag_layers):
             return apply_fn(variables, x)
 
     closed = jax.make_jaxpr(f)(*spec)
