@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "METHOD_TITLES",
     "Ask",
     "DetectedImage",
     "class_name",
@@ -27,15 +26,6 @@ __all__ = [
     "partner",
     "target_for",
 ]
-
-#: Display name of every method (figure titles, overlay labels).
-METHOD_TITLES = {
-    "crp": "CRP",
-    "lrp_ab": "LRP-ab",
-    "lrp_eps": "LRP-eps",
-    "gradient": "gradient",
-    "gradient_x_input": "grad x input",
-}
 
 
 @dataclass(frozen=True)
@@ -143,13 +133,14 @@ def target_for(ask: Ask, anchor: int, cls: int, contrast="default"):
 
 def describe(meta, target, method: str) -> str:
     """Short human description: 'CRP: E not F' / 'LRP-ab: cx +'."""
+    from crp_jax.relevance.composite import get_composite, method_title
     from crp_jax.relevance.targets import ClassTarget
 
-    m = METHOD_TITLES.get(method, method)
+    m = method_title(method)
     if not isinstance(target, ClassTarget):
         return f"{m}: {target.coord} {'+' if target.sign > 0 else '-'}"
     name = class_name(meta, target.cls)
-    c = target.contrast if target.contrast is not None else ("others" if method == "crp" else "none")
+    c = target.contrast if target.contrast is not None else get_composite(method, meta).contrast
     if c == "none":
         return f"{m}: {name}"
     if isinstance(c, str):
@@ -201,7 +192,7 @@ def explain_detections(model, variables, meta, im: DetectedImage, ask: Ask, meth
     columns as ``(title, method, {det: (target, heatmap)})``: every method of
     :data:`crp_jax.relevance.composite.PRESETS` for ``compare="methods"``, the detected
     class against the other classes for ``"classes"``, none for ``"none"``."""
-    from crp_jax.relevance.composite import PRESETS
+    from crp_jax.relevance.composite import PRESETS, method_title
 
     d = im.det
     base = {}
@@ -222,7 +213,7 @@ def explain_detections(model, variables, meta, im: DetectedImage, ask: Ask, meth
         for m in PRESETS:
             if m not in cache:
                 cache[m] = run(m, base)
-            columns.append((METHOD_TITLES[m], m, cache[m]))
+            columns.append((method_title(m), m, cache[m]))
     elif compare == "classes":
         # column p: the p-th class of each detection's list: its own class first, then the
         # explicit contrast classes, or all other foreground classes.

@@ -190,13 +190,24 @@ _LINEAR_TYPES = (nn.Conv, nn.Dense)
 # ---- presets ----------------------------------------------------------------------------
 
 _REGISTRY: dict[str, Callable] = {}
+_TITLES: dict[str, str] = {}
 
 
-def register_composite(name: str, factory: Callable) -> None:
-    """Register ``factory(meta) -> Composite`` under ``name`` (usable as ``method=name``)."""
+def register_composite(name: str, factory: Callable, title: str | None = None) -> None:
+    """Register ``factory(meta) -> Composite`` under ``name`` (usable as ``method=name``);
+    ``title``: how figures, the CLI and reports call it (default: the name)."""
     if not isinstance(name, str) or not name:
         raise ConfigError(f"composite name must be a non-empty string, got {name!r}")
     _REGISTRY[name] = factory
+    _TITLES[name] = title if isinstance(title, str) and title else name
+
+
+def method_title(method) -> str:
+    """Display name of a method: a registered preset's title, a Composite's ``name``, or
+    the string itself. The one table of method names for figures, the CLI and reports."""
+    if isinstance(method, Composite):
+        return _TITLES.get(method.name, method.name)
+    return _TITLES.get(method, str(method))
 
 
 def composite_names() -> tuple[str, ...]:
@@ -280,11 +291,13 @@ def _lrp_eps(meta) -> Composite:
     )
 
 
-register_composite("crp", _crp)
-register_composite("lrp_ab", _lrp_ab)
-register_composite("lrp_eps", _lrp_eps)
-register_composite("gradient", lambda meta: Composite(name="gradient"))
-register_composite("gradient_x_input", lambda meta: Composite(times_input=True, name="gradient_x_input"))
+register_composite("crp", _crp, "CRP")
+register_composite("lrp_ab", _lrp_ab, "LRP-ab")
+register_composite("lrp_eps", _lrp_eps, "LRP-eps")
+register_composite("gradient", lambda meta: Composite(name="gradient"), "gradient")
+register_composite(
+    "gradient_x_input", lambda meta: Composite(times_input=True, name="gradient_x_input"), "grad x input"
+)
 
 # The built-in presets, in the order reports and the CLI list them.
 PRESETS = ("crp", "lrp_ab", "lrp_eps", "gradient", "gradient_x_input")

@@ -24,11 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
+from crp_jax.relevance.composite import method_title
 from crp_jax.report.build import LOC_QUESTIONS, loc_key
 from crp_jax.report.figures import flow_svg, interval_svg
-
-METHOD_TITLES = {"crp": "CRP", "lrp_ab": "LRP-ab", "lrp_eps": "LRP-eps", "gradient": "gradient"}
-METHOD_TITLES["gradient_x_input"] = "grad × input"
 
 CSS = """
 :root { color-scheme: light; font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
@@ -160,7 +158,7 @@ def _map_title(name: str, d: dict) -> str:
         return f"CRP: why {k} and not any other class"
     if name == "crp_pair":
         return f"CRP: why {k} and not {k2} (the runner-up)"
-    title = METHOD_TITLES.get(name, name)
+    title = method_title(name)
     return f"{title}: {k} (no contrast)" if name == "lrp_ab" else f"{title}: {k}"
 
 
@@ -192,7 +190,7 @@ def _numbers_table(d: dict) -> str:
     r = d.get("class_pair_r") or {}
     if r:
         k, k2 = d["class"], d["runner_up"]["class"]
-        parts = ", ".join(f"{METHOD_TITLES.get(m, m)} <b>{v:.3f}</b>" for m, v in r.items())
+        parts = ", ".join(f"{method_title(m)} <b>{v:.3f}</b>" for m, v in r.items())
         note += (
             f"<p>Class-pair correlation (Pearson r, whole image) between the heatmaps of {escape(k)} and of "
             f"{escape(k2)} for this box: {parts}. Near 1: the method draws the same map whichever class is "
@@ -244,7 +242,7 @@ def image_page(entry: dict, settings: dict, legend_src: str) -> str:
     """The page of one image: overview with numbered boxes, then one section per detection."""
     dets = entry["detections"]
     n = len(dets)
-    titles = {m: METHOD_TITLES.get(m, m) for m in settings["methods"]}
+    titles = {m: method_title(m) for m in settings["methods"]}
     body = ['<header id="top"><nav><a href="../index.html">← all images</a></nav>']
     body.append(f"<h1>{escape(entry['name'])}</h1>")
     body.append(
@@ -280,7 +278,7 @@ def image_page(entry: dict, settings: dict, legend_src: str) -> str:
 def index_page(entries: Sequence[dict], failures: Sequence[dict], settings: dict, quality: dict | None) -> str:
     """One card per image (thumbnail, detection count, link), the images that failed, settings."""
     n_det = sum(len(e["detections"]) for e in entries)
-    methods = ", ".join(METHOD_TITLES.get(m, m) for m in settings["methods"])
+    methods = ", ".join(method_title(m) for m in settings["methods"])
     body = ["<header><h1>crp-jax report</h1>"]
     body.append(
         f'<p class="lede">{len(entries)} image{"s" if len(entries) != 1 else ""}, {n_det} detections '
