@@ -273,25 +273,13 @@ class AlphaBeta(LinearRule):
         return () if self.contributions else (jnp.maximum(w, 0), jnp.minimum(w, 0))
 
     def residuals(self, op, x, w, b, z, zs):
-        wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
-        if self.contributions:
-            zp, zn = _signed_parts(op, x, wp, wn)
-            # x+ gets w+^T a + w-^T c and x- gets w-^T a + w+^T c (a, c: the two rescaled
-            # relevances): one adjoint conv of the kernel stacked along both channel axes.
-            wt = op.transpose_kernel(op.concat_in((op.concat_out((wp, wn)), op.concat_out((wn, wp)))))
-        else:
-            zp, zn = zs
-            # One transposed conv serves both terms: stack (w+, w-) along the output channels.
-            wt = op.transpose_kernel(op.concat_out((wp, wn)))
+        zp, zn, wt = _positive_negative_parts(op, x, w, zs, self.contributions)
         inv_p = 1.0 / stabilize(zp, self.stabilizer)
         inv_n = 1.0 / stabilize(zn, self.stabilizer)
         return x, wt, self.alpha * inv_p, -self.beta * inv_n
 
     def backward(self, op, res, R, in_hw):
-        if self.contributions:
-            return _contributions_backward(op, res, R, in_hw)
-        x, wt, cp, cn = res
-        return x * op.transpose(op.concat_out((R * cp, R * cn)), wt, in_hw)
+        return _positive_negative_backward(op, res, R, in_hw, self.contributions)
 
 
 @dataclass(frozen=True)
@@ -327,23 +315,38 @@ class SignedWPlus(LinearRule):
         return () if self.signed_input else (jnp.maximum(w, 0), jnp.minimum(w, 0))
 
     def residuals(self, op, x, w, b, z, zs):
-        wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
-        if self.signed_input:
-            zp, zn = _signed_parts(op, x, wp, wn)
-            wt = op.transpose_kernel(op.concat_in((op.concat_out((wp, wn)), op.concat_out((wn, wp)))))
-        else:
-            zp, zn = zs
-            wt = op.transpose_kernel(op.concat_out((wp, wn)))
+        zp, zn, wt = _positive_negative_parts(op, x, w, zs, self.signed_input)
         pos = z + b >= 0
         cp = jnp.where(pos, 1.0 / stabilize(zp, self.stabilizer), 0.0)
         cn = jnp.where(pos, 0.0, 1.0 / stabilize(zn, self.stabilizer))
         return x, wt, cp, cn
 
     def backward(self, op, res, R, in_hw):
-        if self.signed_input:
-            return _contributions_backward(op, res, R, in_hw)
-        x, wt, cp, cn = res
-        return x * op.transpose(op.concat_out((R * cp, R * cn)), wt, in_hw)
+        return _positive_negative_backward(op, res, R, in_hw, self.signed_input)
+
+
+def _positive_negative_parts(op, x, w, zs, contributions: bool):
+    """``(z+, z-, adjoint kernel)`` of the rules that split into a positive and a negative
+    part (AlphaBeta, SignedWPlus). ``contributions``: sums of the signed contributions
+    ``(x_i w_ij)^+`` / ``(x_i w_ij)^-``, and the kernel stacked along both channel axes (x+
+    gets ``w+^T a + w-^T c``, x- gets ``w-^T a + w+^T c``: one adjoint conv). Otherwise (x >= 0)
+    ``x w+`` and ``x w-``, the layer's own extra outputs ``zs``, and (w+, w-) stacked along the
+    output channels."""
+    wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
+    if contributions:
+        zp, zn = _signed_parts(op, x, wp, wn)
+        return zp, zn, op.transpose_kernel(op.concat_in((op.concat_out((wp, wn)), op.concat_out((wn, wp)))))
+    zp, zn = zs
+    return zp, zn, op.transpose_kernel(op.concat_out((wp, wn)))
+
+
+def _positive_negative_backward(op, res, R, in_hw, contributions: bool):
+    """The backward of :func:`_positive_negative_parts`' residuals ``(x, wt, cp, cn)``:
+    ``a = cp R`` and ``c = cn R`` through the one adjoint conv."""
+    if contributions:
+        return _contributions_backward(op, res, R, in_hw)
+    x, wt, cp, cn = res
+    return x * op.transpose(op.concat_out((R * cp, R * cn)), wt, in_hw)
 
 
 def _contributions_backward(op, res, R, in_hw):
