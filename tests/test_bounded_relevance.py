@@ -257,6 +257,13 @@ def test_shipped_ssdlite_relevance_is_bounded_in_every_source():
     assert np.all(absum <= 1.0 + 1e-4) and np.all(absum > 0.5), absum
     for k, v in flow.items():
         assert np.all(v[:, 1] <= 1.0 + 1e-4), (k, v[:, 1])
+    # its zero-bias copy conserves: LRP-ab sums to the initial relevance 1 in every source
+    flat = traverse_util.flatten_dict(variables, sep="/")
+    zero_bias = traverse_util.unflatten_dict(
+        {k: np.zeros_like(v) if k.endswith("bias") else v for k, v in flat.items()}, sep="/"
+    )
+    R0 = cj.explain(model, zero_bias, x, [cj.ClassTarget(0, a, 1) for a in anchors], method="lrp_ab", meta=meta)
+    np.testing.assert_allclose(R0.reshape(len(R0), -1).sum(1), 1.0, atol=1e-3)
 
 
 # ---- where a composite cannot keep relevance finite: a named error, never NaN ------------
