@@ -299,7 +299,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "heatmap_abs_of_sum",
-        "crp_jax/relevance/batched.py",
+        "crp_jax/relevance/explain.py",
         "return xp.abs(R).sum(-1)",
         "return xp.abs(R.sum(-1))",
         ("tests/test_engine.py",),
@@ -317,7 +317,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "gather_chunks_wrong_permutation",
-        "crp_jax/relevance/batched.py",
+        "crp_jax/relevance/collect.py",
         "return R[jnp.asarray(np.argsort(order))]",
         "return R[jnp.asarray(order)]",
         ("tests/test_explain_reference.py",),

@@ -74,9 +74,10 @@ import jax.numpy as jnp  # noqa: E402
 from _common import MODELS, SSDLITE_MODELS, block, build_model, make_images  # noqa: E402
 
 import crp_jax as cj  # noqa: E402
+from crp_jax.compiled import cache_info, clear_caches  # noqa: E402
 from crp_jax.relevance import PRESETS, compiled_functions, get_composite, rules  # noqa: E402
-from crp_jax.relevance.batched import chunk_size_for  # noqa: E402
 from crp_jax.relevance.linear import conv_op_from_module  # noqa: E402
+from crp_jax.relevance.schedule import chunk_size_for  # noqa: E402
 from crp_jax.relevance.targets import ClassTarget, encode_targets  # noqa: E402
 
 EXPLAIN_METHODS = PRESETS
@@ -587,8 +588,6 @@ def crop_section(mname, model, variables, meta, args, zok: bool) -> dict:
       dense output.
     """
     from crp_jax.relevance import crop_groups
-    from crp_jax.relevance.batched import _jitted
-    from crp_jax.relevance.cropped import _compiled_cropped, _trimmed_forward
 
     cfg = model.config
     chunk, T = args.chunk, args.crop_T
@@ -615,19 +614,12 @@ def crop_section(mname, model, variables, meta, args, zok: bool) -> dict:
         kinds = ["crp", "crp_dense", "crp_windows", "floor"] + (["zennit"] if zrunner is not None else [])
         runners = make_runners(kinds, model, variables, meta, x, targets, chunk, zrunner, 1)
         # compile time and count of this very call: explain's compiled functions start empty
-        _compiled_cropped.cache_clear()
-        _jitted.cache_clear()
-        _trimmed_forward.cache_clear()
+        clear_caches()
         crp = runners[0]
         first = timed(crp.full)
-        n_cropped = _compiled_cropped.cache_info().currsize
-        n_trimmed = _trimmed_forward.cache_info().currsize
-        # _jitted holds (forward, dense backward) pairs; count the ones that compiled
-        n_forward = n_dense = 0
-        for c in {chunk_size_for(n, chunk) for n in range(1, T + 1)}:
-            fwd_c, bwd_c = compiled_functions(model, comp, c, A)
-            n_forward += fwd_c._cache_size()
-            n_dense += bwd_c._cache_size()
+        info = cache_info()
+        n_forward, n_trimmed = info["forward"].compilations, info["trimmed_forward"].compilations
+        n_dense, n_cropped = info["dense_backward"].compilations, info["cropped_backward"].compilations
         for r in runners:
             r.warm, r.n_warm = r.full, r.n_full  # warm-up = the same call: every group compiles
         la0 = loadavg()

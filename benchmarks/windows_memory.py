@@ -1,4 +1,4 @@
-"""Peak memory of ``explain(..., output="windows")`` against the dense output, shipped model.
+"""Peak memory of ``explain_windows`` against the dense output, shipped model.
 
 Each measurement runs in a fresh process (``resource.getrusage`` ``ru_maxrss`` of that
 child: its peak resident set, JAX and the compiled programs included), one per output
@@ -34,7 +34,8 @@ model, variables, meta = cj.load_pretrained(None if weights == "default" else we
 x = cj.preprocess([generate_scene(HELDOUT_SEED, 0).image], meta)
 A, K = model.apply(variables, x)[0].shape[1:]
 targets = [cj.ClassTarget(0, t % A, 1 + t % (K - 1)) for t in range(T)]
-R = cj.explain(model, variables, x, targets, method="crp", meta=meta, output=output)
+run = cj.explain_windows if output == "windows" else cj.explain
+R = run(model, variables, x, targets, method="crp", meta=meta)
 held = R.nbytes
 dense_bytes = T * int(np.prod(x.shape[1:])) * 4
 scale = 1 if sys.platform == "darwin" else 1024

@@ -45,8 +45,10 @@ _LAZY = {
     "LocTarget": "crp_jax.relevance.targets",
     "targets_from_detections": "crp_jax.relevance.targets",
     # explaining
-    "explain": "crp_jax.relevance.batched",
-    "heatmap": "crp_jax.relevance.batched",
+    "explain": "crp_jax.relevance.explain",
+    "heatmap": "crp_jax.relevance.explain",
+    "explain_windows": "crp_jax.relevance.explain",
+    "relevance_flow": "crp_jax.relevance.explain",
     "RelevanceWindows": "crp_jax.relevance.windows",
     "relevance_vjp": "crp_jax.relevance.core",
     "Composite": "crp_jax.relevance.composite",

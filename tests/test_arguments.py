@@ -59,8 +59,10 @@ def test_explain_refuses_wrong_argument_types_with_package_errors(shipped):
         cj.explain(model, variables, x, t, method="crp", meta="meta")
     with pytest.raises(CheckpointError, match="'params'"):
         cj.explain(model, {}, x, t, method="crp", meta=meta)
-    with pytest.raises(InputError, match="layers must be True or False, got 'yes'"):
-        cj.explain(model, variables, x, t, method="crp", meta=meta, layers="yes")
+    with pytest.raises(InputError, match="to_host must be True or False, got 'yes'"):
+        cj.explain(model, variables, x, t, method="crp", meta=meta, to_host="yes")
+    with pytest.raises(InputError, match="crop must be one of"):
+        cj.explain(model, variables, x, t, method="crp", meta=meta, crop="sometimes")
     with pytest.raises(InputError, match="chunk_size"):
         cj.explain(model, variables, x, t, method="crp", meta=meta, chunk_size=2.0)
 
@@ -83,19 +85,17 @@ def test_explain_refuses_a_meta_of_another_architecture_as_detect_does(shipped):
         cj.detect(model, variables, x, meta=other)
 
 
-def test_a_mesh_with_device_output_or_layer_flow_is_refused_clearly(shipped):
+def test_a_mesh_with_device_output_is_refused_clearly(shipped):
     # a mesh's devices may belong to other processes: results are gathered to the host
     model, variables, meta, x = shipped
     t = [cj.ClassTarget(0, 5, 1)]
     with pytest.raises(ConfigError, match="mesh"):
         cj.explain(model, variables, x, t, method="crp", meta=meta, mesh="auto", to_host=False)
-    with pytest.raises(ConfigError, match="mesh"):
-        cj.explain(model, variables, x, t, method="crp", meta=meta, mesh="auto", layers=True)
     with pytest.raises(ConfigError, match="mesh must be"):
         cj.explain(model, variables, x, t, method="crp", meta=meta, mesh="all")
 
 
-def test_crop_takes_true_false_or_always(shipped):
+def test_crop_takes_a_named_mode_or_a_bool(shipped):
     # the shipped model's windows are over half its image: the default crops nothing, so
     # it equals the dense path bit for bit; "always" crops every head output (to 1e-5)
     model, variables, meta, x = shipped
@@ -103,8 +103,10 @@ def test_crop_takes_true_false_or_always(shipped):
     a = cj.explain(model, variables, x, t, method="gradient", crop=False)
     b = cj.explain(model, variables, x, t, method="gradient")
     np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(cj.explain(model, variables, x, t, method="gradient", crop="never"), a)
+    np.testing.assert_array_equal(cj.explain(model, variables, x, t, method="gradient", crop="auto"), b)
     c = cj.explain(model, variables, x, t, method="gradient", crop="always")
     assert np.abs(c - a).max() <= 1e-5 * np.abs(a).max()
     for bad in ("no", 1, None):
-        with pytest.raises(InputError, match="crop must be True, False or 'always'"):
+        with pytest.raises(InputError, match=r"crop must be one of \('auto', 'always', 'never'\)"):
             cj.explain(model, variables, x, t, method="gradient", crop=bad)

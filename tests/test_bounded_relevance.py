@@ -3,7 +3,7 @@
 References are independent of the code under test: sign facts of layers written here by
 hand, the addition rule's formula in float64, the conservation law (LRP-ab with zero biases
 sums to the initial relevance 1, a class contrast to 0), and the bound ``sum |R|`` <= the
-initial ``sum |R|`` read layer by layer from ``explain(..., layers=True)``.
+initial ``sum |R|`` read layer by layer from ``relevance_flow``.
 """
 
 from __future__ import annotations
@@ -222,8 +222,8 @@ def test_lrp_ab_conserves_and_stays_bounded_on_calibrated_signed_ssdlite(seed):
     model, variables, meta, x = calibrated_zero_bias_ssdlite(SMALL, seed)
     assert np.abs(np.asarray(model.apply(variables, x)[0])).max() > 0.5  # a signal, not a vanished one
     anchors = [central_anchor(SMALL, k) for k in range(SMALL.num_sources)]
-    R, flow = cj.explain(
-        model, variables, x, [cj.ClassTarget(0, a, 1) for a in anchors], method="lrp_ab", meta=meta, layers=True
+    R, flow = cj.relevance_flow(
+        model, variables, x, [cj.ClassTarget(0, a, 1) for a in anchors], method="lrp_ab", meta=meta
     )
     assert np.all(np.isfinite(R))
     sums = R.reshape(len(R), -1).sum(1)
@@ -247,8 +247,8 @@ def test_shipped_ssdlite_relevance_is_bounded_in_every_source():
     img = np.random.default_rng(3).integers(0, 256, (cfg.image_size, cfg.image_size, 3)).astype(np.uint8)
     x = cj.preprocess(img, meta)
     anchors = [central_anchor(cfg, k) for k in range(cfg.num_sources)]
-    R, flow = cj.explain(
-        model, variables, x, [cj.ClassTarget(0, a, 1) for a in anchors], method="lrp_ab", meta=meta, layers=True
+    R, flow = cj.relevance_flow(
+        model, variables, x, [cj.ClassTarget(0, a, 1) for a in anchors], method="lrp_ab", meta=meta
     )
     assert np.all(np.isfinite(R))
     # w+ shares ignore the biases, so relevance is never created; it can be lost only where a
@@ -350,8 +350,8 @@ def test_torchvision_ssdlite_with_calibrated_signed_weights_conserves_in_every_s
     assert 1.0 < np.abs(np.asarray(cls)).max() < 100  # finite, of a trained model's size
     cfg = meta.config
     anchors = [central_anchor(cfg, k) for k in range(cfg.num_sources)]
-    R, flow = cj.explain(
-        model, variables, x, [cj.ClassTarget(0, a, 1) for a in anchors], method="lrp_ab", meta=meta, layers=True
+    R, flow = cj.relevance_flow(
+        model, variables, x, [cj.ClassTarget(0, a, 1) for a in anchors], method="lrp_ab", meta=meta
     )
     assert np.all(np.isfinite(R))
     np.testing.assert_allclose(R.reshape(len(R), -1).sum(1), 1.0, atol=1e-3)

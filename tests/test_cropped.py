@@ -19,9 +19,17 @@ import pytest
 
 import crp_jax as cj
 from crp_jax import viz
-from crp_jax.errors import ConfigError, InputError
-from crp_jax.relevance import INPUT_LAYER, Composite, RelevanceWindows, cone_sizes, crop_groups, rules
-from crp_jax.relevance.batched import compiled_functions, output_sizes
+from crp_jax.errors import InputError
+from crp_jax.relevance import (
+    INPUT_LAYER,
+    Composite,
+    RelevanceWindows,
+    compiled_functions,
+    cone_sizes,
+    crop_groups,
+    output_sizes,
+    rules,
+)
 from crp_jax.relevance.composite import get_composite
 from crp_jax.relevance.cropped import compiled_cropped, group_leaves
 from crp_jax.ssd.config import SSDConfig
@@ -141,7 +149,7 @@ def test_window_output(shipped):
     model, variables, meta, x = shipped
     targets = edge_targets(model)
     dense = cj.explain(model, variables, x, targets, meta=meta, crop=False)
-    rw = cj.explain(model, variables, x, targets, meta=meta, output="windows", crop="always")
+    rw = cj.explain_windows(model, variables, x, targets, meta=meta, crop="always")
     assert isinstance(rw, RelevanceWindows) and len(rw) == len(targets) and rw.shape == dense.shape
     scale = np.abs(dense).max()
     assert np.abs(rw.dense() - dense).max() <= TOL * scale
@@ -175,20 +183,18 @@ def test_window_output_on_the_device_and_dense_on_the_device(shipped):
     on_device = cj.explain(model, variables, x, targets, meta=meta, to_host=False, crop="always")
     assert isinstance(on_device, jax.Array)
     assert np.abs(np.asarray(on_device) - dense).max() <= TOL * scale
-    rw = cj.explain(model, variables, x, targets, meta=meta, to_host=False, output="windows", crop="always")
+    rw = cj.explain_windows(model, variables, x, targets, meta=meta, to_host=False, crop="always")
     assert all(isinstance(w, jax.Array) for w in rw.windows)
     assert np.abs(rw.dense() - dense).max() <= TOL * scale
 
 
-def test_layers_and_unknown_output(shipped):
+def test_relevance_flow_equals_dense_and_crop_modes_are_named(shipped):
     model, variables, meta, x = shipped
     targets = edge_targets(model)[:3]
-    R, flow = cj.explain(model, variables, x, targets, meta=meta, layers=True)  # runs dense
+    R, flow = cj.relevance_flow(model, variables, x, targets, meta=meta)  # runs dense
     np.testing.assert_allclose(R, cj.explain(model, variables, x, targets, meta=meta, crop=False), atol=1e-6)
     assert flow
-    with pytest.raises(ConfigError, match="output 'sparse' unknown"):
-        cj.explain(model, variables, x, targets, meta=meta, output="sparse")
-    with pytest.raises(InputError, match="crop must be True, False or 'always'"):
+    with pytest.raises(InputError, match="crop must be one of"):
         cj.explain(model, variables, x, targets, meta=meta, crop="yes")
 
 

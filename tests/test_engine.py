@@ -248,7 +248,7 @@ def test_gradient_methods_match_autodiff(tiny):
 def test_layer_flow_conserved_through_layers(tiny):
     model, variables, meta, x = tiny
     t = [cj.ClassTarget(0, 1, 2, "none"), cj.ClassTarget(0, 1, 2, "others")]
-    R, flow = cj.explain(model, variables, x, t, method="lrp_ab", meta=meta, layers=True)
+    R, flow = cj.relevance_flow(model, variables, x, t, method="lrp_ab", meta=meta)
     names = list(flow)
     assert names[0] == "conv1_1" and "l2norm" in names and "cls_0" in names
     # anchor 1 sits in source 0: every backbone layer up to conv4_3 carries the whole unit

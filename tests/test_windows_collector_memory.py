@@ -1,4 +1,4 @@
-"""``explain(..., output="windows")`` must not peak above the dense output: its collector
+"""``explain_windows`` must not peak above the dense output: its collector
 used to keep every chunk and concatenate them at the end (all windows twice in memory).
 
 Measured here with ``tracemalloc`` (numpy reports its allocations to it, so the figures
@@ -14,7 +14,7 @@ import tracemalloc
 
 import numpy as np
 
-from crp_jax.relevance.batched import _Collector
+from crp_jax.relevance.collect import Collector
 
 T, CHUNK, SHAPE = 256, 8, (32, 32, 3)
 
@@ -36,14 +36,14 @@ def test_windows_collector_peaks_near_the_output_size_and_keeps_every_value():
     rng = np.random.default_rng(0)
     order = rng.permutation(T)  # targets arrive in any order
     expected = np.zeros((T, *SHAPE), np.float32)
-    collect = _Collector(T, SHAPE, to_host=True, windows=True, layers=False, zeroed=False)
+    collect = Collector(T, SHAPE, to_host=True, windows=True, layers=False, zeroed=False)
     tracemalloc.start()
     try:
         for start in range(0, T, CHUNK):
             idx = order[start : start + CHUNK]
             chunk = rng.normal(size=(1, CHUNK, *SHAPE)).astype(np.float32)  # [1, chunk, H, W, C]
             expected[idx] = chunk[0]
-            collect.add(False, idx, _HostChunk(chunk))
+            collect.add_dense(idx, np.zeros(CHUNK, int), np.arange(CHUNK), _HostChunk(chunk))
             del chunk
         collect.flush()
         rw = collect.result()

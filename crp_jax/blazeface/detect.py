@@ -9,7 +9,6 @@ reports), the anchor a ``ClassTarget`` / ``LocTarget`` should name.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ import numpy as np
 from crp_jax.blazeface.postprocess import decode, sigmoid_scores, weighted_nms
 from crp_jax.blazeface.preprocess import to_original
 from crp_jax.checks import check_image_batch
+from crp_jax.compiled import cached
 from crp_jax.errors import ConfigError, InputError, NumericsError
 from crp_jax.numerics import check_finite_forward
 from crp_jax.ssd.detect import Detections
@@ -35,7 +35,7 @@ class FaceDetections(Detections):
     keypoints: np.ndarray | None = None
 
 
-@functools.lru_cache(maxsize=8)
+@cached("detect_blazeface", maxsize=8)
 def _raw_fn(model):
     def raw(variables, x):
         cls, loc = model.apply(variables, x)

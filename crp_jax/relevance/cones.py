@@ -78,7 +78,6 @@ returns ``(cls [B, A, K], loc [B, A, 4])`` works.
 from __future__ import annotations
 
 import fnmatch
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -89,7 +88,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
+from crp_jax.compiled import cached
 from crp_jax.errors import InputError
+from crp_jax.relevance.jaxprs import call_body
 
 __all__ = ["Window", "Cone", "SourceCone", "ConeGeometry", "cone_geometry", "anchor_cone", "cone_sizes"]
 
@@ -293,14 +294,8 @@ _CALLS = frozenset(
 
 def _sub_jaxpr(eqn):
     """The called jaxpr of a call primitive (open ``Jaxpr``), else None."""
-    if eqn.primitive.name not in _CALLS:
-        return None
-    for name in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-        j = eqn.params.get(name)
-        j = getattr(j, "jaxpr", j)
-        if isinstance(j, jex_core.Jaxpr) and len(j.invars) == len(eqn.invars) and len(j.outvars) == len(eqn.outvars):
-            return j
-    return None
+    body = call_body(eqn) if eqn.primitive.name in _CALLS else None
+    return None if body is None else body[0]
 
 
 def _label(eqn) -> str:
@@ -917,7 +912,7 @@ def _check_anchor(anchor: Any, num_anchors: int) -> int:
     return int(anchor)
 
 
-@functools.lru_cache(maxsize=8)
+@cached("cone_geometry", maxsize=8)
 def _cached(model, treedef, specs, x_shape, constant):
     variables = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in specs])
     return ConeGeometry(model, variables, x_shape, constant=constant)
@@ -928,12 +923,7 @@ def cone_geometry(model: Any, variables: Any, x_shape: Sequence[int], *, constan
     when the model is hashable (Flax modules are). Tracing SSD300 takes about 0.3 s on a CPU."""
     leaves, treedef = jax.tree_util.tree_flatten(variables)
     specs = tuple((s.shape, s.dtype) for s in map(_spec, leaves))
-    key = (model, treedef, specs, tuple(int(s) for s in x_shape), tuple(constant))
-    try:
-        hash(key)
-    except TypeError:  # an unhashable model: no cache
-        return ConeGeometry(model, variables, x_shape, constant=constant)
-    return _cached(*key)
+    return _cached(model, treedef, specs, tuple(int(s) for s in x_shape), tuple(constant))
 
 
 def anchor_cone(

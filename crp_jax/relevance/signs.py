@@ -33,7 +33,6 @@ scatter, unknown primitives) is treated as "may be negative".
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,9 @@ import jax
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 from jax.extend import core as jcore
+
+from crp_jax.compiled import cached
+from crp_jax.relevance.jaxprs import call_body
 
 _IN, _OUT = "crp_jax.in:", "crp_jax.out:"
 # Addends and sum of a module of kind "add", which the presets split by sign
@@ -116,15 +118,8 @@ def _literal_nonneg(v) -> bool:
 
 
 def _sub_jaxpr(eqn):
-    """The inner jaxpr of a call-like eqn whose invars map 1:1 onto the eqn's, or None."""
-    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-        p = eqn.params.get(key)
-        if p is None:
-            continue
-        inner = p.jaxpr if isinstance(p, jcore.ClosedJaxpr) else p
-        if isinstance(inner, jcore.Jaxpr) and len(inner.invars) == len(eqn.invars):
-            return inner
-    return None
+    body = call_body(eqn)
+    return None if body is None else body[0]
 
 
 def _forward(jaxpr, in_nonneg: list[bool], nonneg: dict, consts_nonneg: list[bool] | None = None) -> list[bool]:
@@ -299,14 +294,11 @@ def _collect(jaxpr, nonneg: Mapping, neg: Mapping, facts: dict) -> None:
             _collect(inner, nonneg, neg, facts)
 
 
-@functools.lru_cache(maxsize=64)
+@cached("layer_signs", maxsize=64)
 def _layer_signs_hashable(apply_fn, spec_leaves, treedef):
     return _analyse(apply_fn, jax.tree_util.tree_unflatten(treedef, spec_leaves))
 
 
 def _layer_signs_cached(apply_fn, spec):
     leaves, treedef = jax.tree_util.tree_flatten(spec)
-    try:
-        return _layer_signs_hashable(apply_fn, tuple(leaves), treedef)
-    except TypeError:  # an unhashable apply_fn (e.g. a lambda over arrays): no cache
-        return _analyse(apply_fn, spec)
+    return _layer_signs_hashable(apply_fn, tuple(leaves), treedef)

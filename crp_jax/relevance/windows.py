@@ -1,6 +1,6 @@
 """``RelevanceWindows``: many targets' relevance kept only on their receptive-field windows.
 
-``explain(..., output="windows")`` returns this instead of a dense ``[T, H, W, C]`` array.
+``explain_windows`` returns this instead of ``explain``'s dense ``[T, H, W, C]`` array.
 A target's relevance is zero outside its anchor's cone, so for SSD300's first source a
 target needs a 108 x 108 window instead of the 300 x 300 image (7.7x less memory; 1024
 targets take 143 MiB instead of 1.1 GiB). Targets are stored in groups of equal window size

@@ -15,16 +15,14 @@ detect`` prints as its N-th line) the report asks:
   the method cannot tell the two classes apart, the CRP paper's point about LRP);
 - conservation: input relevance summed against the initial relevance (0 for a contrast,
   1 for a one-hot LRP-ab target; ``metrics.conservation``);
-- the per-layer relevance flow of the CRP and LRP-ab class targets (``explain(...,
-  layers=True)``): total and absolute relevance at each layer's output.
+- the per-layer relevance flow of the CRP and LRP-ab class targets (``relevance_flow``):
+  total and absolute relevance at each layer's output.
 
-All targets of one method go through one ``explain`` call, padded to a multiple of
-``CHUNK`` by repeating the last target, so every image reuses the same compiled programs.
+All targets of one method go through one ``explain`` (or ``relevance_flow``) call.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -33,6 +31,7 @@ import numpy as np
 
 import crp_jax as cj
 from crp_jax import metrics
+from crp_jax.compiled import cached
 
 CHUNK = 8
 #: The eight localization questions: (coordinate, sign, "what moves the box <word>").
@@ -98,32 +97,17 @@ def partner_of(meta, label: int) -> int | None:
     return names.index(other) if other in names else None
 
 
-def _make_logits(model):
+@cached("report_logits", maxsize=8)
+def _logits(model):
+    """The jitted ``(variables, x) -> cls_logits [B, A, K]`` (compiled once per model)."""
     return jax.jit(lambda variables, x: model.apply(variables, x)[0])
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_logits(model):
-    return _make_logits(model)
-
-
-def _logits(model):
-    """The jitted ``(variables, x) -> cls_logits [B, A, K]`` (compiled once per model)."""
-    try:
-        return _cached_logits(model)
-    except TypeError:  # an unhashable model: jit afresh (correct, only slower)
-        return _make_logits(model)
-
-
 def _run(model, variables, meta, x, targets: list, method: str, layers: bool):
-    """``explain`` of ``targets`` padded to a multiple of CHUNK: ``(R [T, S, S, 3], flow)``."""
-    T = len(targets)
-    padded = targets + [targets[-1]] * (-T % CHUNK)
-    out = cj.explain(model, variables, x, padded, method=method, meta=meta, chunk_size=CHUNK, layers=layers)
+    """``(R [T, S, S, 3], flow)`` of ``targets`` (flow empty unless ``layers``)."""
     if layers:
-        R, flow = out
-        return R[:T], {k: v[:T] for k, v in flow.items()}
-    return out[:T], {}
+        return cj.relevance_flow(model, variables, x, targets, method=method, meta=meta, chunk_size=CHUNK)
+    return cj.explain(model, variables, x, targets, method=method, meta=meta, chunk_size=CHUNK), {}
 
 
 def explain_detections(

@@ -13,7 +13,6 @@ second. It is implemented in numpy, so images of any size cost no XLA compilatio
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from crp_jax.checks import check_image_batch
+from crp_jax.compiled import cached
 from crp_jax.errors import ConfigError, InputError, NumericsError
 from crp_jax.numerics import check_finite_forward
 from crp_jax.ssd.anchors import default_boxes_xyxy
@@ -191,7 +191,8 @@ class Detections:
         return int(self.scores.shape[0])
 
 
-def _make_raw_fn(model):
+@cached("detect", maxsize=16)
+def _raw_fn(model):
     """The jitted ``(variables, x) -> (scores [B, A, K], boxes [B, A, 4] xyxy input pixels,
     input_finite [B], output_finite [B])`` of ``model``: everything that is the same shape for
     every image. ``output_finite`` is whether the raw logits and offsets of an image are all
@@ -216,18 +217,6 @@ def _make_raw_fn(model):
         return scores, boxes, finite, out_finite
 
     return jax.jit(raw)
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_raw_fn(model):
-    return _make_raw_fn(model)
-
-
-def _raw_fn(model):
-    try:
-        return _cached_raw_fn(model)
-    except TypeError:  # an unhashable model: jit it afresh (correct, only slower)
-        return _make_raw_fn(model)
 
 
 def _select_candidates(scores: np.ndarray, score_threshold: float, topk: int):

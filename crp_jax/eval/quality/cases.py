@@ -48,7 +48,7 @@ PROBE_BATCH = 64  # images per jitted apply of the perturbation probe
 DETECT_BATCH = 20  # scenes per detect call (the last batch is padded: one compile)
 
 
-FLOW_METHODS = ("crp", "lrp_ab")  # explained with layers=True (per-layer relevance flow)
+FLOW_METHODS = ("crp", "lrp_ab")  # explained with relevance_flow (per-layer relevance flow)
 
 
 @dataclass

@@ -238,7 +238,7 @@ def _series(flows: dict, axis: list[str], method: str, role: str, what: str) -> 
 
 
 def relevance_flow_figure(flows: dict, cases: Sequence[Case], model) -> tuple[Image.Image, str]:
-    """Per-layer relevance (``explain(..., layers=True)``) of the detections from the most
+    """Per-layer relevance (``relevance_flow``) of the detections from the most
     common source feature map (so that every point of a curve has the same population and
     the same path input -> source -> class head)."""
     groups: dict[int, dict] = {}

@@ -74,22 +74,17 @@ def _explain_method(model, variables, meta, x, cases, method, layers):
     for i, c in enumerate(cases):
         by_image.setdefault(c.image, []).append(i)
     targets, keys = [], []
-    for _img, ids in by_image.items():
-        start = len(targets)
+    for ids in by_image.values():
         for i in ids:
             for role, tg in _targets_for(method, cases[i]):
                 targets.append(tg)
                 keys.append((i, role))
-        n = len(targets) - start
-        pad = (-n) % CHUNK
-        targets += [targets[start]] * pad  # duplicates: same shapes for every image, one compile
-        keys += [None] * pad
-    out = cj.explain(model, variables, x, targets, method=method, meta=meta, chunk_size=CHUNK, layers=layers)
-    R, flow = out if layers else (out, None)
+    if layers:
+        R, flow = cj.relevance_flow(model, variables, x, targets, method=method, meta=meta, chunk_size=CHUNK)
+    else:
+        R, flow = cj.explain(model, variables, x, targets, method=method, meta=meta, chunk_size=CHUNK), None
     heat, sums, per_layer, cons = {}, {}, {}, {}
     for t, key in enumerate(keys):
-        if key is None:
-            continue
         heat[key] = R[t].sum(-1)
         sums[key] = (float(R[t].astype(np.float64).sum()), float(np.abs(R[t]).astype(np.float64).sum()))
         if key[1] in ("cls", "pair"):
