@@ -43,6 +43,7 @@ Usage::
     python benchmarks/speed.py --quick                       # minutes
     python benchmarks/speed.py --model ssd300 --targets 1,8,32,1024 --images 1 --json out.json
     python benchmarks/speed.py --model ssdlite320 --targets 1,8,32 --images 1 --no-mem --json lite.json
+    python benchmarks/speed.py --model both --targets 1 --images 1 --no-mem --no-zennit --dataset 48
 
 Runs unchanged on a CUDA build of jax (device name from ``jax.devices()[0].device_kind``;
 zennit/torch go to CUDA when torch sees it). Torch uses every core unless
@@ -786,6 +787,14 @@ def parse_args(argv=None):
     )
     p.add_argument("--no-mem", action="store_true", help="no memory subprocesses at all (T > --big-T is then skipped)")
     p.add_argument(
+        "--dataset",
+        type=int,
+        default=0,
+        metavar="TOTAL",
+        help="also the data-set shape table (benchmarks/dataset_shape.py): 1 x TOTAL, TOTAL/3 x 3 and TOTAL x 1 "
+        "targets per image against the batched plain-gradient floor",
+    )
+    p.add_argument(
         "--host-copy",
         action="store_true",
         help="also time floor_host: the floor plus copying results to one numpy array as explain does",
@@ -1107,6 +1116,14 @@ def main(argv=None) -> int:
         if mname == "ssd300":
             del model, variables
 
+    if args.dataset:
+        import dataset_shape
+
+        for mname in models:
+            text, rows = dataset_shape.run(mname, args.dataset, repeats)
+            log("\ndata-set shape, " + text)
+            results.setdefault("dataset", {})[mname] = rows
+            save()
     results["machine"]["loadavg_end"] = loadavg()
     results["elapsed_s"] = time.perf_counter() - t_start
     if not args.crop:
