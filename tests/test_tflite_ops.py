@@ -240,6 +240,42 @@ def test_resize_splits_relevance_by_x_w_so_a_dead_relu_source_gets_none():
     assert abs(float(R.sum()) - R_out.sum()) < 1e-4 * R_out.sum()
 
 
+def test_average_pool_splits_relevance_by_x_so_a_dead_relu_cell_gets_none():
+    """LRP through RELU -> AVERAGE_POOL_2D (SAME 3x3 / 2 on 5x5, padding not counted): each
+    output's relevance goes to the real cells of its window in proportion to x (the z-rule,
+    reference: float64 loops); the total is kept and a cell the ReLU zeroed gets none."""
+    import crp_jax as cj
+    from crp_jax.relevance import Composite, Kind, rules
+
+    g = GraphBuilder()
+    x = g.tensor("input", (1, 5, 5, 2))
+    r = g.tensor("relu", (1, 5, 5, 2))
+    g.op("RELU", [x], [r])
+    y = g.tensor("avg", (1, 3, 3, 2))
+    g.op(
+        "AVERAGE_POOL_2D", [r], [y], "Pool2DOptions", Padding=SAME, StrideW=2, StrideH=2, FilterWidth=3, FilterHeight=3
+    )
+    model, variables = import_graph(read_graph(g.build([x], [y])))
+    xv = RNG.uniform(0.2, 1.0, size=(1, 5, 5, 2)).astype(np.float32)
+    xv[0, 2, 2, 1] = -1.0  # a dead cell shared by four windows
+    comp = Composite(rules=((Kind("add"), rules.Proportional()), (Kind("rescale"), rules.PassThrough())))
+    (out,), explain_fn = cj.relevance_vjp(lambda v, z: model.apply(v, z), variables, xv, comp)
+    R_out = RNG.uniform(0.1, 1.0, size=(1, 3, 3, 2))
+    R = np.asarray(explain_fn((R_out.astype(np.float32),)))[0]  # [5, 5, C]
+    a = np.maximum(xv[0].astype(np.float64), 0)
+    ref = np.zeros_like(a)
+    for i in range(3):
+        for j in range(3):
+            rows = slice(max(2 * i - 1, 0), min(2 * i + 2, 5))
+            cols = slice(max(2 * j - 1, 0), min(2 * j + 2, 5))
+            win = a[rows, cols]
+            np.testing.assert_allclose(np.asarray(out)[0, i, j], win.mean((0, 1)), atol=1e-6)
+            ref[rows, cols] += win / win.sum((0, 1)) * R_out[0, i, j]
+    np.testing.assert_allclose(R, ref, rtol=1e-4, atol=1e-6)
+    assert R[2, 2, 1] == 0.0
+    assert abs(float(R.sum()) - R_out.sum()) < 1e-4 * R_out.sum()
+
+
 def test_mul_by_constant_logistic_relu6_relu_add_pad_reshape_concat():
     g = GraphBuilder()
     x = g.tensor("input", (1, 4, 4, 3))

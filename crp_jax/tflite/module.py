@@ -140,7 +140,7 @@ def _run(node: Node, xs: list[jax.Array]) -> jax.Array:
     elif k == "max_pool":
         y = ops.max_pool(xs[0], a["window"], a["strides"], a["pads"])
     elif k == "avg_pool":
-        y = ops.avg_pool(xs[0], a["window"], a["strides"], a["pads"])
+        y = ops.AveragePool(a["window"], a["strides"], a["pads"], name=node.name)(xs[0])
     elif k == "pad":
         y = ops.pad(xs[0], a["paddings"])
     elif k == "reshape":
