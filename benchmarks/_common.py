@@ -6,6 +6,7 @@ they measure and their deterministic inputs. Scripts import this (``from _common
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,9 @@ from crp_jax.ssd.convert import SSDLITE_MEAN, SSDLITE_STD  # noqa: E402
 from crp_jax.ssd.fold import fold_batchnorm  # noqa: E402
 from crp_jax.ssd.meta import TORCHVISION_MEAN, TORCHVISION_STD, default_class_names  # noqa: E402
 from crp_jax.ssd.ssdlite import SSDLite, random_variables  # noqa: E402
+from crp_jax.tflite.module import TFLiteModule  # noqa: E402
 
-MODELS = ("ssd300", "shipped", "ssdlite320", "shipped_ssdlite")
+MODELS = ("ssd300", "shipped", "ssdlite320", "shipped_ssdlite", "blazeface")
 SSDLITE_MODELS = ("ssdlite320", "shipped_ssdlite")
 
 
@@ -66,7 +68,52 @@ def build_model(name: str):
         return _shipped(None, SSDConfig.small(num_classes=7), "SSDConfig.small(num_classes=7)")
     if name == "shipped_ssdlite":
         return _shipped("ssdlite", SSDConfig.ssdlite_small(num_classes=7), "SSDConfig.ssdlite_small(num_classes=7)")
+    if name == "blazeface":
+        model, variables, meta = cj.load_pretrained("blazeface")
+        model = ConfiguredTFLite(spec=model.spec, config=BlazeFaceDims.of(meta))
+        return "MediaPipe BlazeFace short range (weights/, 128px, 896 anchors, 16 regressors)", model, variables, meta
     raise SystemExit(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+
+
+@dataclass(frozen=True)
+class BlazeFaceDims:
+    """What the scripts read from an SSD's ``model.config``, for BlazeFace: input side, one
+    logit, anchors per source (feature-map side and anchors per cell, as MediaPipe lays them
+    out: crp_jax/blazeface/anchors.py), the 16 regressor names and the target sets that make
+    sense for it (speed.py ``TARGET_SETS``)."""
+
+    image_size: int
+    sizes: tuple[int, ...]
+    anchors_per_cell: tuple[int, ...]
+    regressor_names: tuple[str, ...]
+    num_classes: int = 1
+    backbone: str = "blazeface"
+    target_sets: tuple[str, ...] = ("faces_first", "faces")
+
+    @classmethod
+    def of(cls, meta) -> BlazeFaceDims:
+        o = meta.anchor_options
+        per_stride: dict[int, int] = {}
+        for s in o.strides:  # consecutive equal strides share one map (anchors.py)
+            per_stride[s] = per_stride.get(s, 0) + len(o.aspect_ratios) + (o.interpolated_scale_aspect_ratio > 0)
+        sizes = tuple(-(-meta.image_size // s) for s in per_stride)
+        dims = cls(meta.image_size, sizes, tuple(per_stride.values()), tuple(meta.regressor_names))
+        assert dims.num_anchors() == meta.num_anchors, (dims, meta.num_anchors)
+        return dims
+
+    def feature_sizes(self) -> tuple[int, ...]:
+        return self.sizes
+
+    def num_anchors(self) -> int:
+        return sum(f * f * a for f, a in zip(self.sizes, self.anchors_per_cell))
+
+
+class ConfiguredTFLite(TFLiteModule):
+    """An imported graph that carries a ``config`` (:class:`BlazeFaceDims`) as SSD modules
+    do, so that the scripts read its sizes the same way; it computes exactly what the
+    imported module computes (same submodules, same variables)."""
+
+    config: BlazeFaceDims | None = None
 
 
 def _shipped(weights, fallback: SSDConfig, what: str):

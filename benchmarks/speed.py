@@ -6,7 +6,9 @@ Models (``--model``; ``_common.build_model``): "ssd300", SSD300-VGG16 (random we
 "ssdlite320", torchvision's SSDlite320-MobileNetV3-Large layout (91 classes, random weights
 and BatchNorm statistics, BN folded into the convs as rules see it); "shipped_ssdlite",
 ``cj.load_pretrained("ssdlite")`` (else ``SSDConfig.ssdlite_small(num_classes=7)`` at
-random, said so). "both" is ssd300 + shipped, "all" every model. Measured:
+random, said so); "blazeface", MediaPipe's short-range BlazeFace (``cj.load_pretrained("blazeface")``,
+``--crop`` only, target sets "faces_first" and "faces": ``face_targets``). "both" is ssd300 +
+shipped, "all" every SSD model. Measured:
 
 - per-target time of ``cj.explain`` with ``--methods`` (crp, lrp_ab, lrp_eps) and with
   method="gradient" (reference), in steady state (after a warm-up call that compiles the
@@ -79,7 +81,7 @@ from crp_jax.compiled import cache_info, clear_caches  # noqa: E402
 from crp_jax.relevance import PRESETS, compiled_functions, get_composite, rules  # noqa: E402
 from crp_jax.relevance.linear import conv_op_from_module  # noqa: E402
 from crp_jax.relevance.schedule import chunk_size_for  # noqa: E402
-from crp_jax.relevance.targets import ClassTarget, encode_targets  # noqa: E402
+from crp_jax.relevance.targets import COORDS, ClassTarget, LocTarget, encode_targets  # noqa: E402
 
 EXPLAIN_METHODS = PRESETS
 GiB = 1024.0**3
@@ -192,9 +194,25 @@ def detection_like_targets(cfg, num_images: int, T: int, seed: int = 0, sizes: s
     return out
 
 
+def face_targets(cfg, num_images: int, T: int, seed: int = 0, first: bool = False) -> list:
+    """BlazeFace (``_common.BlazeFaceDims``): ``T`` targets at anchors drawn uniformly (of the
+    first source, 16x16 cells x 2 at 128 px, with ``first``), round-robin over the images,
+    cycling through the face logit and the 16 regressors (+1)."""
+    rng = np.random.default_rng(seed)
+    n = cfg.feature_sizes()[0] ** 2 * cfg.anchors_per_cell[0] if first else cfg.num_anchors()
+    anchors = rng.choice(n, size=T, replace=T > n)
+    kinds = ("cls", *cfg.regressor_names)
+    return [
+        ClassTarget(t % num_images, int(a), 0) if k == "cls" else LocTarget(t % num_images, int(a), k, 1)
+        for t, (a, k) in enumerate(zip(anchors, [kinds[t % len(kinds)] for t in range(T)]))
+    ]
+
+
 TARGET_SETS = {
     "uniform": make_targets,
     "first": first_source_targets,
+    "faces": face_targets,
+    "faces_first": lambda cfg, B, T, seed=0: face_targets(cfg, B, T, seed, first=True),
     "coco": detection_like_targets,
     "loguniform": lambda cfg, B, T, seed=0: detection_like_targets(cfg, B, T, seed, sizes="loguniform"),
 }
@@ -211,7 +229,8 @@ def source_histogram(cfg, targets) -> list[int]:
 def encoded(cfg, targets, num_images: int):
     """Cotangents for the non-explain paths: crp's initial relevance (contrast vs all
     other classes), so every path propagates the same vectors."""
-    return encode_targets(targets, num_images, cfg.num_anchors(), cfg.num_classes, "others")
+    regressors = getattr(cfg, "regressor_names", COORDS)  # BlazeFace: 16
+    return encode_targets(targets, num_images, cfg.num_anchors(), cfg.num_classes, "others", regressors)
 
 
 # ---------------------------------------------------------------------------------------
@@ -470,7 +489,7 @@ def make_runners(kinds, model, variables, meta, x, targets, chunk, trunner, B):
 
 
 # crp through explain's other paths: dense (no cropping) and the window output form
-CROP_KINDS = {"crp_dense": {"crop": False}, "crp_windows": {"output": "windows"}}
+CROP_KINDS = {"crp_dense": {"crop": False}, "crp_windows": {"output": "windows"}, "crp_always": {"crop": "always"}}
 
 
 def run_interleaved(runners, repeats: int) -> None:
@@ -596,7 +615,7 @@ def crop_section(mname, model, variables, meta, args, zok: bool) -> dict:
     comp = get_composite("crp", meta)
     A, K = cfg.num_anchors(), cfg.num_classes
     t0 = time.perf_counter()
-    groups = crop_groups(model, variables, x.shape, comp, A, K)
+    groups = crop_groups(model, variables, x.shape, comp, A, K, len(getattr(cfg, "regressor_names", COORDS)))
     sec = {"plan_s": time.perf_counter() - t0, "T": T, "chunk": chunk, "sets": {}, "memory": []}
     sec["groups"] = [
         {"anchors": list(g.anchors), "grid": list(g.grid), "window": list(g.window), "cropped": g.cropped}
@@ -610,9 +629,11 @@ def crop_section(mname, model, variables, meta, args, zok: bool) -> dict:
         import zennit_ssd
 
         zrunner = zennit_ssd.ZennitRunner(cfg, variables, meta, np.asarray(x), threads=args.torch_threads)
-    for set_name in ("first", "coco", "loguniform"):
+    for set_name in getattr(cfg, "target_sets", ("first", "coco", "loguniform")):
         targets = TARGET_SETS[set_name](cfg, 1, T)
         kinds = ["crp", "crp_dense", "crp_windows", "floor"] + (["zennit"] if zrunner is not None else [])
+        if not any(g.cropped for g in groups):  # explain does not crop here: time the forced crop too
+            kinds.insert(1, "crp_always")
         runners = make_runners(kinds, model, variables, meta, x, targets, chunk, zrunner, 1)
         # compile time and count of this very call: explain's compiled functions start empty
         clear_caches()
@@ -659,7 +680,7 @@ def crop_section(mname, model, variables, meta, args, zok: bool) -> dict:
     if not args.no_mem:
         for kind in ("crp_windows", "crp"):
             spec = {"model": mname, "images": 1, "T": args.crop_big_T, "chunk": chunk, "method": kind}
-            spec["targets"] = "first"
+            spec["targets"] = getattr(cfg, "target_sets", ("first",))[0]
             log(f"subprocess {spec} ...")
             res = run_child(spec, args.child_timeout)
             sec["memory"].append(res)
@@ -742,7 +763,9 @@ def parse_args(argv=None):
         "--model",
         choices=MODELS + ("both", "all"),
         default="both",
-        help="both: ssd300 and shipped; all: " + ", ".join(MODELS),
+        help="both: ssd300 and shipped; all: "
+        + ", ".join(m for m in MODELS if m != "blazeface")
+        + "; blazeface: --crop only",
     )
     p.add_argument(
         "--targets",
@@ -833,7 +856,10 @@ def main(argv=None) -> int:
         print("CHILD_RESULT " + json.dumps(res), flush=True)
         return 0
 
-    models = {"both": ["ssd300", "shipped"], "all": list(MODELS)}.get(args.model, [args.model])
+    ssds = [m for m in MODELS if m != "blazeface"]  # blazeface has the --crop section only
+    models = {"both": ["ssd300", "shipped"], "all": ssds}.get(args.model, [args.model])
+    if "blazeface" in models and not args.crop:
+        raise SystemExit("--model blazeface: only the --crop section is measured for it (add --crop)")
     targets_list = ints(args.targets)
     images_list = ints(args.images)
     repeats = args.repeats

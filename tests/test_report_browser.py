@@ -191,3 +191,65 @@ def test_image_page_screenshot_is_not_blank(site, tmp_path):
     assert colours > 2000, f"only {colours} distinct colours: the page looks blank"
     # the top of the page (title, overview picture) is not one flat colour either
     assert shot[:400].std() > 20
+
+
+# ---- a real detector on a real photo: BlazeFace on the astronaut --------------------------
+
+# MediaPipe's keypoint regressors, written out by hand (x then y per keypoint)
+KEYPOINT_REGRESSORS = [f"{k}_{c}" for k in "right_eye left_eye nose_tip mouth right_ear left_ear".split() for c in "xy"]
+
+
+class _KeypointFigures(HTMLParser):
+    """``data-regressor`` of every keypoint figure, with the alt text of its picture."""
+
+    def __init__(self):
+        super().__init__()
+        self.figures: list[list] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "figure" and "data-regressor" in a:
+            self.figures.append([a["data-regressor"], None])
+        elif tag == "img" and self.figures and self.figures[-1][1] is None:
+            self.figures[-1][1] = a.get("alt", "")
+
+    def handle_endtag(self, tag):
+        if tag == "figure" and self.figures and self.figures[-1][1] is None:
+            self.figures[-1][1] = ""
+
+
+@pytest.fixture(scope="module")
+def face_site(tmp_path_factory):
+    """``crp-jax report astronaut.png --weights blazeface --methods crp`` (short range, CRP only)."""
+    pytest.importorskip("tflite", reason="the [tflite] extra (tflite, flatbuffers) is not installed")
+    data = pytest.importorskip("skimage.data", reason="scikit-image (real photos) is not installed")
+    path = tmp_path_factory.mktemp("face") / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(path)
+    out = tmp_path_factory.mktemp("face_site") / "report"
+    rc = main(["report", str(path), "--weights", "blazeface", "--methods", "crp", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    return out, path, json.loads((out / "report.json").read_text())
+
+
+def test_blazeface_report_shows_the_astronauts_face_with_its_class_and_keypoint_maps(face_site, tmp_path):
+    out, path, doc = face_site
+    model, variables, meta = cj.load_pretrained("blazeface")
+    x, sizes = cj.preprocess_with_sizes([cj.viz.load_image(path)], meta)
+    det = cj.detect(model, variables, x, meta=meta, score_threshold=THRESHOLD, image_sizes=sizes)[0]
+    assert len(det) == 1  # the one face
+    page = out / doc["images"][0]["page"]
+    dom = dump_dom(tmp_path, page)
+    p = check_page(dom)  # every picture decoded, alt text, no script error, no overflow
+    assert p.sections == ["0"]
+    assert 'alt="CRP: why face' in dom  # the class map
+    figs = _KeypointFigures()
+    figs.feed(dom)
+    assert [r for r, _ in figs.figures] == KEYPOINT_REGRESSORS
+    for r, alt in figs.figures:  # each keypoint figure holds its picture, described in words
+        point, axis = r.rsplit("_", 1)
+        assert alt == f"what moves the {point.replace('_', ' ')} {'right' if axis == 'x' else 'down'}"
+    d = doc["images"][0]["detections"][0]
+    # the report's keypoints are detect's, in original pixels
+    np.testing.assert_allclose(list(d["keypoints"].values()), det.keypoints[0], atol=1e-3)
+    # a single sigmoid logit: CRP's "others" is the logit itself, one-hot, so it conserves 1
+    assert d["conservation"]["crp"]["initial"] == 1.0 and abs(d["conservation"]["crp"]["error"]) < 1e-3

@@ -145,16 +145,21 @@ def test_pools_same_padding_max_never_takes_padding_and_average_does_not_count_i
     _check(buf, xv, [rmax, ravg])
 
 
+def _resize_axis(n_in, n_out, o, align_corners, half_pixel):
+    """TFLite's reference source taps of output ``o`` on one axis: ``(lo, hi, weight of hi)``."""
+    scale = (n_in - 1) / (n_out - 1) if align_corners and n_out > 1 else n_in / n_out
+    v = (o + 0.5) * scale - 0.5 if half_pixel else o * scale
+    lo = max(int(np.floor(v)), 0)
+    hi = min(int(np.ceil(v)), n_in - 1)
+    return lo, hi, v - lo
+
+
 def _resize_ref(x, out_hw, align_corners, half_pixel):
     """TFLite reference ResizeBilinear in float64 loops."""
     _, h, w, _ = x.shape
 
     def axis(n_in, n_out, o):
-        scale = (n_in - 1) / (n_out - 1) if align_corners and n_out > 1 else n_in / n_out
-        v = (o + 0.5) * scale - 0.5 if half_pixel else o * scale
-        lo = max(int(np.floor(v)), 0)
-        hi = min(int(np.ceil(v)), n_in - 1)
-        return lo, hi, v - lo
+        return _resize_axis(n_in, n_out, o, align_corners, half_pixel)
 
     y = np.zeros((1, *out_hw, x.shape[-1]))
     for i in range(out_hw[0]):
@@ -190,6 +195,85 @@ def test_resize_bilinear_matches_the_reference_kernel(align_corners, half_pixel,
     buf = g.build([x], [y])
     xv = RNG.normal(size=(1, 3, 4, 2)).astype(np.float32)
     _check(buf, xv, [_resize_ref(xv.astype(np.float64), out_hw, align_corners, half_pixel)])
+
+
+def test_resize_splits_relevance_by_x_w_so_a_dead_relu_source_gets_none():
+    """LRP through RELU -> RESIZE_BILINEAR (x2, half-pixel): each axis's output relevance goes
+    to its two sources in proportion to x w (the z-rule, reference: float64 interpolation
+    matrices from TFLite's kernel, rows then columns); the total is kept and a source the ReLU
+    zeroed gets none (a gradient would route w R to it, and the ReLU would drop it)."""
+    import crp_jax as cj
+    from crp_jax.relevance import Composite, Kind, rules
+
+    g = GraphBuilder()
+    x = g.tensor("input", (1, 3, 4, 2))
+    r = g.tensor("relu", (1, 3, 4, 2))
+    g.op("RELU", [x], [r])
+    size = g.tensor("size", (2,), np.int32, data=np.asarray([6, 8], np.int32))
+    y = g.tensor("resized", (1, 6, 8, 2))
+    g.op("RESIZE_BILINEAR", [r, size], [y], "ResizeBilinearOptions", AlignCorners=False, HalfPixelCenters=True)
+    model, variables = import_graph(read_graph(g.build([x], [y])))
+    xv = RNG.uniform(0.2, 1.0, size=(1, 3, 4, 2)).astype(np.float32)
+    xv[0, 1, 2, 0] = -1.0  # a dead source in the middle of the map
+    comp = Composite(rules=((Kind("add"), rules.Proportional()), (Kind("rescale"), rules.PassThrough())))
+    (out,), explain_fn = cj.relevance_vjp(lambda v, z: model.apply(v, z), variables, xv, comp)
+    R_out = RNG.uniform(0.1, 1.0, size=(1, 6, 8, 2))
+    R = np.asarray(explain_fn((R_out.astype(np.float32),)))[0]  # [3, 4, C]
+
+    def matrix(n_in, n_out):
+        m = np.zeros((n_out, n_in))
+        for o in range(n_out):
+            lo, hi, f = _resize_axis(n_in, n_out, o, False, True)
+            m[o, lo] += 1 - f
+            m[o, hi] += f
+        return m
+
+    Wr, Wc = matrix(3, 6), matrix(4, 8)
+    a = np.maximum(xv[0].astype(np.float64), 0)  # [3, 4, C] after the ReLU
+    y1 = np.einsum("oh,hwc->owc", Wr, a)  # rows first, as TFLite
+    y2 = np.einsum("pw,owc->opc", Wc, y1)
+    R1 = np.einsum("pw,owc,opc->owc", Wc, y1, R_out[0] / y2)
+    ref = np.einsum("oh,hwc,owc->hwc", Wr, a, R1 / y1)
+    np.testing.assert_allclose(np.asarray(out)[0], y2, atol=1e-5)
+    np.testing.assert_allclose(R, ref, rtol=1e-4, atol=1e-6)
+    assert R[1, 2, 0] == 0.0
+    assert abs(float(R.sum()) - R_out.sum()) < 1e-4 * R_out.sum()
+
+
+def test_average_pool_splits_relevance_by_x_so_a_dead_relu_cell_gets_none():
+    """LRP through RELU -> AVERAGE_POOL_2D (SAME 3x3 / 2 on 5x5, padding not counted): each
+    output's relevance goes to the real cells of its window in proportion to x (the z-rule,
+    reference: float64 loops); the total is kept and a cell the ReLU zeroed gets none."""
+    import crp_jax as cj
+    from crp_jax.relevance import Composite, Kind, rules
+
+    g = GraphBuilder()
+    x = g.tensor("input", (1, 5, 5, 2))
+    r = g.tensor("relu", (1, 5, 5, 2))
+    g.op("RELU", [x], [r])
+    y = g.tensor("avg", (1, 3, 3, 2))
+    g.op(
+        "AVERAGE_POOL_2D", [r], [y], "Pool2DOptions", Padding=SAME, StrideW=2, StrideH=2, FilterWidth=3, FilterHeight=3
+    )
+    model, variables = import_graph(read_graph(g.build([x], [y])))
+    xv = RNG.uniform(0.2, 1.0, size=(1, 5, 5, 2)).astype(np.float32)
+    xv[0, 2, 2, 1] = -1.0  # a dead cell shared by four windows
+    comp = Composite(rules=((Kind("add"), rules.Proportional()), (Kind("rescale"), rules.PassThrough())))
+    (out,), explain_fn = cj.relevance_vjp(lambda v, z: model.apply(v, z), variables, xv, comp)
+    R_out = RNG.uniform(0.1, 1.0, size=(1, 3, 3, 2))
+    R = np.asarray(explain_fn((R_out.astype(np.float32),)))[0]  # [5, 5, C]
+    a = np.maximum(xv[0].astype(np.float64), 0)
+    ref = np.zeros_like(a)
+    for i in range(3):
+        for j in range(3):
+            rows = slice(max(2 * i - 1, 0), min(2 * i + 2, 5))
+            cols = slice(max(2 * j - 1, 0), min(2 * j + 2, 5))
+            win = a[rows, cols]
+            np.testing.assert_allclose(np.asarray(out)[0, i, j], win.mean((0, 1)), atol=1e-6)
+            ref[rows, cols] += win / win.sum((0, 1)) * R_out[0, i, j]
+    np.testing.assert_allclose(R, ref, rtol=1e-4, atol=1e-6)
+    assert R[2, 2, 1] == 0.0
+    assert abs(float(R.sum()) - R_out.sum()) < 1e-4 * R_out.sum()
 
 
 def test_mul_by_constant_logistic_relu6_relu_add_pad_reshape_concat():

@@ -23,6 +23,8 @@ __all__ = [
     "first_detected_scene",
     "heatmaps",
     "keypoint_maps",
+    "keypoint_regressors",
+    "on_image",
     "partner",
     "target_for",
 ]
@@ -32,7 +34,7 @@ __all__ = [
 class Ask:
     """What is asked of every detection: target kind, sign, contrast spec."""
 
-    target: str  # cls | cx | cy | w | h
+    target: str  # cls or a regressor name: cx | cy | w | h | a keypoint's (nose_tip_x)
     sign: int
     contrast: object  # None | "others" | "foreground" | tuple of class indices
 
@@ -158,11 +160,29 @@ def heatmaps(model, variables, meta, x, targets, method: str, size=None) -> list
     if not targets:
         return []
     R = explain(model, variables, x, list(targets), method=method, meta=meta)
-    hs = list(heatmap(R))
+    return [on_image(meta, h, size) for h in heatmap(R)]
+
+
+def on_image(meta, h, size=None):
+    """The part of a heatmap ``[S, S, ...]`` at the model input that covers the original image
+    of ``size`` ``(H, W)``: the letterbox bands cut off for a meta that letterboxes
+    (BlazeFace: ``meta.heatmap_to_original``), ``h`` itself otherwise (an SSD's input is the
+    whole image resized) or without a size. Resized to ``(H, W)``, it lines up with the image."""
     cut = getattr(meta, "heatmap_to_original", None)
-    if size is not None and cut is not None:
-        hs = [cut(h, tuple(size)) for h in hs]
-    return hs
+    if size is None or cut is None:
+        return h
+    return cut(h, tuple(size))
+
+
+def keypoint_regressors(meta) -> list[str]:
+    """The keypoint regressors of a detector with keypoints (``meta.keypoint_names`` and
+    ``meta.regressor_names``; BlazeFace: ``right_eye_x`` ... ``left_ear_y``): every regressor
+    after the box's four. Empty for a detector without keypoints (an SSD)."""
+    from crp_jax.relevance.targets import COORDS
+
+    if not getattr(meta, "keypoint_names", ()):
+        return []
+    return [n for n in getattr(meta, "regressor_names", COORDS) if n not in COORDS]
 
 
 def keypoint_maps(model, variables, meta, im: DetectedImage, method: str, sign: int = 1) -> dict:
@@ -171,10 +191,10 @@ def keypoint_maps(model, variables, meta, im: DetectedImage, method: str, sign: 
     one :class:`crp_jax.LocTarget` per keypoint regressor (``right_eye_x``, ...,
     ``left_ear_y``) pushed in direction ``sign``; one ``explain`` call per detection.
     Empty for a detector without keypoints."""
-    from crp_jax.relevance.targets import COORDS, LocTarget
+    from crp_jax.relevance.targets import LocTarget
 
-    names = [n for n in getattr(meta, "regressor_names", COORDS) if n not in COORDS]
-    if not names or not getattr(meta, "keypoint_names", ()):
+    names = keypoint_regressors(meta)
+    if not names:
         return {}
     out = {}
     for i in range(len(im.det)):

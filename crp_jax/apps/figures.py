@@ -21,7 +21,7 @@ from crp_jax.apps.explanations import (
     target_for,
 )
 
-__all__ = ["safe_name", "display", "explain_grid", "keypoint_grid", "demo_figures", "class_swap_grid"]
+__all__ = ["safe_name", "display", "explain_grid", "keypoint_grid", "keypoint_cells", "demo_figures", "class_swap_grid"]
 
 
 def display(pixels: np.ndarray, small: int = 160, large: int = 400):
@@ -70,11 +70,20 @@ def explain_grid(im: DetectedImage, meta, dets, columns, alpha: float):
 
 def keypoint_grid(im: DetectedImage, meta, i: int, maps, method: str, alpha: float, side: int = 200):
     """Keypoint maps of detection ``i`` (``maps``: its list from
-    :func:`crp_jax.apps.explanations.keypoint_maps`): first the image around the face with its
-    box and keypoints, then one cell per keypoint regressor, in the meta's order (two per
-    keypoint: x then y). Every cell shows the region around the face (the box grown by half
-    its size on each side), magnified to about ``side`` pixels, with the predicted keypoint
-    marked by a small square; each map has its own colour scale."""
+    :func:`crp_jax.apps.explanations.keypoint_maps`) as one grid of :func:`keypoint_cells`."""
+    from crp_jax import viz
+
+    cells, titles = keypoint_cells(im, meta, i, maps, method, alpha, side)
+    return viz.grid(cells, titles, ncols=1 + len(getattr(meta, "keypoint_names", ())) if len(cells) > 7 else len(cells))
+
+
+def keypoint_cells(im: DetectedImage, meta, i: int, maps, method: str, alpha: float, side: int = 200):
+    """Pictures of detection ``i``'s keypoint maps: ``(cells, titles)``, first the image around
+    the face with its box and keypoints, then one cell per entry ``(name, target, heatmap)`` of
+    ``maps`` (heatmaps cut to the image, :func:`crp_jax.apps.explanations.on_image`), in the
+    meta's order (two per keypoint: x then y). Every cell shows the region around the face (the
+    box grown by half its size on each side), magnified to about ``side`` pixels, with the
+    predicted keypoint marked by a small square; each map has its own colour scale."""
     from PIL import ImageDraw
 
     from crp_jax import viz
@@ -113,7 +122,7 @@ def keypoint_grid(im: DetectedImage, meta, i: int, maps, method: str, alpha: flo
         vmax = viz.robust_max(h)
         cells.append(viz.overlay(crop, hp, box=marker, alpha=alpha, scale=s, vmax=vmax))
         titles.append(describe(meta, target, method).replace(": ", ":\n", 1))
-    return viz.grid(cells, titles, ncols=1 + len(knames) if len(cells) > 7 else len(cells))
+    return cells, titles
 
 
 def safe_name(text: str) -> str:

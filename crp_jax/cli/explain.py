@@ -41,11 +41,13 @@ from crp_jax.cli.common import (
     threshold,
 )
 
-__all__ = ["METHODS", "TARGETS", "demo_main", "detect_main", "explain_main"]
+__all__ = ["METHODS", "TARGETS", "check_target", "demo_main", "detect_main", "explain_main"]
 
 # = crp_jax.relevance.composite.PRESETS, spelled out so that `crp-jax explain --help` needs no
 # jax import (tests/test_cli.py checks that the two agree).
 METHODS = ("crp", "lrp_ab", "lrp_eps", "gradient", "gradient_x_input")
+# The targets every SSD has; a detector may name more regressors (BlazeFace's keypoints), which
+# --target takes too (check_target reads them from the weights' meta).
 TARGETS = ("cls", "cx", "cy", "w", "h")
 DEFAULT_DEMO_DIR = "crp_jax_demo"
 _DEMO_SCAN = 50  # scenes tried after --index when a scene has no detection
@@ -206,16 +208,18 @@ def build_explain_parser(prog: str = f"{PROG} explain") -> argparse.ArgumentPars
     )
     p.add_argument(
         "--target",
-        choices=TARGETS,
         default="cls",
-        help="what to explain: the class decision (cls, default) or a box coordinate (cx, cy, w, h)",
+        metavar="T",
+        help="what to explain: the class decision (cls, default), a box coordinate (cx, cy, w, h) or "
+        "another regressor the weights name (BlazeFace: right_eye_x, ..., nose_tip_x, nose_tip_y, ..., "
+        "left_ear_y); an unknown name is an error listing the weights' names (exit 1)",
     )
     p.add_argument(
         "--sign",
         choices=("+", "-"),
         default=None,
-        help="box coordinates only: '+' explains what pushes the box right/down/wider/taller "
-        "(default), '-' the opposite",
+        help="regressors only: '+' explains what pushes the box right/down/wider/taller or the "
+        "keypoint right (x) / down (y) (default), '-' the opposite",
     )
     p.add_argument(
         "--contrast",
@@ -261,9 +265,23 @@ def _resolve_contrast(values, meta):
     return tuple(out)
 
 
+def check_target(target: str, meta) -> str:
+    """``--target``: "cls" or a regressor name of the weights (``meta.regressor_names``; an
+    SSD's ``cx, cy, w, h``, BlazeFace's keypoints too). An unknown name raises
+    :class:`crp_jax.errors.TargetError` naming it and listing the valid ones (the names
+    depend on the weights, so it is a runtime error, like an unknown ``--contrast`` class)."""
+    from crp_jax.errors import TargetError
+    from crp_jax.relevance.targets import COORDS
+
+    names = tuple(getattr(meta, "regressor_names", COORDS))
+    if target != "cls" and target not in names:
+        raise TargetError(f"--target {target!r} unknown for these weights; use cls or one of {', '.join(names)}")
+    return target
+
+
 def run_explain(args) -> int:
     if args.target == "cls" and args.sign is not None:
-        raise UsageError("--sign applies to box coordinates (--target cx|cy|w|h), not to cls")
+        raise UsageError("--sign applies to regressors (--target cx|cy|w|h or a keypoint's), not to cls")
     if args.target != "cls" and args.contrast:
         raise UsageError("--contrast applies to class targets (--target cls) only")
     if args.compare == "classes" and args.target != "cls":
@@ -275,7 +293,7 @@ def run_explain(args) -> int:
     from crp_jax.apps.figures import explain_grid, keypoint_grid, safe_name
 
     model, variables, meta = load_model(args)
-    ask = Ask(args.target, -1 if args.sign == "-" else 1, _resolve_contrast(args.contrast, meta))
+    ask = Ask(check_target(args.target, meta), -1 if args.sign == "-" else 1, _resolve_contrast(args.contrast, meta))
     out = out_dir(args.out)
 
     def work(path, stem, bar):

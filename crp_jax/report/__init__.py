@@ -48,10 +48,13 @@ from pathlib import Path
 import numpy as np
 
 from crp_jax import viz
+from crp_jax.apps.explanations import DetectedImage, on_image
+from crp_jax.apps.figures import keypoint_cells
 from crp_jax.errors import InputError
 from crp_jax.interrupts import interrupted
+from crp_jax.relevance.targets import LocTarget
 from crp_jax.report import figures, html, scenes
-from crp_jax.report.build import LOC_QUESTIONS, explain_detections, loc_key
+from crp_jax.report.build import LOC_QUESTIONS, explain_detections, keypoint_map_names, loc_key
 
 GENERATOR = "crp-jax report"
 #: Top-level entries a report owns in its folder (replaced on a rerun, nothing else is touched).
@@ -251,18 +254,27 @@ class ReportWriter:
         }
         class_maps = self.methods[:1] + ["crp_pair"] + self.methods[1:]
         arrays = {}
+        image = DetectedImage(path, stem, pixels, x, det, (H, W))
         for e in exps:
             d = dict(e.numbers)
             box = np.asarray(e.box) * f
             d["class_maps"] = [n for n in class_maps if n in e.relevance]
             d["maps"], d["scale"] = {}, {}
             locs = [loc_key(c, sg) for c, sg, _ in LOC_QUESTIONS]
+            heat = {n: on_image(self.meta, np.asarray(R).sum(-1), (H, W)) for n, R in e.relevance.items()}
             for n in d["class_maps"] + locs:
-                h = np.asarray(e.relevance[n]).sum(-1)
-                d["scale"][n] = viz.robust_max(h)
+                d["scale"][n] = viz.robust_max(heat[n])
                 # the eight small maps are shown at half the size: half the magnification
-                img = figures.overlay_png(shown, h, box, max(1, s // 2) if n in locs else s)
+                img = figures.overlay_png(shown, heat[n], box, max(1, s // 2) if n in locs else s)
                 d["maps"][n] = pic(img, f"det{e.index:02d}_{n.replace('+', 'p')}.png")
+            kmaps = [(r, LocTarget(0, e.anchor, r, 1), heat[n]) for r, n in keypoint_map_names(e, self.meta)]
+            if kmaps:  # the face with its keypoints, then one picture per keypoint map
+                cells, _ = keypoint_cells(image, self.meta, e.index, kmaps, "crp", 0.6, side=160)
+                d["keypoint_face"] = pic(cells[0], f"det{e.index:02d}_keypoints.png")
+                for (r, _, h), img in zip(kmaps, cells[1:]):
+                    n = loc_key(r, 1)
+                    d["scale"][n] = viz.robust_max(h)
+                    d["maps"][n] = pic(img, f"det{e.index:02d}_{n.replace('+', 'p')}.png")
             entry["detections"].append(d)
             if self.save_relevance:
                 arrays.update({f"det{e.index:02d}_{n}": np.asarray(R) for n, R in e.relevance.items()})

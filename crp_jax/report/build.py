@@ -10,11 +10,14 @@ detect`` prints as its N-th line) the report asks:
 - the same class question with each comparison method (LRP-ab by default: its one-hot map);
 - "what moves the box right / left / down / up / wider / narrower / taller / shorter": CRP's
   eight localization targets (cx, cy, w, h with sign +1 / -1);
+- for a detector with keypoints (BlazeFace), "what moves this keypoint right / down": CRP's
+  target +1 on every keypoint regressor (``right_eye_x`` ... ``left_ear_y``);
 - the class-pair correlation of every comparison method: Pearson r over the whole image
   between the heatmaps of k and of k2 at the same anchor (``crp_jax.metrics``; near 1 means
   the method cannot tell the two classes apart, the CRP paper's point about LRP);
 - conservation: input relevance summed against the initial relevance (0 for a contrast,
-  1 for a one-hot LRP-ab target; ``metrics.conservation``);
+  1 for a one-hot LRP-ab target, and for CRP on a single-logit head, whose "others" is the
+  logit itself: docs/design.md §3; ``metrics.conservation``);
 - the per-layer relevance flow of the CRP and LRP-ab class targets (``relevance_flow``):
   total and absolute relevance at each layer's output.
 
@@ -31,6 +34,7 @@ import numpy as np
 
 import crp_jax as cj
 from crp_jax import metrics
+from crp_jax.apps.explanations import keypoint_regressors, on_image
 from crp_jax.compiled import cached
 
 CHUNK = 8
@@ -47,12 +51,13 @@ LOC_QUESTIONS: tuple[tuple[str, int, str], ...] = (
 )
 #: Methods whose class target also records the per-layer relevance flow.
 FLOW_METHODS = ("crp", "lrp_ab")
-#: Initial relevance total of each method's default class target (None: no conservation law).
-_INITIAL_TOTAL = {"crp": 0.0, "lrp_ab": 1.0, "lrp_eps": None, "gradient": None, "gradient_x_input": None}
+#: Methods whose rules conserve relevance (bias-free rules: docs/design.md §2); the others
+#: (epsilon keeps the bias, gradients) have no conservation law to check.
+CONSERVING = ("crp", "lrp_ab")
 
 
 def loc_key(coord: str, sign: int) -> str:
-    """Name of a localization map: ``loc_cx+``, ``loc_h-``."""
+    """Name of a localization map: ``loc_cx+``, ``loc_h-``; a keypoint's: ``loc_nose_tip_x+``."""
     return f"loc_{coord}{'+' if sign > 0 else '-'}"
 
 
@@ -62,8 +67,9 @@ class DetectionExplanation:
 
     ``relevance`` maps a map name to the input relevance ``[S, S, 3]`` at the model input
     size: each method name (class k, the method's default contrast), ``"<method>_runner_up"``
-    (class k2), ``"crp_pair"`` (k vs k2), ``loc_key(coord, sign)`` (8 maps) and, with
-    partners, ``"<method>_partner"`` / ``"crp_vs_partner"``. ``flow`` maps a method of
+    (class k2), ``"crp_pair"`` (k vs k2), ``loc_key(coord, sign)`` (8 maps), for a detector
+    with keypoints ``loc_key(name, +1)`` per keypoint regressor (:attr:`keypoint_maps`) and,
+    with partners, ``"<method>_partner"`` / ``"crp_vs_partner"``. ``flow`` maps a method of
     :data:`FLOW_METHODS` to ``[L, 2]`` (total, absolute) over ``flow_layers``. ``numbers`` is
     JSON-ready.
     """
@@ -75,6 +81,7 @@ class DetectionExplanation:
     anchor: int
     runner_up: int | None
     partner: int | None
+    keypoints: np.ndarray | None = None  # [P, 2] (x, y) in the original image's pixels
     relevance: dict[str, np.ndarray] = field(default_factory=dict)
     flow: dict[str, np.ndarray] = field(default_factory=dict)
     flow_layers: tuple[str, ...] = ()
@@ -135,16 +142,18 @@ def explain_detections(
     """
     methods = ["crp"] + [m for m in methods if m != "crp"]
     logits = np.asarray(_logits(model)(variables, x))[0]  # [A, K]
-    S = int(x.shape[1])
+    kp_names = keypoint_regressors(meta)
+    kps = getattr(det, "keypoints", None)
     exps = []
     for i in range(len(det)):
         a, k = int(det.anchors[i]), int(det.labels[i])
         p = partner_of(meta, k) if partners else None
-        exps.append(
-            DetectionExplanation(
-                i, k, float(det.scores[i]), np.asarray(det.boxes[i], np.float64), a, runner_up(logits[a], k), p
-            )
+        e = DetectionExplanation(
+            i, k, float(det.scores[i]), np.asarray(det.boxes[i], np.float64), a, runner_up(logits[a], k), p
         )
+        if kp_names and kps is not None:
+            e.keypoints = np.asarray(kps[i], np.float64)
+        exps.append(e)
     if not exps:
         return []
     for m in methods:
@@ -160,6 +169,9 @@ def explain_detections(
                         asks.append((e.index, name, cj.ClassTarget(0, e.anchor, e.label, (other,))))
                 for coord, sign, _ in LOC_QUESTIONS:
                     asks.append((e.index, loc_key(coord, sign), cj.LocTarget(0, e.anchor, coord, sign)))
+                if e.keypoints is not None:
+                    for name in kp_names:
+                        asks.append((e.index, loc_key(name, 1), cj.LocTarget(0, e.anchor, name, 1)))
         layers = m in FLOW_METHODS
         R, flow = _run(model, variables, meta, x, [t for _, _, t in asks], m, layers)
         for t, (i, name, _) in enumerate(asks):
@@ -168,8 +180,29 @@ def explain_detections(
                 exps[i].flow_layers = tuple(flow)
                 exps[i].flow[m] = np.stack([flow[layer][t] for layer in flow])
     for e in exps:
-        e.numbers = _numbers(e, meta, logits[e.anchor], methods, S, image_size)
+        e.numbers = _numbers(e, meta, logits[e.anchor], methods, image_size)
     return exps
+
+
+def keypoint_map_names(e: DetectionExplanation, meta) -> list[tuple[str, str]]:
+    """``(regressor, map name)`` of the keypoint maps of ``e``, in the meta's order (empty for
+    a detection without keypoints)."""
+    if e.keypoints is None:
+        return []
+    return [(n, loc_key(n, 1)) for n in keypoint_regressors(meta)]
+
+
+def _initial_total(meta, method: str, target) -> float | None:
+    """Total initial relevance of a class ``target`` under ``method``'s default contrast
+    (None for a method without a conservation law): the sum of its coefficients, so 0 for a
+    contrast over K > 1 classes and 1 for a one-hot or a single-logit head's "others"."""
+    from crp_jax.relevance.composite import get_composite
+
+    if method not in CONSERVING:
+        return None
+    coef, _ = target.coefficients(meta.num_classes, get_composite(method, meta).contrast)
+    # float32 coefficients 1 - 6 * (1/6) leave ~1e-8; the true totals are short fractions
+    return round(float(coef.astype(np.float64).sum()), 6)
 
 
 def _class_name(meta, k: int | None) -> str | None:
@@ -179,9 +212,11 @@ def _class_name(meta, k: int | None) -> str | None:
     return names[k] if 0 <= k < len(names) else str(k)
 
 
-def _numbers(e: DetectionExplanation, meta, logits: np.ndarray, methods: list[str], S: int, image_size) -> dict:
+def _numbers(e: DetectionExplanation, meta, logits: np.ndarray, methods: list[str], image_size) -> dict:
     """JSON-ready numbers of one detection (everything the page prints, and a little more)."""
-    heat = {name: cj.heatmap(R) for name, R in e.relevance.items()}
+    # heatmaps cut to the part that covers the image (letterbox bands off), so that the box
+    # scaled to their size lines up
+    heat = {name: on_image(meta, cj.heatmap(R), image_size) for name, R in e.relevance.items()}
     out: dict = {
         "detection": e.index,
         "class": _class_name(meta, e.label),
@@ -196,7 +231,8 @@ def _numbers(e: DetectionExplanation, meta, logits: np.ndarray, methods: list[st
         "methods": list(methods),
     }
     cons = {}
-    for name, r0 in [(m, _INITIAL_TOTAL.get(m)) for m in methods] + [("crp_pair", 0.0)]:
+    target = cj.ClassTarget(0, e.anchor, e.label)
+    for name, r0 in [(m, _initial_total(meta, m, target)) for m in methods] + [("crp_pair", 0.0)]:
         if r0 is not None and name in e.relevance:
             cons[name] = metrics.conservation(e.relevance[name], r0)
     out["conservation"] = cons
@@ -204,9 +240,10 @@ def _numbers(e: DetectionExplanation, meta, logits: np.ndarray, methods: list[st
         out["class_pair_r"] = {m: metrics.class_discriminativeness(heat[m], heat[f"{m}_runner_up"]) for m in methods}
     else:
         out["class_pair_r"] = {}
-    # the detected box at the model input size, for the share of positive relevance inside it
+    # the detected box at the heatmaps' size, for the share of positive relevance inside it
     H, W = image_size
-    box_s = e.box * np.array([S / W, S / H, S / W, S / H])
+    h_, w_ = next(iter(heat.values())).shape
+    box_s = e.box * np.array([w_ / W, h_ / H, w_ / W, h_ / H])
     out["positive_share_in_box"] = {name: metrics.energy_pointing_game(h, box_s) for name, h in heat.items()}
     out["max_abs"] = {name: float(np.abs(h).max()) for name, h in heat.items()}
     out["sum"] = {name: float(R.sum()) for name, R in e.relevance.items()}
@@ -222,4 +259,8 @@ def _numbers(e: DetectionExplanation, meta, logits: np.ndarray, methods: list[st
             }
     if e.partner is not None:
         out["partner"] = {"class": _class_name(meta, e.partner), "label": e.partner}
+    if e.keypoints is not None:
+        names = list(meta.keypoint_names)
+        out["keypoints"] = {n: [float(v) for v in e.keypoints[k]] for k, n in enumerate(names)}
+        out["keypoint_maps"] = [{"regressor": r, "map": name} for r, name in keypoint_map_names(e, meta)]
     return out

@@ -47,6 +47,7 @@ img { max-width: 100%; height: auto; display: block; }
 figure { margin: 0; max-width: 100%; }
 figure.cls { width: 256px; }
 figure.loc { width: 132px; }
+figure.kp { width: 168px; }
 figcaption { font-size: .84rem; color: #333; margin-top: 3px; }
 figcaption b { color: #111; }
 .scale { color: #666; font-size: .78rem; }
@@ -154,6 +155,8 @@ def legend_html(src: str) -> str:
 def _map_title(name: str, d: dict) -> str:
     k = d["class"]
     k2 = (d.get("runner_up") or {}).get("class")
+    if name == "crp" and len(d["logits"]) == 1:  # a single sigmoid logit: "others" is "not k"
+        return f"CRP: why {k} and not 'not {k}' (the logit itself)"
     if name == "crp":
         return f"CRP: why {k} and not any other class"
     if name == "crp_pair":
@@ -199,6 +202,33 @@ def _numbers_table(d: dict) -> str:
     return table + note
 
 
+def _keypoint_part(d: dict) -> str:
+    """The keypoint maps of a detector with keypoints (BlazeFace): the face with its predicted
+    keypoints, then per keypoint regressor "what moves it right" (x) or "down" (y), each
+    figure ``<figure data-regressor="nose_tip_x">`` with the keypoint marked by a square."""
+    out = ["<h3>Keypoints: what moves each one right or down</h3>"]
+    out.append(
+        '<p class="lede">CRP, +1 at each keypoint regressor of this detection (alpha1beta1 at the '
+        "head): red pushes the keypoint right (x) or down (y), blue pushes it the other way. The square "
+        "marks the predicted keypoint; the pictures show the region around the face.</p>"
+    )
+    out.append('<div class="maps">')
+    kps = ", ".join(f"{n.replace('_', ' ')} ({v[0]:.0f}, {v[1]:.0f})" for n, v in d["keypoints"].items())
+    face = d["keypoint_face"]
+    out.append(
+        f'<figure class="kp">{_img(face, "the face with its predicted keypoints")}'
+        f"<figcaption>predicted keypoints (x, y px): {escape(kps)}</figcaption></figure>"
+    )
+    for m in d["keypoint_maps"]:
+        r, name = m["regressor"], m["map"]
+        point, axis = r.rsplit("_", 1)
+        caption = f"what moves the {point.replace('_', ' ')} {'right' if axis == 'x' else 'down'}"
+        fig = _figure(d, name, caption, "kp")
+        out.append(fig.replace('<figure class="kp">', f'<figure class="kp" data-regressor="{escape(r)}">', 1))
+    out.append("</div>")
+    return "\n".join(out)
+
+
 def _detection_section(d: dict, titles: dict) -> str:
     i, k, score = d["detection"], d["class"], d["score"]
     box = ", ".join(f"{v:.1f}" for v in d["box"])
@@ -220,6 +250,8 @@ def _detection_section(d: dict, titles: dict) -> str:
     for coord, sign, word in LOC_QUESTIONS:
         out.append(_figure(d, loc_key(coord, sign), f"what moves the box {word}", "loc"))
     out.append("</div>")
+    if d.get("keypoint_maps"):
+        out.append(_keypoint_part(d))
     if "flow" in d:
         f = d["flow"]
         series = {m: {"abs": f[m]["abs"], "total": f[m]["total"]} for m in f if m != "layers"}

@@ -140,7 +140,7 @@ def _run(node: Node, xs: list[jax.Array]) -> jax.Array:
     elif k == "max_pool":
         y = ops.max_pool(xs[0], a["window"], a["strides"], a["pads"])
     elif k == "avg_pool":
-        y = ops.avg_pool(xs[0], a["window"], a["strides"], a["pads"])
+        y = ops.AveragePool(a["window"], a["strides"], a["pads"], name=node.name)(xs[0])
     elif k == "pad":
         y = ops.pad(xs[0], a["paddings"])
     elif k == "reshape":
@@ -148,7 +148,7 @@ def _run(node: Node, xs: list[jax.Array]) -> jax.Array:
     elif k == "concat":
         y = jax.numpy.concatenate(xs, axis=a["axis"])
     elif k == "resize":
-        y = ops.resize_bilinear(xs[0], a["size"], a["align_corners"], a["half_pixel_centers"])
+        y = ops.ResizeBilinear(a["size"], a["align_corners"], a["half_pixel_centers"], name=node.name)(xs[0])
     else:  # pragma: no cover - specs are built by import_graph only
         raise GraphImportError(f"unknown node kind {k!r}")
     act = a.get("act", ops.ACT_NONE)

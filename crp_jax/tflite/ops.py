@@ -12,10 +12,10 @@ LOGISTIC                :class:`Logistic` module                "activation": pa
 RELU6 (and fused)       ``crp_jax.ssd.ssdlite.ReLU6`` module    "activation": passes through
 RELU (and fused)        ``flax.linen.relu`` (a function)        its gradient is the LRP rule
 MAX_POOL_2D             ``crp_jax.ssd.pool`` winner masks       to the winner (its gradient)
-AVERAGE_POOL_2D         :func:`avg_pool` (sum / count)          gradient: shares sum to 1
+AVERAGE_POOL_2D         :class:`AveragePool` (taps + Add)       z-rule: ``x / count`` shares
 PAD, RESHAPE,           ``jnp`` index maps                      gradient routes, conserves
 CONCATENATION
-RESIZE_BILINEAR         :func:`resize_bilinear` (gather)        gradient: weights sum to 1
+RESIZE_BILINEAR         :class:`ResizeBilinear` (taps + Add)    z-rule: ``x w`` shares
 =====================  ======================================  ==============================
 
 Padding follows TF's "SAME" convention: ``out = ceil(in / stride)`` and the odd extra pixel
@@ -35,7 +35,7 @@ import numpy as np
 from jax import lax
 
 from crp_jax.ssd.pool import max_pool_padded
-from crp_jax.ssd.ssdlite import ReLU6
+from crp_jax.ssd.ssdlite import Add, ReLU6
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -83,15 +83,37 @@ class Rescale(nn.Module):
         return x * scale
 
 
-def avg_pool(x: jax.Array, window: tuple[int, int], stride: tuple[int, int], pads: Pads) -> jax.Array:
+class AveragePool(nn.Module):
     """``[B, H, W, C] -> [B, H', W', C]`` average over the real (unpadded) cells of each window,
-    as TFLite's AVERAGE_POOL_2D computes it."""
-    dims, strides = (1, *window, 1), (1, *stride, 1)
-    full = ((0, 0), *pads, (0, 0))
-    total = lax.reduce_window(x, 0.0, lax.add, dims, strides, full)
-    ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
-    count = lax.reduce_window(ones, 0.0, lax.add, dims, strides, full)
-    return total / count
+    as TFLite's AVERAGE_POOL_2D computes it: ``sum of the window / count of its real cells``.
+
+    Written as an ``Add`` (kind "add") of one :class:`Tap` per window position (kind
+    "rescale", the strided slice of the zero-padded input times ``1 / count``), so that LRP
+    splits an output's relevance over the window in proportion to ``x / count`` (the z-rule)
+    and a cell the ReLU before it zeroed gets none, as :class:`ResizeBilinear` does; its
+    gradient (``1 / count`` to every cell whatever its value) would send relevance to such a
+    cell and the ReLU would drop it. Gradients are unchanged: the module computes the same
+    function."""
+
+    window: tuple[int, int]
+    stride: tuple[int, int]
+    pads: Pads
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        (kh, kw), (sh, sw) = self.window, self.stride
+        full = ((0, 0), *self.pads, (0, 0))
+        ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+        count = lax.reduce_window(ones, 0.0, lax.add, (1, kh, kw, 1), (1, sh, sw, 1), full)  # [1, Ho, Wo, 1]
+        ho, wo = count.shape[1:3]
+        inv = tuple(float(v) for v in np.asarray(1.0 / count).reshape(-1))
+        xp = jnp.pad(x, full)
+        taps = []
+        for i in range(kh):
+            for j in range(kw):
+                cells = xp[:, i : i + (ho - 1) * sh + 1 : sh, j : j + (wo - 1) * sw + 1 : sw]
+                taps.append(Tap(inv, (1, ho, wo, 1), name=f"tap_{i}_{j}")(cells))
+        return Add(name="sum")(*taps)
 
 
 def max_pool(x: jax.Array, window: tuple[int, int], stride: tuple[int, int], pads: Pads) -> jax.Array:
@@ -118,19 +140,49 @@ def _taps(n_in: int, n_out: int, align_corners: bool, half_pixel: bool):
     return lo, hi, frac
 
 
-def resize_bilinear(
-    x: jax.Array, size: tuple[int, int], align_corners: bool = False, half_pixel_centers: bool = False
-) -> jax.Array:
+class Tap(nn.Module):
+    """``x * weights``, the weights a constant of the graph (not a parameter) of broadcast
+    ``shape``: one tap of a resize or a pooling window. Kind "rescale": relevance passes
+    through it unchanged, so that the tap's share is decided by the
+    :class:`~crp_jax.ssd.ssdlite.Add` that sums the taps (``x_i w_i / sum_j x_j w_j``, the
+    z-rule), not multiplied by the weight as a gradient would."""
+
+    weights: tuple[float, ...]
+    shape: tuple[int, ...]
+    relevance_kind: ClassVar[str] = "rescale"
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x * jnp.asarray(self.weights, x.dtype).reshape(self.shape)
+
+
+class ResizeBilinear(nn.Module):
     """``[B, H, W, C] -> [B, size[0], size[1], C]`` as TFLite's RESIZE_BILINEAR (reference
-    kernel): ``y = x[y0] (1 - f) + x[y1] f`` per axis with the source position
-    ``(o + 0.5) * scale - 0.5`` (half-pixel centres) or ``o * scale``, ``scale = in / out``
-    (``(in - 1) / (out - 1)`` with ``align_corners``), indices clamped to the map."""
-    h, w = x.shape[1:3]
-    r0, r1, rf = _taps(h, size[0], align_corners, half_pixel_centers)
-    c0, c1, cf = _taps(w, size[1], align_corners, half_pixel_centers)
-    rf, cf = jnp.asarray(rf)[None, :, None, None], jnp.asarray(cf)[None, None, :, None]
-    rows = x[:, r0] * (1 - rf) + x[:, r1] * rf
-    return rows[:, :, c0] * (1 - cf) + rows[:, :, c1] * cf
+    kernel): ``y = x[y0] (1 - f) + x[y1] f`` per axis (rows, then columns) with the source
+    position ``(o + 0.5) * scale - 0.5`` (half-pixel centres) or ``o * scale``, ``scale = in /
+    out`` (``(in - 1) / (out - 1)`` with ``align_corners``), indices clamped to the map.
+
+    Each axis is an ``Add`` (kind "add") of two :class:`Tap` s (kind "rescale"),
+    so LRP splits an output's relevance over its two sources in proportion to ``x w`` and a
+    source that is 0 (a ReLU's dead unit) gets none. A gradient-routed resize gives every
+    source ``w R`` whatever its value: conserving at the resize, but what reached a dead unit
+    was then dropped by the ReLU before it (BlazeFace full range lost 0.6 % of the relevance at
+    its three upsampling merges, tests/test_blazeface_engine.py). Gradients are unchanged: the
+    module computes the same function."""
+
+    size: tuple[int, int]
+    align_corners: bool = False
+    half_pixel_centers: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for axis, name in ((1, "rows"), (2, "cols")):
+            lo, hi, f = _taps(x.shape[axis], self.size[axis - 1], self.align_corners, self.half_pixel_centers)
+            shape = [1, 1, 1, 1]
+            shape[axis] = len(f)
+            low = Tap(tuple(float(v) for v in 1 - f), tuple(shape), name=f"{name}_lo")
+            high = Tap(tuple(float(v) for v in f), tuple(shape), name=f"{name}_hi")
+            x = Add(name=name)(low(jnp.take(x, lo, axis)), high(jnp.take(x, hi, axis)))
+        return x
 
 
 def pad(x: jax.Array, paddings: tuple[tuple[int, int], ...]) -> jax.Array:
