@@ -43,6 +43,7 @@ _LAZY = {
     # what is asked
     "ClassTarget": "crp_jax.relevance.targets",
     "LocTarget": "crp_jax.relevance.targets",
+    "AnchorContrastTarget": "crp_jax.relevance.pairs",
     "targets_from_detections": "crp_jax.relevance.targets",
     # explaining
     "explain": "crp_jax.relevance.batched",

@@ -15,6 +15,7 @@ from crp_jax.relevance.composite import (
 from crp_jax.relevance.cones import anchor_cone, cone_geometry, cone_sizes
 from crp_jax.relevance.core import relevance_vjp
 from crp_jax.relevance.cropped import CropGroup, compiled_cropped, crop_groups
+from crp_jax.relevance.pairs import AnchorContrastTarget, expand_pairs
 from crp_jax.relevance.targets import COORDS, ClassTarget, LocTarget, regressor_names, targets_from_detections
 from crp_jax.relevance.windows import RelevanceWindows
 
@@ -45,5 +46,7 @@ __all__ = [
     "regressor_names",
     "ClassTarget",
     "LocTarget",
+    "AnchorContrastTarget",
+    "expand_pairs",
     "targets_from_detections",
 ]

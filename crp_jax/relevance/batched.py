@@ -40,6 +40,7 @@ from crp_jax.errors import CheckpointError, ConfigError, InputError, NumericsErr
 from crp_jax.relevance.composite import Composite, get_composite
 from crp_jax.relevance.core import finish, linearize
 from crp_jax.relevance.cropped import Unsupported, compiled_cropped, crop_groups, trimmed_forward
+from crp_jax.relevance.pairs import expand_pairs
 from crp_jax.relevance.targets import ClassTarget, LocTarget, Target, encode_targets, regressor_names
 from crp_jax.relevance.windows import RelevanceWindows
 
@@ -66,7 +67,8 @@ def explain(
         BlazeFace), e.g. ``crp_jax.SSD``.
       variables: its variables (a mapping with ``"params"``).
       x: preprocessed images ``[B, H, W, C]`` float.
-      targets: ``ClassTarget``/``LocTarget`` list (e.g. ``targets_from_detections``). A
+      targets: ``ClassTarget``/``LocTarget``/``AnchorContrastTarget`` list (e.g.
+        ``targets_from_detections``; pairs: crp_jax/relevance/pairs.py). A
         ``LocTarget``'s ``coord`` is one of ``meta.regressor_names`` (without a meta: cx, cy,
         w, h for R = 4, indices otherwise).
       method: preset name ("crp", "lrp_ab", "lrp_eps", "gradient", "gradient_x_input")
@@ -118,6 +120,7 @@ def explain(
         raise ConfigError(f"output {output!r} unknown; use one of {OUTPUTS}")
     chunk_size = _check_count("chunk_size", chunk_size)
     targets = _check_target_list(targets)
+    targets, combine = expand_pairs(targets, layers=layers)  # anchor contrasts -> two halves each
     comp = get_composite(method, meta)
     _check_meta_fits(model, meta)
     variables = _float32_variables(variables)
@@ -132,7 +135,9 @@ def explain(
                 "layers=True and to_host=False are not supported together with mesh=... "
                 "(a mesh's devices may belong to other processes)"
             )
-        R = _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, comp, chunk_size, mesh, A)
+        R = combine(
+            _explain_sharded(model, variables, xs, images, anchors, cls_coef, loc_coef, comp, chunk_size, mesh, A)
+        )
         return _whole_windows(R) if output == "windows" else R
     groups, n_heads = _cropped_groups(model, variables, xs, comp, A, K, crop, n_reg) if crop and not layers else ((), 0)
     windows = output == "windows"
@@ -189,7 +194,7 @@ def explain(
     if layers:
         order = _layer_order(model, variables, xs[:1], comp)
         return out, {k: collect.flow[k] for k in order if k in collect.flow}
-    return out
+    return combine(out)
 
 
 OUTPUTS = ("dense", "windows")
