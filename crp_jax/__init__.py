@@ -53,6 +53,7 @@ _LAZY = {
     "Composite": "crp_jax.relevance.composite",
     "register_composite": "crp_jax.relevance.composite",
     # measuring
+    "diagnose": "crp_jax.eval.diagnose",
     "model_randomization": "crp_jax.metrics",
     # errors
     "CRPError": "crp_jax.errors",
