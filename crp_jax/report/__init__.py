@@ -50,7 +50,7 @@ import numpy as np
 from crp_jax import viz
 from crp_jax.errors import InputError
 from crp_jax.interrupts import interrupted
-from crp_jax.report import figures, html, scenes
+from crp_jax.report import errors, figures, html, scenes
 from crp_jax.report.build import LOC_QUESTIONS, explain_detections, loc_key
 
 GENERATOR = "crp-jax report"
@@ -114,6 +114,7 @@ class ReportWriter:
         settings: dict,
         force: bool = False,
         save_relevance: bool = False,
+        annotations=None,
     ):
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
@@ -130,6 +131,7 @@ class ReportWriter:
         self.methods = ["crp"] + [m for m in methods if m != "crp"]
         self.settings = dict(settings, methods=self.methods)
         self.save_relevance = save_relevance
+        self.annotations = annotations  # crp_jax.eval.coco.CocoAnnotations or None
         self.entries: list[dict] = []
         self.failures: list[dict] = []
         self.scenes: dict[str, object] = {}
@@ -266,6 +268,7 @@ class ReportWriter:
             entry["detections"].append(d)
             if self.save_relevance:
                 arrays.update({f"det{e.index:02d}_{n}": np.asarray(R) for n, R in e.relevance.items()})
+        self._add_errors(entry, path, scene, x, (H, W), shown, f, s, pic, arrays)
         if self.save_relevance:
             (self.tmp / "relevance").mkdir(exist_ok=True)
             np.savez_compressed(self.tmp / "relevance" / f"{stem}.npz", **arrays)
@@ -275,6 +278,37 @@ class ReportWriter:
         if scene is not None:
             self.scene_values.append(scenes.scene_values(exps, det, scene, self.methods))
         return len(exps)
+
+    def _add_errors(self, entry, path, scene, x, size, shown, f, s, pic, arrays) -> None:
+        """The errors view of one image (crp_jax/report/errors.py), where it has ground truth:
+        a generated scene's own, or the ``--annotations`` file's."""
+        if scene is None and self.annotations is None:
+            return
+        if scene is not None:
+            gt, why = (scene.boxes, scene.labels), ""
+        else:
+            ann, why = self.annotations.for_image(path)
+            gt = None
+            if ann is not None:
+                errors.check_annotation_size(ann, size, self.annotations.path)
+                gt = (ann.boxes, ann.labels)
+        entry["annotated"], entry["annotation_note"] = gt is not None, why
+        if gt is None:
+            return
+        cases, counts = errors.image_errors(
+            self.model, self.variables, self.meta, x, gt[0], gt[1], size, self.settings, self.methods[0]
+        )
+        for j, c in enumerate(cases):
+            R = c.pop("relevance")
+            c["index"], c["maps"], c["scale"] = j, {}, {}
+            shown_boxes = [{**b, "box": list(np.asarray(b["box"]) * f)} for b in c["boxes"]]
+            for q in c["questions"]:
+                h = np.asarray(R[q["key"]]).sum(-1)
+                c["scale"][q["key"]] = viz.robust_max(h)
+                c["maps"][q["key"]] = pic(figures.error_png(shown, h, shown_boxes, s), f"err{j:02d}_{q['key']}.png")
+                if self.save_relevance:
+                    arrays[f"err{j:02d}_{q['key']}"] = np.asarray(R[q["key"]])
+        entry["errors"], entry["error_counts"] = cases, counts
 
     # -- output
     def finish(self) -> Path:
