@@ -74,6 +74,10 @@ FIRING = {
         (200, (10, 20, 50, 55), E, 4.0),  # IoU 0.6667 with gt E, 800 / 1800 = 0.4444 with the kept box: survives NMS
     ],
     3: [(100, (10, 10, 50, 50), E, 5.0)],  # not annotated
+    4: [
+        (100, (10, 10, 50, 47), E, 5.0),  # finds gt E (IoU 1480 / 1600 = 0.925)
+        (200, (10, 10, 50, 50), E, 4.0),  # removed by NMS, fits exactly: better by 0.075 only, not reported
+    ],
 }
 MISSED_ANCHOR = 500  # image 0: decodes onto gt O (IoU 39*30 / (40*30) = 0.975) with O's score 0.18
 MISSED_BOX = (81, 10, 120, 40)
@@ -82,6 +86,7 @@ GT = {
     1: ([(10, 10, 50, 50), (30, 10, 70, 50)], [E, E]),
     2: ([(10, 10, 50, 50)], [E]),
     3: (None, None),
+    4: ([(10, 10, 50, 50)], [E]),
 }
 
 
@@ -121,7 +126,8 @@ def test_every_kind_is_found_where_it_was_built(fixed):
     assert counts[1] == {"missed": 1, "false_alarm": 0, "wrong_label": 0, "duplicate": 0}
     assert counts[2] == {"missed": 0, "false_alarm": 0, "wrong_label": 0, "duplicate": 1}
     assert [len(r.correct) for r in result[:3]] == [1, 1, 1]
-    assert [r.annotated for r in result] == [True, True, True, False]
+    assert [r.annotated for r in result] == [True, True, True, False, True]
+    assert result[4].errors == () and len(result[4].correct) == 1  # NMS kept a box 0.075 worse: the rule
     assert result[3].errors == () and result[3].unannotated == (0,)
 
 
@@ -190,9 +196,9 @@ def test_a_second_box_that_survived_nms_is_a_duplicate_not_a_false_alarm(fixed):
 def test_the_cases_targets_can_be_explained(fixed):
     result, _, model, variables, x, meta = fixed
     targets = [t for r in result for c in (*r.errors, *r.correct) for t in c.targets().values()]
-    assert len(targets) == 12
+    assert len(targets) == 13
     R = cj.explain(model, variables, x, targets, method="gradient", meta=meta, crop=False)
-    assert R.shape == (12, *x.shape[1:]) and np.isfinite(R).all()
+    assert R.shape == (13, *x.shape[1:]) and np.isfinite(R).all()
 
 
 @pytest.mark.parametrize(

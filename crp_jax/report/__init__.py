@@ -5,7 +5,8 @@ Layout of a report folder (relative links only; opens from disk, no server, no n
     index.html              one card per image; images that could not be read, with the reason
     quality.html            data-set mode (--scenes N): metric x method table with intervals
     report.json             every number on the pages ("generator": "crp-jax report")
-    pages/STEM.html         one page per image; detection sections carry data-detection="N"
+    pages/STEM.html         one page per image; detection sections carry data-detection="N",
+                            error cases (images with ground truth) data-error="KIND"
     pages/STEM/*.png        the pictures of that page
     pages/legend.png        the colour scale
     scenes/scene_IIII.png   data-set mode: the generated input images
@@ -25,7 +26,8 @@ rerun replaces exactly those and nothing else. A user's own entry of the same na
 ``pages/`` folder the report did not write) is never deleted: the run is refused, naming it.
 The folders are made with the user's umask (not ``mkdtemp``'s 0700).
 
-The numbers are computed in :mod:`crp_jax.report.build`, the pictures in
+The numbers are computed in :mod:`crp_jax.report.build` (the errors view in
+:mod:`crp_jax.report.errors`), the pictures in
 :mod:`crp_jax.report.figures`, the markup in :mod:`crp_jax.report.html`, the data-set table
 in :mod:`crp_jax.report.scenes`. The command line (``crp_jax.cli.report``) loads the
 model and the images and drives a :class:`ReportWriter`.
