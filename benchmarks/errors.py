@@ -7,9 +7,11 @@ discriminative part occluded, up to 6 objects) until at least ``--min-missed`` m
 and ``--min-false-alarms`` false alarms are found by ``cj.diagnose`` at the report's score
 threshold 0.5; the shipped model. Every heatmap is ``R.sum(-1)`` at the input (128 x 128).
 
-1. Missed objects ("why not <true class>": the true class against the class that won at the
-   anchor whose decoded box fits the object best, background included; the same initial
-   relevance for every method, so that only the rules differ): the share of the *negative*
+1. Missed objects (CRP: "why not <true class>", the true class against the class that won at
+   the anchor whose decoded box fits the object best, background included; LRP-ab and
+   gradient x input: their own one-hot question "evidence for <true class>", and gradient x
+   input also CRP's question; LRP-ab given CRP's question *is* CRP on class targets, same w+
+   and z^B rules, so that row would repeat CRP's): the share of the *negative*
    relevance (evidence for the winner) that lies on (a) the ink of the other objects whose
    boxes overlap the missed one's (its occluders and crowders; objects without any are left
    out), (b) the missed object's discriminative part (what tells E from F), (c) its own ink;
@@ -21,7 +23,8 @@ threshold 0.5; the shipped model. Every heatmap is ``R.sum(-1)`` at the input (1
    object only, 0.5 = it cannot tell the two apart. Methods: the anchor contrast
    ``AnchorContrastTarget(a, b)`` under CRP, LRP-ab and gradient x input, and the single-anchor
    questions (CRP's class contrast, LRP-ab's and gradient x input's one-hot).
-3. False alarms ("why <class> and not background", same initial relevance for every method):
+3. False alarms (CRP: "why <class> and not background"; the baselines their one-hot class
+   evidence, gradient x input also CRP's question):
    the share of the positive relevance on glyph ink (partial glyphs: other objects' visible
    ink), on clutter shapes (``Scene.clutter_mask``), on the rest (smooth background), inside
    the false alarm's box and in the whole image.
@@ -52,7 +55,22 @@ from crp_jax.metrics import bootstrap_ci
 
 SPEC = SceneSpec(clutter=3.0, allow_overlap=1.0, max_occlusion=0.6, max_part_occlusion=0.5, max_objects=6)
 THRESHOLD = 0.5
-METHODS = ("crp", "lrp_ab", "gradient_x_input")
+# (row, method, question): each method's own question (CRP's contrast, the baselines' one-hot
+# class evidence) and gradient x input given CRP's contrastive question. LRP-ab given CRP's
+# question is CRP itself: on class targets both use w+ down to z^B at the input, CRP differs by
+# its initial relevance (and its box rule), so that row would repeat CRP's to the last digit.
+MISSED_ROWS = (
+    ("crp: why not <true> (against the winner)", "crp", "why_not"),
+    ("lrp_ab: evidence for <true> (one-hot)", "lrp_ab", "missing"),
+    ("gradient_x_input: evidence for <true> (one-hot)", "gradient_x_input", "missing"),
+    ("gradient_x_input: why not <true> (CRP's question)", "gradient_x_input", "why_not"),
+)
+FALSE_ALARM_ROWS = (
+    ("crp: why <class> and not background", "crp", "contrast"),
+    ("lrp_ab: evidence for <class> (one-hot)", "lrp_ab", "one-hot"),
+    ("gradient_x_input: evidence for <class> (one-hot)", "gradient_x_input", "one-hot"),
+    ("gradient_x_input: why <class> and not background", "gradient_x_input", "contrast"),
+)
 
 
 def find_cases(min_missed: int, min_fa: int, max_scenes: int, batch: int, model, variables, meta):
@@ -129,10 +147,10 @@ def missed_table(model, variables, meta, scenes, diags, max_cases: int):
         "part": [r[1].mean() for r in regions],
         "own": [r[2].mean() for r in regions],
     }
-    for method in METHODS:
-        h = _explain(model, variables, meta, scenes, [(i, m.targets()["why_not"]) for i, m in cases], method)
+    for row, method, question in MISSED_ROWS:
+        h = _explain(model, variables, meta, scenes, [(i, m.targets()[question]) for i, m in cases], method)
         neg = np.maximum(-h, 0.0)
-        rows[method] = {
+        rows[row] = {
             "occluders": [_share(n, r[0]) if r[0] is not None else np.nan for n, r in zip(neg, regions)],
             "part": [_share(n, r[1]) for n, r in zip(neg, regions)],
             "own": [_share(n, r[2]) for n, r in zip(neg, regions)],
@@ -197,8 +215,12 @@ def false_alarm_table(model, variables, meta, scenes, diags):
         rest = ~ink & ~clutter
         regions.append((_box_mask(f.box, S), ink, clutter, rest))
     rows = {}
-    for method in METHODS:
-        h = _explain(model, variables, meta, scenes, [(i, f.targets()["why"]) for i, f in cases], method)
+    for row, method, question in FALSE_ALARM_ROWS:
+        items = []
+        for i, f in cases:
+            t = f.targets()["why"]
+            items.append((i, t if question == "contrast" else cj.ClassTarget(t.image, t.anchor, t.cls, "none")))
+        h = _explain(model, variables, meta, scenes, items, method)
         pos = np.maximum(h, 0.0)
         r = {k: [] for k in ("in_box", "ink", "clutter", "rest", "ink_in_box", "clutter_in_box", "rest_in_box")}
         for p, (box, ink, clutter, rest) in zip(pos, regions):
@@ -206,7 +228,7 @@ def false_alarm_table(model, variables, meta, scenes, diags):
             for name, reg in (("ink", ink), ("clutter", clutter), ("rest", rest)):
                 r[name].append(_share(p, reg))
                 r[f"{name}_in_box"].append(_share(p * box, reg))
-        rows[method] = r
+        rows[row] = r
     area = {
         "in_box": [b.mean() for b, *_ in regions],
         "ink": [k.mean() for _, k, _, _ in regions],
@@ -300,8 +322,9 @@ def main(argv=None) -> int:
     )
     L.append("- cells: mean [95 % percentile bootstrap interval, 1000 resamples] over cases (n)\n")
     L.append(
-        f'**Missed objects**: share of the negative relevance of "why not <true class>" (the true class against the '
-        f"class that won there; the same initial relevance for every method) on each region; n = {len(missed)} "
+        "**Missed objects**: share of each map's negative relevance (evidence against the true class) on each region; "
+        'CRP asks "why not <true class>" (the true class against the class that won at the anchor), the baselines '
+        f"their own one-hot question, gradient x input also CRP's; n = {len(missed)} "
         f"(occluders: the {_n(m_area['occluders'])} missed objects whose box another object's box overlaps)\n"
     )
     L.append("| method | on occluders' ink | on its discriminative part | on its own ink | negative share of Σ|R| |")
@@ -324,8 +347,8 @@ def main(argv=None) -> int:
         L.append(f"| {name} | {cell(v)} | {_n(v)} |")
     L.append("")
     L.append(
-        f'**False alarms**: where the positive relevance of "why <class> and not background" lies (the same initial '
-        f"relevance for every method); n = {len(fas)}\n"
+        '**False alarms**: where each map\'s positive relevance lies; CRP asks "why <class> and not background", the '
+        f"baselines their one-hot class evidence, gradient x input also CRP's question; n = {len(fas)}\n"
     )
     L.append(
         "| method | in the box | glyph ink (partial glyphs) | clutter shapes | smooth background | in the box: ink | in the box: clutter | in the box: background |"
@@ -335,9 +358,7 @@ def main(argv=None) -> int:
     for method, r in f_rows.items():
         L.append(f"| {method} | " + " | ".join(cell(r[k]) for k in keys) + " |")
     L.append("| area share (uniform map) | " + " | ".join(cell(f_area[k]) for k in keys) + " |\n")
-    L.append(
-        "Figures (CRP): " + ", ".join(f"`{Path(f).relative_to(Path(__file__).resolve().parent.parent)}`" for f in figs)
-    )
+    L.append("Figures (CRP maps, 3x): " + ", ".join(f"`{Path(f).name}`" for f in figs) + f" in `{args.figures}`")
     text = "\n".join(L) + "\n"
     print(text)
     if args.md:

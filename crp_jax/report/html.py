@@ -72,7 +72,7 @@ svg .ax { stroke: #444; stroke-width: 1; } svg .gr { stroke: #e6e6e6; stroke-wid
 .card h2 { font-size: .95rem; margin: .5em 0 .2em; overflow-wrap: break-word; }
 .card p { margin: .2em 0; font-size: .9rem; }
 .failed code { overflow-wrap: anywhere; }
-td.links { white-space: normal; text-align: left; }
+td.links, th.links { white-space: normal; text-align: left; }
 section.err { border-left: 4px solid #e0b000; padding-left: 10px; margin-top: 18px; }
 ol.dets { padding-left: 1.4em; margin: .3em 0; } ol.dets li { margin: .15em 0; }
 @media (max-width: 640px) {
@@ -335,7 +335,7 @@ def _errors_summary(entries: Sequence[dict]) -> str:
             f'<td class="links">{links or "–"}</td></tr>'
         )
     out.append(
-        '<div class="tablewrap"><table><thead><tr><th>kind</th><th>count</th><th>images</th></tr></thead>'
+        '<div class="tablewrap"><table><thead><tr><th>kind</th><th>count</th><th class="links">images</th></tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
     missing = [e for e in judged if not e["annotated"]]
