@@ -10,9 +10,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from types import SimpleNamespace
 
@@ -20,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_explain_reference import CELLS, CIN, HIGH, LOW, S, _tiny, reference_from_heads
+from test_sharding import run_on_host_devices
 
 import crp_jax as cj
 from crp_jax.errors import ConfigError, TargetError
@@ -138,12 +136,7 @@ SHARDED_SCRIPT = textwrap.dedent(
 
 
 def test_sharded_anchor_contrasts_match_float64_matrices():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
-    tests = os.path.dirname(os.path.abspath(__file__))
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(tests), tests, env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and "SHARDED_PAIRS_OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    run_on_host_devices(SHARDED_SCRIPT, 4, "SHARDED_PAIRS_OK")
 
 
 @pytest.mark.parametrize(
