@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import crp_jax as cj
-from crp_jax.errors import InputError
+from crp_jax.errors import ConfigError, InputError
 from crp_jax.ssd.anchors import default_boxes_xyxy
 
 
@@ -221,3 +221,23 @@ def test_ground_truth_that_does_not_fit_is_named(fixed, boxes, labels, match):
     _, _, model, variables, x, meta = fixed
     with pytest.raises(InputError, match=match):
         cj.diagnose(model, variables, x[:1], boxes, labels, meta=meta)
+
+
+def test_settings_and_detectors_diagnose_cannot_serve_are_refused(fixed):
+    _, _, model, variables, x, meta = fixed
+    gt = ([[(10, 10, 50, 50)]], [[1]])
+    for kwargs, match in (
+        ({"iou": 0.0}, r"iou must be a number in \(0, 1\], got 0\.0"),
+        ({"score_threshold": 1.0}, r"score_threshold must be in \[0, 1\), got 1\.0"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            cj.diagnose(model, variables, x[:1], *gt, meta=meta, **kwargs)
+
+    class OwnPipeline:  # a meta with its own post-processing, as BlazeFace's
+        config = meta.config
+
+        def detect(self, *args, **kwargs):
+            raise AssertionError("not called")
+
+    with pytest.raises(ConfigError, match=r"SSD-style detectors"):
+        cj.diagnose(model, variables, x[:1], *gt, meta=OwnPipeline())
