@@ -43,6 +43,7 @@ _LAZY = {
     # what is asked
     "ClassTarget": "crp_jax.relevance.targets",
     "LocTarget": "crp_jax.relevance.targets",
+    "AnchorContrastTarget": "crp_jax.relevance.pairs",
     "targets_from_detections": "crp_jax.relevance.targets",
     # explaining
     "explain": "crp_jax.relevance.explain",
@@ -54,6 +55,7 @@ _LAZY = {
     "Composite": "crp_jax.relevance.composite",
     "register_composite": "crp_jax.relevance.composite",
     # measuring
+    "diagnose": "crp_jax.eval.diagnose",
     "model_randomization": "crp_jax.metrics",
     # errors
     "CRPError": "crp_jax.errors",

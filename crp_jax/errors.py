@@ -54,3 +54,8 @@ class GraphImportError(CheckpointError):
 
 class MissingExtraError(CRPError, ImportError):
     """An optional dependency is not installed; the message names the pip extra that adds it."""
+
+
+class AnnotationError(InputError):
+    """A ground-truth annotation file that does not fit the images or the model's classes:
+    the message names the file, the field (``annotations[3].bbox``) and the value."""

@@ -399,3 +399,31 @@ def test_spec_variants_and_validation():
         generate_scene(0, 1.5)
     with pytest.raises(ConfigError):
         make_batch(0, [0], SPEC, max_boxes=2)
+
+
+def test_clutter_mask_marks_the_clutter_shapes_and_no_glyph():
+    quiet = generate_scene(3, 5, SceneSpec(clutter=0.0))
+    assert quiet.clutter_mask.shape == quiet.image.shape[:2] and not quiet.clutter_mask.any()
+    busy = [generate_scene(3, i, SceneSpec(clutter=2.0)) for i in range(4)]
+    for s in busy:
+        m = s.clutter_mask
+        assert m.any() and not (m & s.masks.any(0)).any()  # under the glyphs' visible ink: none
+    # clutter shapes are drawn over a smooth background: on them the image departs from its
+    # 3x3 neighbourhood's mean far more than on the background elsewhere
+    edge, flat = [], []
+    for s in busy:
+        img = s.image.astype(np.float64).mean(-1)
+        pad = np.pad(img, 1, mode="edge")
+        local = (
+            sum(
+                pad[1 + dy : 1 + dy + img.shape[0], 1 + dx : 1 + dx + img.shape[1]]
+                for dy in (-1, 0, 1)
+                for dx in (-1, 0, 1)
+            )
+            / 9
+        )
+        dev = np.abs(img - local)
+        background = ~s.clutter_mask & ~s.masks.any(0)
+        edge.append(dev[s.clutter_mask].mean())
+        flat.append(dev[background].mean())
+    assert np.mean(edge) > 1.5 * np.mean(flat), (edge, flat)

@@ -73,24 +73,34 @@ def _tiny():
 
 
 def _reference(variables, x_img, cls_vec=None, loc_vec=None, anchor=0):
+    """Relevance at the input of one image by the crp preset's rules in float64, the initial
+    relevance ``cls_vec`` / ``loc_vec`` at box ``anchor`` (see :func:`reference_from_heads`)."""
+    heads = {}
+    for head, vec in (("cls_0", cls_vec), ("loc_0", loc_vec)):
+        if vec is not None:
+            n = len(vec)
+            heads[head] = np.zeros(CELLS * n)
+            heads[head][anchor * n : (anchor + 1) * n] = vec
+    return reference_from_heads(variables, x_img, heads)
+
+
+def reference_from_heads(variables, x_img, heads: dict):
     """Relevance at the input of one image by the crp preset's rules in float64: w+ at cls_0,
-    alpha1beta1 at loc_0, the ReLU's gradient, z^B at conv1_1."""
+    alpha1beta1 at loc_0, the ReLU's gradient, z^B at conv1_1; ``heads`` maps a head to its
+    whole initial relevance ``[CELLS * n]`` (cell-major, as the head's output)."""
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
     M1 = dense_matrix(FIRST, p["conv1_1"]["kernel"])
     z1 = x_img.astype(np.float64).ravel() @ M1 + np.tile(p["conv1_1"]["bias"], S * S)
     h = np.maximum(z1, 0.0)
     R_h = np.zeros_like(h)
-    for head, vec, spec in (
-        ("cls_0", cls_vec, ("wplus", dict(stabilizer=1e-9))),
-        ("loc_0", loc_vec, ("alphabeta", dict(alpha=1.0, beta=1.0, stabilizer=1e-9))),
+    for head, spec in (
+        ("cls_0", ("wplus", dict(stabilizer=1e-9))),
+        ("loc_0", ("alphabeta", dict(alpha=1.0, beta=1.0, stabilizer=1e-9))),
     ):
-        if vec is None:
+        if head not in heads:
             continue
-        n = len(vec)
-        R_out = np.zeros(CELLS * n)
-        R_out[anchor * n : (anchor + 1) * n] = vec
         M = dense_matrix(HEAD, p[head]["kernel"])
-        R_h += reference_rule(spec, M, None, h, np.tile(p[head]["bias"], CELLS), R_out)
+        R_h += reference_rule(spec, M, None, h, np.tile(p[head]["bias"], CELLS), heads[head])
     R_z1 = R_h * (z1 > 0)  # ReLU passes relevance as its gradient
     low, high = np.tile(LOW, S * S), np.tile(HIGH, S * S)
     R_x = reference_rule(("zbox", dict(stabilizer=1e-9)), M1, None, x_img.ravel(), None, R_z1, low, high)

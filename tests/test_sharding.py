@@ -155,11 +155,17 @@ TINY_SCRIPT = textwrap.dedent(
 )
 
 
-def test_sharded_explain_matches_float64_matrices():
-    # The comparison above shares every rule with the unsharded path; this one does not.
+def run_on_host_devices(script: str, devices: int, done: str, timeout: int = 900) -> None:
+    """Run ``script`` in a fresh process with ``devices`` forced host devices (the tests folder
+    importable) and check that it printed ``done``."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()
     tests = os.path.dirname(os.path.abspath(__file__))
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(tests), tests, env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", TINY_SCRIPT], env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0 and "SHARDED_REFERENCE_OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0 and done in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+def test_sharded_explain_matches_float64_matrices():
+    # The comparison above shares every rule with the unsharded path; this one does not.
+    run_on_host_devices(TINY_SCRIPT, 4, "SHARDED_REFERENCE_OK")

@@ -29,7 +29,8 @@ def build_report_parser(prog: str = f"{PROG} report") -> argparse.ArgumentParser
             "index.html, one page per image with the CRP class heatmap, the contrast against the "
             "runner-up class, the --methods beside it, eight localization maps, the per-layer "
             "relevance flow and the numbers; report.json holds every number. With --scenes N, N "
-            "generated held-out scenes are added with a quality table (quality.html)."
+            "generated held-out scenes are added with a quality table (quality.html) and an errors view "
+            "against their ground truth (as --annotations FILE.json gives it for IMAGE files)."
         ),
         epilog=(
             "The report is built in a temporary folder and moved to --out at the end; an interrupted run "
@@ -49,6 +50,14 @@ def build_report_parser(prog: str = f"{PROG} report") -> argparse.ArgumentParser
     p.add_argument("--scenes", type=nonneg_int, default=0, metavar="N", help="add N generated held-out scenes")
     p.add_argument(
         "--seed", type=nonneg_int, default=None, metavar="N", help="data-set seed of --scenes (default: held-out)"
+    )
+    p.add_argument(
+        "--annotations",
+        metavar="FILE.json",
+        default=None,
+        help="COCO ground truth of the IMAGE files (matched by file name; categories by class name): adds "
+        "the errors view (missed objects, false alarms, wrong labels, duplicates, each explained); --scenes "
+        "always have it",
     )
     p.add_argument("--save-relevance", action="store_true", help="also write relevance/STEM.npz per image")
     p.add_argument(
@@ -80,6 +89,11 @@ def run_report(args) -> int:
     if args.seed is not None and not args.scenes:
         raise UsageError("--seed applies to --scenes N only")
     model, variables, meta = load_model(args)
+    annotations = None
+    if args.annotations is not None:
+        from crp_jax.eval.coco import load_coco
+
+        annotations = load_coco(args.annotations, meta.class_names)
     settings = {
         "score_threshold": args.score_threshold,
         "max_detections": args.max_detections,
@@ -94,6 +108,7 @@ def run_report(args) -> int:
         settings=settings,
         force=args.force,
         save_relevance=args.save_relevance,
+        annotations=annotations,
     ) as writer:
         paths = list(args.images)
         if args.scenes:

@@ -160,7 +160,9 @@ class Scene:
     """One generated scene (see the module docstring for the exact definitions).
 
     image: uint8 [S, S, 3]; boxes: float32 [N, 4] xyxy pixels; labels: int32 [N] in 1..6;
-    masks: bool [N, S, S] visible ink; part_masks: bool [N, S, S] discriminative part.
+    masks: bool [N, S, S] visible ink; part_masks: bool [N, S, S] discriminative part;
+    clutter_mask: bool [S, S] pixels at least half covered by clutter shapes (lines, arcs,
+    scribbles, blobs) and by no glyph's visible ink (None for scenes made without it).
     """
 
     image: np.ndarray
@@ -168,6 +170,7 @@ class Scene:
     labels: np.ndarray
     masks: np.ndarray
     part_masks: np.ndarray
+    clutter_mask: np.ndarray | None = None
 
     @property
     def num_objects(self) -> int:
@@ -203,7 +206,9 @@ def _upsample(nodes: np.ndarray, size: int) -> np.ndarray:
     return out.transpose(1, 0, 2)
 
 
-def _background(rng: np.random.Generator, spec: SceneSpec) -> np.ndarray:
+def _background(rng: np.random.Generator, spec: SceneSpec) -> tuple[np.ndarray, np.ndarray]:
+    """``(image [S, S, 3] float32, clutter [S, S] bool)``: where the clutter shapes cover at
+    least half a pixel."""
     S = spec.image_size
     g = int(rng.integers(2, 5))
     base = rng.uniform(0.0, 255.0, 3)
@@ -217,24 +222,27 @@ def _background(rng: np.random.Generator, spec: SceneSpec) -> np.ndarray:
         amp = np.float32(spec.clutter * rng.uniform(4.0, 14.0))
         grid = grid + rng.uniform(-1.0, 1.0, (m, m, 3)).astype(np.float32) * amp
     img = _upsample(np.ascontiguousarray(grid), S)
+    clutter = np.zeros((S, S), bool)
     if spec.clutter > 0:
-        img = _clutter(rng, spec, img)
-    return np.ascontiguousarray(img)
+        img, clutter = _clutter(rng, spec, img)
+    return np.ascontiguousarray(img), clutter
 
 
-def _clutter(rng: np.random.Generator, spec: SceneSpec, img: np.ndarray) -> np.ndarray:
-    """Thin lines, arcs, scribbles and blobs, anti-aliased by drawing at 2x and reducing."""
+def _clutter(rng: np.random.Generator, spec: SceneSpec, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Thin lines, arcs, scribbles and blobs, anti-aliased by drawing at 2x and reducing; and
+    their coverage mask (the same shapes drawn on a second canvas: no random number more)."""
     S = spec.image_size
     count = int(rng.poisson(6.0 * spec.clutter))
     if count == 0:
-        return img
+        return img, np.zeros((S, S), bool)
     # all random numbers in two draws (per-call overhead dominates small draws)
     u = rng.random((count, 14))
     colours = rng.integers(0, 256, (count, 3))
     base = np.ascontiguousarray(np.rint(np.clip(img, 0, 255)).astype(np.uint8))
     canvas = Image.frombuffer("RGB", (S, S), base, "raw", "RGB", 0, 1)
     canvas = canvas.resize((2 * S, 2 * S), Image.Resampling.NEAREST)
-    draw = ImageDraw.Draw(canvas)
+    cover = Image.new("L", (2 * S, 2 * S), 0)
+    draws = (ImageDraw.Draw(canvas), ImageDraw.Draw(cover))
     T = 2 * S  # 2x coordinates
 
     def span(x: float, lo: float, hi: float) -> int:
@@ -243,28 +251,36 @@ def _clutter(rng: np.random.Generator, spec: SceneSpec, img: np.ndarray) -> np.n
     for k in range(count):
         v = u[k]
         kind = int(v[0] * 4)
-        colour = tuple(int(c) for c in colours[k])
-        width = 1 + int(v[1] * 3)  # 0.5 .. 1.5 px at 1x
-        if kind == 0:  # straight line; ends may lie outside the image
-            xy = [span(x, -T / 4, 5 * T / 4) for x in v[2:6]]
-            draw.line(xy, fill=colour, width=width)
-        elif kind == 1:  # arc, 30 .. 270 degrees
-            cx, cy = span(v[2], 0, T), span(v[3], 0, T)
-            rx, ry = span(v[4], 4, S), span(v[5], 4, S)
-            start = span(v[6], 0, 360)
-            draw.arc([cx - rx, cy - ry, cx + rx, cy + ry], start, start + span(v[7], 30, 270), fill=colour, width=width)
-        elif kind == 2:  # scribble: a short random walk
-            x, y = span(v[2], 0, T), span(v[3], 0, T)
-            pts = [(x, y)]
-            for j in range(4, 4 + 2 * (2 + int(v[12] * 3)), 2):
-                x, y = x + span(v[j], -S / 3, S / 3), y + span(v[j + 1], -S / 3, S / 3)
-                pts.append((x, y))
-            draw.line(pts, fill=colour, width=width, joint="curve")
-        else:  # blob
-            cx, cy = span(v[2], 0, T), span(v[3], 0, T)
-            rx, ry = span(v[4], 4, max(5, S // 3)), span(v[5], 4, max(5, S // 3))
-            draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=colour)
-    return np.asarray(canvas.reduce(2), dtype=np.float32)
+        for draw, colour in zip(draws, (tuple(int(c) for c in colours[k]), 255)):
+            _clutter_shape(draw, v, kind, colour, span, S, T)
+    return (
+        np.asarray(canvas.reduce(2), dtype=np.float32),
+        np.asarray(cover.reduce(2)) >= 128,
+    )
+
+
+def _clutter_shape(draw, v, kind: int, colour, span, S: int, T: int) -> None:
+    """One clutter shape of :func:`_clutter` (``v``: its 14 uniform numbers)."""
+    width = 1 + int(v[1] * 3)  # 0.5 .. 1.5 px at 1x
+    if kind == 0:  # straight line; ends may lie outside the image
+        xy = [span(x, -T / 4, 5 * T / 4) for x in v[2:6]]
+        draw.line(xy, fill=colour, width=width)
+    elif kind == 1:  # arc, 30 .. 270 degrees
+        cx, cy = span(v[2], 0, T), span(v[3], 0, T)
+        rx, ry = span(v[4], 4, S), span(v[5], 4, S)
+        start = span(v[6], 0, 360)
+        draw.arc([cx - rx, cy - ry, cx + rx, cy + ry], start, start + span(v[7], 30, 270), fill=colour, width=width)
+    elif kind == 2:  # scribble: a short random walk
+        x, y = span(v[2], 0, T), span(v[3], 0, T)
+        pts = [(x, y)]
+        for j in range(4, 4 + 2 * (2 + int(v[12] * 3)), 2):
+            x, y = x + span(v[j], -S / 3, S / 3), y + span(v[j + 1], -S / 3, S / 3)
+            pts.append((x, y))
+        draw.line(pts, fill=colour, width=width, joint="curve")
+    else:  # blob
+        cx, cy = span(v[2], 0, T), span(v[3], 0, T)
+        rx, ry = span(v[4], 4, max(5, S // 3)), span(v[5], 4, max(5, S // 3))
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=colour)
 
 
 # ----------------------------------------------------------------------------------------
@@ -429,7 +445,7 @@ def generate_scene(seed: int, index: int, spec: SceneSpec = SceneSpec()) -> Scen
         raise _config_error(f"spec must be a SceneSpec, got {type(spec).__name__}")
     rng = np.random.default_rng([STREAM_VERSION, seed, index])
     S = spec.image_size
-    img = _background(rng, spec)
+    img, clutter = _background(rng, spec)
 
     n = int(rng.integers(spec.min_objects, spec.max_objects + 1))
     labels = rng.integers(1, NUM_CLASSES, size=n)
@@ -480,7 +496,8 @@ def generate_scene(seed: int, index: int, spec: SceneSpec = SceneSpec()) -> Scen
         part_masks[j] = q.part & ~(all_vis & ~masks[j])
         boxes[j] = _box_of(q.vis)
     lab = np.array([q.label for q in placed], np.int32)
-    return Scene(image=image, boxes=boxes, labels=lab, masks=masks, part_masks=part_masks)
+    clutter_mask = clutter & ~all_vis  # glyphs are drawn over the clutter
+    return Scene(image=image, boxes=boxes, labels=lab, masks=masks, part_masks=part_masks, clutter_mask=clutter_mask)
 
 
 def iter_scenes(seed: int, indices: Iterable[int], spec: SceneSpec = SceneSpec()) -> Iterator[Scene]:

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from crp_jax.data.splits import HELDOUT_SEED
-from crp_jax.errors import ConfigError
+from crp_jax.errors import ConfigError, MissingExtraError
 from crp_jax.progress import Progress
 from crp_jax.ssd.boxes import box_iou
 
@@ -210,9 +210,12 @@ def evaluate(
     Scenes come from :func:`crp_jax.data.generate_scene` with ``spec`` (default
     ``SceneSpec()``, 128 px); detections from :func:`crp_jax.ssd.detect.detect` (its
     torchvision defaults, boxes mapped back to scene pixels). Returns the dict of
-    :func:`evaluate_detections` plus ``"seed"``, ``"n"`` and ``"seconds"``.
+    :func:`evaluate_detections` plus ``"seed"``, ``"n"``, ``"seconds"`` and ``"coco"``: COCO's
+    ``{"map", "map50", "map75"}`` by pycocotools (:func:`crp_jax.eval.coco.coco_map`), or
+    ``{"missing": why}`` where pycocotools is not installed.
     """
     from crp_jax.data import SceneSpec, generate_scene
+    from crp_jax.eval.coco import coco_map
     from crp_jax.ssd.detect import detect, preprocess_with_sizes
 
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -233,6 +236,10 @@ def evaluate(
         bar.update(len(scenes))
     bar.close()
     res = evaluate_detections(dets, gts, meta.class_names, iou_threshold)
+    try:  # COCO's mAP@[.5:.95] beside VOC's, when pycocotools is installed
+        res["coco"] = coco_map(dets, gts, meta.class_names, [s.image.shape[:2] for s in gts])
+    except MissingExtraError as e:
+        res["coco"] = {"missing": str(e)}
     res.update(seed=int(seed), n=int(n), seconds=round(time.time() - t0, 1))
     return res
 
@@ -244,6 +251,13 @@ def format_table(result: dict) -> str:
     for name, ap in result["ap"].items():
         lines.append(f"{name:<8}{ap:>9.4f}{result['num_gt'][name]:>7d}{result['num_det'][name]:>8d}")
     lines.append(f"{'mAP':<8}{result['map']:>9.4f}")
+    coco = result.get("coco")
+    if coco is not None and "map" in coco:
+        lines.append(
+            f"COCO mAP@[.5:.95] {coco['map']:.4f} (AP@.5 {coco['map50']:.4f}, AP@.75 {coco['map75']:.4f}; pycocotools)"
+        )
+    elif coco is not None:
+        lines.append(f"COCO mAP@[.5:.95]: not computed ({coco['missing']})")
     if "n" in result:
         lines.append(
             f"({result['n']} held-out scenes of data set seed {result['seed']}, {result.get('seconds', 0):.0f}s)"

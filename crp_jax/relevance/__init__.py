@@ -24,6 +24,7 @@ from crp_jax.relevance.explain import (
     output_sizes,
     relevance_flow,
 )
+from crp_jax.relevance.pairs import AnchorContrastTarget, expand_pairs
 from crp_jax.relevance.targets import COORDS, ClassTarget, LocTarget, regressor_names, targets_from_detections
 from crp_jax.relevance.windows import RelevanceWindows
 
@@ -57,5 +58,7 @@ __all__ = [
     "regressor_names",
     "ClassTarget",
     "LocTarget",
+    "AnchorContrastTarget",
+    "expand_pairs",
     "targets_from_detections",
 ]

@@ -31,6 +31,7 @@ from crp_jax.relevance.collect import Collector, whole_windows
 from crp_jax.relevance.composite import Composite, get_composite
 from crp_jax.relevance.cropped import Unsupported, compiled_cropped, crop_groups, trimmed_forward
 from crp_jax.relevance.dense import compiled_functions
+from crp_jax.relevance.pairs import expand_pairs
 from crp_jax.relevance.schedule import DENSE, chunk_size_for, plan, slot_arrays
 from crp_jax.relevance.targets import ClassTarget, LocTarget, Target, encode_targets, regressor_names
 from crp_jax.relevance.windows import RelevanceWindows
@@ -48,7 +49,8 @@ _ARGS = """
         BlazeFace), e.g. ``crp_jax.SSD``.
       variables: its variables (a mapping with ``"params"``).
       x: preprocessed images ``[B, H, W, C]`` float.
-      targets: ``ClassTarget``/``LocTarget`` list (e.g. ``targets_from_detections``). A
+      targets: ``ClassTarget``/``LocTarget``/``AnchorContrastTarget`` list (e.g.
+        ``targets_from_detections``; anchor contrasts: :mod:`crp_jax.relevance.pairs`). A
         ``LocTarget``'s ``coord`` is one of ``meta.regressor_names`` (without a meta: cx, cy,
         w, h for R = 4, indices otherwise).
       method: preset name ("crp", "lrp_ab", "lrp_eps", "gradient", "gradient_x_input", or
@@ -133,7 +135,7 @@ def relevance_flow(
     meta=None,
     chunk_size: int = 8,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    job = _prepare(model, variables, x, targets, method, meta, chunk_size)
+    job = _prepare(model, variables, x, targets, method, meta, chunk_size, flow=True)
     out, flow = _run_local(job, (), 0, to_host=True, windows=False, layers=True)
     bad = _nonfinite_targets(out)
     if len(bad):
@@ -164,16 +166,19 @@ class _Job:
     num_classes: int
     num_regressors: int
     regressors: Any  # names, or the count
+    combine: Any  # elementary targets' relevance -> one row per given target (pairs.expand_pairs)
     images: np.ndarray  # [T]
     anchors: np.ndarray  # [T]
     cls_coef: np.ndarray  # [T, K]
     loc_coef: np.ndarray  # [T, R]
 
 
-def _prepare(model, variables, x, targets, method, meta, chunk_size) -> _Job:
+def _prepare(model, variables, x, targets, method, meta, chunk_size, flow: bool = False) -> _Job:
+    """Checks, composite and encoded targets; anchor contrasts (:mod:`crp_jax.relevance.pairs`)
+    become two elementary targets each, in the same calls."""
     xs = _check_images(x)
     chunk_size = _check_count("chunk_size", chunk_size)
-    targets = _check_target_list(targets)
+    targets, combine = expand_pairs(_check_target_list(targets), layers=flow)
     comp = get_composite(method, meta)
     _check_meta_fits(model, meta)
     variables = _float32_variables(variables)
@@ -182,7 +187,21 @@ def _prepare(model, variables, x, targets, method, meta, chunk_size) -> _Job:
     regressors = names if names is not None else n_reg
     images, anchors, cls_coef, loc_coef = encode_targets(targets, xs.shape[0], A, K, comp.contrast, regressors)
     return _Job(
-        model, variables, xs, targets, comp, chunk_size, A, K, n_reg, regressors, images, anchors, cls_coef, loc_coef
+        model,
+        variables,
+        xs,
+        targets,
+        comp,
+        chunk_size,
+        A,
+        K,
+        n_reg,
+        regressors,
+        combine,
+        images,
+        anchors,
+        cls_coef,
+        loc_coef,
     )
 
 
@@ -205,7 +224,7 @@ def _explain(model, variables, x, targets, method, meta, chunk_size, mesh, to_ho
     bad = _nonfinite_targets(out)
     if len(bad):
         _raise_nonfinite_relevance(job, bad)
-    return out
+    return job.combine(out)
 
 
 def _run_local(job: _Job, groups: tuple, n_heads: int, *, to_host: bool, windows: bool, layers: bool):

@@ -238,7 +238,9 @@ def encode_targets(
     loc_coef = np.zeros((T, _regressors(regressors)[1]), np.float32)
     for t, tg in enumerate(targets):
         if not isinstance(tg, (ClassTarget, LocTarget)):
-            raise TargetError(f"target {t} is a {type(tg).__name__}, not a ClassTarget or LocTarget")
+            raise TargetError(
+                f"target {t} is a {type(tg).__name__}, not a ClassTarget or LocTarget (nor an AnchorContrastTarget)"
+            )
         try:
             _check_index("image", tg.image, num_images)
             _check_index("anchor", tg.anchor, num_anchors)

@@ -5,7 +5,8 @@ Layout of a report folder (relative links only; opens from disk, no server, no n
     index.html              one card per image; images that could not be read, with the reason
     quality.html            data-set mode (--scenes N): metric x method table with intervals
     report.json             every number on the pages ("generator": "crp-jax report")
-    pages/STEM.html         one page per image; detection sections carry data-detection="N"
+    pages/STEM.html         one page per image; detection sections carry data-detection="N",
+                            error cases (images with ground truth) data-error="KIND"
     pages/STEM/*.png        the pictures of that page
     pages/legend.png        the colour scale
     scenes/scene_IIII.png   data-set mode: the generated input images
@@ -25,7 +26,8 @@ rerun replaces exactly those and nothing else. A user's own entry of the same na
 ``pages/`` folder the report did not write) is never deleted: the run is refused, naming it.
 The folders are made with the user's umask (not ``mkdtemp``'s 0700).
 
-The numbers are computed in :mod:`crp_jax.report.build`, the pictures in
+The numbers are computed in :mod:`crp_jax.report.build` (the errors view in
+:mod:`crp_jax.report.errors`), the pictures in
 :mod:`crp_jax.report.figures`, the markup in :mod:`crp_jax.report.html`, the data-set table
 in :mod:`crp_jax.report.scenes`. The command line (``crp_jax.cli.report``) loads the
 model and the images and drives a :class:`ReportWriter`.
@@ -53,7 +55,7 @@ from crp_jax.apps.figures import keypoint_cells
 from crp_jax.errors import InputError
 from crp_jax.interrupts import interrupted
 from crp_jax.relevance.targets import LocTarget
-from crp_jax.report import figures, html, scenes
+from crp_jax.report import errors, figures, html, scenes
 from crp_jax.report.build import LOC_QUESTIONS, explain_detections, keypoint_map_names, loc_key
 
 GENERATOR = "crp-jax report"
@@ -117,6 +119,7 @@ class ReportWriter:
         settings: dict,
         force: bool = False,
         save_relevance: bool = False,
+        annotations=None,
     ):
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
@@ -133,6 +136,7 @@ class ReportWriter:
         self.methods = ["crp"] + [m for m in methods if m != "crp"]
         self.settings = dict(settings, methods=self.methods)
         self.save_relevance = save_relevance
+        self.annotations = annotations  # crp_jax.eval.coco.CocoAnnotations or None
         self.entries: list[dict] = []
         self.failures: list[dict] = []
         self.scenes: dict[str, object] = {}
@@ -278,6 +282,7 @@ class ReportWriter:
             entry["detections"].append(d)
             if self.save_relevance:
                 arrays.update({f"det{e.index:02d}_{n}": np.asarray(R) for n, R in e.relevance.items()})
+        self._add_errors(entry, path, scene, x, (H, W), shown, f, s, pic, arrays)
         if self.save_relevance:
             (self.tmp / "relevance").mkdir(exist_ok=True)
             np.savez_compressed(self.tmp / "relevance" / f"{stem}.npz", **arrays)
@@ -287,6 +292,37 @@ class ReportWriter:
         if scene is not None:
             self.scene_values.append(scenes.scene_values(exps, det, scene, self.methods))
         return len(exps)
+
+    def _add_errors(self, entry, path, scene, x, size, shown, f, s, pic, arrays) -> None:
+        """The errors view of one image (crp_jax/report/errors.py), where it has ground truth:
+        a generated scene's own, or the ``--annotations`` file's."""
+        if scene is None and self.annotations is None:
+            return
+        if scene is not None:
+            gt, why = (scene.boxes, scene.labels), ""
+        else:
+            ann, why = self.annotations.for_image(path)
+            gt = None
+            if ann is not None:
+                errors.check_annotation_size(ann, size, self.annotations.path)
+                gt = (ann.boxes, ann.labels)
+        entry["annotated"], entry["annotation_note"] = gt is not None, why
+        if gt is None:
+            return
+        cases, counts = errors.image_errors(
+            self.model, self.variables, self.meta, x, gt[0], gt[1], size, self.settings, self.methods[0]
+        )
+        for j, c in enumerate(cases):
+            R = c.pop("relevance")
+            c["index"], c["maps"], c["scale"] = j, {}, {}
+            shown_boxes = [{**b, "box": list(np.asarray(b["box"]) * f)} for b in c["boxes"]]
+            for q in c["questions"]:
+                h = np.asarray(R[q["key"]]).sum(-1)
+                c["scale"][q["key"]] = viz.robust_max(h)
+                c["maps"][q["key"]] = pic(figures.error_png(shown, h, shown_boxes, s), f"err{j:02d}_{q['key']}.png")
+                if self.save_relevance:
+                    arrays[f"err{j:02d}_{q['key']}"] = np.asarray(R[q["key"]])
+        entry["errors"], entry["error_counts"] = cases, counts
 
     # -- output
     def finish(self) -> Path:

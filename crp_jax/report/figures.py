@@ -189,3 +189,43 @@ def interval_svg(rows: Sequence[str], cells: Sequence[tuple[float, float, float]
         f'<svg class="chart small" viewBox="0 0 {W} {H}" role="img" aria-label="{html.escape(title)}. {html.escape(desc)}">'
         f"<title>{html.escape(title)}</title>{''.join(out)}</svg>"
     )
+
+
+#: Colours of the errors view's boxes: the object or box a case is about (dashed), the box
+#: that was kept or detected (solid). Neither red nor blue, which belong to relevance.
+ERROR_DASHED = (255, 200, 0)
+ERROR_SOLID = (0, 170, 60)
+
+
+def error_png(pixels, heatmap, boxes: Sequence[dict], scale: int) -> Image.Image:
+    """One error case's map over the (grey) image, with its boxes (``{"box": xyxy in the
+    image's pixels, "dashed": bool, "label": str}``): a missed object or a removed box dashed,
+    kept or detected boxes solid."""
+    from PIL import ImageDraw
+
+    img = viz.overlay(pixels, heatmap, scale=scale)
+    draw = ImageDraw.Draw(img)
+    width = max(2, round(min(img.size) / 150))
+    f = viz.font(max(9, round(min(img.size) / 22)))
+    for b in boxes:
+        x1, y1, x2, y2 = (float(v) * scale for v in b["box"])
+        colour = ERROR_DASHED if b["dashed"] else ERROR_SOLID
+        if b["dashed"]:
+            _dashed_rectangle(draw, (x1, y1, x2, y2), colour, width, dash=max(4, 3 * width))
+        else:
+            draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
+        draw.text((x1 + width + 1, y1 + width), b["label"], fill=colour, font=f, stroke_width=1, stroke_fill=(0, 0, 0))
+    return img
+
+
+def _dashed_rectangle(draw, box, colour, width: int, dash: int) -> None:
+    x1, y1, x2, y2 = box
+    for (ax, ay), (bx, by) in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
+        length = math.hypot(bx - ax, by - ay)
+        n = max(1, int(length // (2 * dash)))
+        for j in range(n + 1):
+            t0, t1 = 2 * j * dash / max(length, 1e-9), min(1.0, (2 * j + 1) * dash / max(length, 1e-9))
+            if t0 >= 1.0:
+                break
+            draw.line([(ax + (bx - ax) * t0, ay + (by - ay) * t0), (ax + (bx - ax) * t1, ay + (by - ay) * t1)],
+                      fill=colour, width=width)  # fmt: skip

@@ -6,7 +6,10 @@ network. Pages are built from the same dictionaries that go into ``report.json``
 number on a page is in the JSON too.
 
 Markup that outside checks rely on: each detection's section on an image page is
-``<section data-detection="N">`` with N from 0 in ``crp-jax detect``'s order. The inline
+``<section data-detection="N">`` with N from 0 in ``crp-jax detect``'s order; each error case
+(images with ground truth) is ``<section data-error="KIND">``, KIND one of ``missed``,
+``false_alarm``, ``wrong_label``, ``duplicate`` (``cj.diagnose``'s cases; the index's counts
+carry no such attribute, so counting it over the image pages counts every case once). The inline
 script records, once the page has loaded, JavaScript errors, ``console.error`` calls and
 pictures that did not decode (``naturalWidth == 0``) as JSON in attributes of ``<html>``
 (``data-check-errors``, ``data-check-broken-images``, ``data-check-images``) and whether the
@@ -26,6 +29,7 @@ from html import escape
 
 from crp_jax.relevance.composite import method_title
 from crp_jax.report.build import LOC_QUESTIONS, loc_key
+from crp_jax.report.errors import KIND_TITLES
 from crp_jax.report.figures import flow_svg, interval_svg
 
 CSS = """
@@ -69,6 +73,8 @@ svg .ax { stroke: #444; stroke-width: 1; } svg .gr { stroke: #e6e6e6; stroke-wid
 .card h2 { font-size: .95rem; margin: .5em 0 .2em; overflow-wrap: break-word; }
 .card p { margin: .2em 0; font-size: .9rem; }
 .failed code { overflow-wrap: anywhere; }
+td.links, th.links { white-space: normal; text-align: left; }
+section.err { border-left: 4px solid #e0b000; padding-left: 10px; margin-top: 18px; }
 ol.dets { padding-left: 1.4em; margin: .3em 0; } ol.dets li { margin: .15em 0; }
 @media (max-width: 640px) {
   body { padding: 8px 10px 30px; }
@@ -299,9 +305,76 @@ def image_page(entry: dict, settings: dict, legend_src: str) -> str:
     else:
         body.append(f"<p>No detection with score ≥ {settings['score_threshold']}: nothing to explain.</p>")
     body.append("</div>")
+    if "annotated" in entry:
+        body.append(_errors_part(entry, legend_src))
     body += [_detection_section(d, titles) for d in dets]
     body.append("</main>")
     return document(f"{entry['name']} · crp-jax report", "\n".join(body))
+
+
+def _errors_part(entry: dict, legend_src: str) -> str:
+    """The image's errors against its ground truth: one ``data-error`` section per case."""
+    out = ['<h2 id="errors">Errors against the ground truth</h2>']
+    if not entry["annotated"]:
+        out.append(
+            f"<p>Not annotated: {escape(entry['annotation_note'])}. Its detections are not judged (an image "
+            "without annotations is not an image without objects).</p>"
+        )
+        return "\n".join(out)
+    cases = entry["errors"]
+    if not cases:
+        out.append("<p>No error: every object found once, with its class, and no box on nothing.</p>")
+        return "\n".join(out)
+    counts = ", ".join(f"{n} {KIND_TITLES[k]}" for k, n in entry["error_counts"].items() if n)
+    out.append(
+        f'<p class="lede">{counts}. Maps by CRP, one per question; a dashed box is the missed object or the box '
+        "that lost, a solid one the box that was detected or kept.</p>"
+    )
+    if not entry["detections"]:  # otherwise the legend is shown above already
+        out.append(legend_html(legend_src))
+    for c in cases:
+        out.append(f'<section class="err" id="err-{c["index"]}" data-error="{escape(c["kind"])}">')
+        out.append(f"<h3>{escape(c['title'])}</h3>")
+        out.append(f'<p class="lede">{escape(c["text"])}</p>')
+        out.append('<div class="maps">')
+        for q in c["questions"]:
+            pic = c["maps"][q["key"]]
+            scale = f'<br><span class="scale">full colour at |R| = {fmt(c["scale"][q["key"]])}</span>'
+            out.append(
+                f'<figure class="cls">{_img(pic, q["title"])}<figcaption>{escape(q["title"])}{scale}</figcaption></figure>'
+            )
+        out.append("</div></section>")
+    return "\n".join(out)
+
+
+def _errors_summary(entries: Sequence[dict]) -> str:
+    """Index: error counts per kind with links to the images' errors."""
+    judged = [e for e in entries if "annotated" in e]
+    if not judged:
+        return ""
+    annotated = [e for e in judged if e["annotated"]]
+    out = ['<h2 id="errors">Errors against the ground truth</h2>']
+    out.append(
+        f'<p class="lede">{len(annotated)} of {len(judged)} images have ground truth; errors as '
+        "<code>cj.diagnose</code> finds them (VOC matching at IoU 0.5, the report's score threshold).</p>"
+    )
+    rows = []
+    for k, title in KIND_TITLES.items():
+        found = [(e, e["error_counts"][k]) for e in annotated if e["error_counts"].get(k)]
+        links = ", ".join(f'<a href="{escape(e["page"])}#errors">{escape(e["name"])}</a> ({n})' for e, n in found)
+        rows.append(
+            f'<tr id="errors-{k}"><td>{escape(title)}</td><td>{sum(n for _, n in found)}</td>'
+            f'<td class="links">{links or "–"}</td></tr>'
+        )
+    out.append(
+        '<div class="tablewrap"><table><thead><tr><th>kind</th><th>count</th><th class="links">images</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+    missing = [e for e in judged if not e["annotated"]]
+    if missing:
+        items = "".join(f"<li>{escape(e['name'])}: {escape(e['annotation_note'])}</li>" for e in missing)
+        out.append(f"<p>Not annotated (not judged):</p><ul>{items}</ul>")
+    return "\n".join(out)
 
 
 # ---- index ----------------------------------------------------------------------------------
@@ -325,6 +398,7 @@ def index_page(entries: Sequence[dict], failures: Sequence[dict], settings: dict
             f"{quality['n_scenes']} generated held-out scenes</a> ({quality['n_matched']} matched detections, "
             "bootstrap intervals).</p>"
         )
+    body.append(_errors_summary(entries))
     body.append("<h2>Images</h2>")
     if entries:
         cards = []

@@ -237,6 +237,35 @@ def _select_candidates(scores: np.ndarray, score_threshold: float, topk: int):
     return idx, labels, scores[idx, labels]
 
 
+def nms_candidates(scores, boxes, score_threshold: float, topk_candidates: int):
+    """The candidates ``detect`` hands to NMS in one image, before NMS.
+
+    ``scores [A, K]`` softmax and ``boxes [A, 4]`` decoded xyxy (from :func:`anchor_outputs`)
+    -> ``(anchors [M], labels [M], scores [M], boxes [M, 4])``: per foreground class the
+    anchors scoring above ``score_threshold``, at most ``topk_candidates`` of them, classes
+    in order and each by descending score (what ``detect``'s per-class NMS then thins).
+    """
+    scores, boxes = np.asarray(scores), np.asarray(boxes)
+    anchors, labels, cand_scores = _select_candidates(scores, float(score_threshold), int(topk_candidates))
+    return anchors, labels, cand_scores, boxes[anchors]
+
+
+def anchor_outputs(model, variables, x) -> tuple[np.ndarray, np.ndarray]:
+    """Every anchor's outputs as ``detect`` reads them, before any selection: ``(scores
+    [B, A, K]`` softmax over classes, ``boxes [B, A, 4]`` decoded xyxy in model-input pixels,
+    clipped to the input``)`` (numpy). NaN/Inf pixels raise :class:`InputError`; finite
+    pixels with non-finite outputs :class:`NumericsError` naming the first such layer."""
+    check_image_batch(x, model.config.image_size)
+    scores, boxes, finite, out_finite = jax.device_get(_raw_fn(model)(variables, x))
+    bad = np.flatnonzero(~np.asarray(finite))
+    if bad.size:
+        raise InputError(f"image {int(bad[0])} of the batch contains NaN or Inf pixels (images {bad.tolist()})")
+    bad = np.flatnonzero(~np.asarray(out_finite))
+    if bad.size:
+        _raise_nonfinite(model, variables, x, bad)
+    return np.asarray(scores), np.asarray(boxes)
+
+
 def _postprocess_image(scores, boxes, image, settings, out_size, model_size) -> Detections:
     score_threshold, nms_threshold, max_detections, topk = settings
     anchors, labels, cand_scores = _select_candidates(scores, score_threshold, topk)
@@ -297,6 +326,27 @@ def _raise_nonfinite(model, variables, x, bad: np.ndarray):
     )
 
 
+def postprocess_settings(
+    meta=None,
+    *,
+    score_threshold: float | None = None,
+    nms_threshold: float | None = None,
+    max_detections: int | None = None,
+    topk_candidates: int | None = None,
+) -> tuple[float, float, int, int]:
+    """``(score_threshold, nms_threshold, max_detections, topk_candidates)`` that
+    :func:`detect` uses: each given value (checked, :class:`ConfigError` naming it), else
+    ``meta.postprocess``'s, else SSD300's."""
+    pp = getattr(meta, "postprocess", None)
+    pp = pp if isinstance(pp, Postprocess) else SSD300_POSTPROCESS
+    return _check_settings(
+        pp.score_threshold if score_threshold is None else score_threshold,
+        pp.nms_threshold if nms_threshold is None else nms_threshold,
+        pp.max_detections if max_detections is None else max_detections,
+        pp.topk_candidates if topk_candidates is None else topk_candidates,
+    )
+
+
 def detect(
     model,
     variables,
@@ -349,23 +399,10 @@ def detect(
         raise ConfigError(
             f"meta describes a different architecture than the model (meta: {meta.config}, model: {config})"
         )
-    pp = getattr(meta, "postprocess", None)
-    pp = pp if isinstance(pp, Postprocess) else SSD300_POSTPROCESS
-    settings = _check_settings(
-        pp.score_threshold if score_threshold is None else score_threshold,
-        pp.nms_threshold if nms_threshold is None else nms_threshold,
-        pp.max_detections if max_detections is None else max_detections,
-        pp.topk_candidates if topk_candidates is None else topk_candidates,
-    )
+    settings = postprocess_settings(meta, **settings)
     check_image_batch(x, config.image_size)
     out_sizes = _check_image_sizes(image_sizes, x.shape[0])
-    scores, boxes, finite, out_finite = jax.device_get(_raw_fn(model)(variables, x))
-    bad = np.flatnonzero(~np.asarray(finite))
-    if bad.size:
-        raise InputError(f"image {int(bad[0])} of the batch contains NaN or Inf pixels (images {bad.tolist()})")
-    bad = np.flatnonzero(~np.asarray(out_finite))
-    if bad.size:
-        _raise_nonfinite(model, variables, x, bad)
+    scores, boxes = anchor_outputs(model, variables, x)
     return [
         _postprocess_image(scores[i], boxes[i], i, settings, out_sizes[i], config.image_size)
         for i in range(scores.shape[0])
