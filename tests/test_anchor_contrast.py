@@ -56,9 +56,10 @@ def _pair_problem():
 
 def test_anchor_contrasts_match_float64_matrices_on_a_two_layer_detector():
     model, variables, x, comp, targets, want = _pair_problem()
-    for kwargs in ({}, {"to_host": False}, {"output": "windows"}, {"chunk_size": 1}):
+    for kwargs in ({}, {"to_host": False}, {"windows": True}, {"chunk_size": 1}):
         kwargs = {"chunk_size": 2, **kwargs}
-        R = cj.explain(model, variables, jnp.asarray(x), targets, method=comp, **kwargs)
+        run = cj.explain_windows if kwargs.pop("windows", False) else cj.explain
+        R = run(model, variables, jnp.asarray(x), targets, method=comp, **kwargs)
         if isinstance(R, RelevanceWindows):
             R = R.dense()
         assert R.shape == (len(targets), S, S, CIN), kwargs
