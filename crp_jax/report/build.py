@@ -34,7 +34,7 @@ import numpy as np
 
 import crp_jax as cj
 from crp_jax import metrics
-from crp_jax.apps.explanations import keypoint_regressors, on_image
+from crp_jax.apps.explanations import keypoint_regressors, on_image, partner
 from crp_jax.compiled import cached
 
 CHUNK = 8
@@ -95,15 +95,6 @@ def runner_up(logits: np.ndarray, label: int) -> int | None:
     return next((k for k in order if k not in (0, int(label))), None)
 
 
-def partner_of(meta, label: int) -> int | None:
-    """Confusable partner (E/F, O/Q, P/R) of ``label`` when the weights' classes have one."""
-    from crp_jax.data import PARTNER
-
-    names = list(meta.class_names)
-    other = PARTNER.get(names[label]) if 0 <= label < len(names) else None
-    return names.index(other) if other in names else None
-
-
 @cached("report_logits", maxsize=8)
 def _logits(model):
     """The jitted ``(variables, x) -> cls_logits [B, A, K]`` (compiled once per model)."""
@@ -147,7 +138,7 @@ def explain_detections(
     exps = []
     for i in range(len(det)):
         a, k = int(det.anchors[i]), int(det.labels[i])
-        p = partner_of(meta, k) if partners else None
+        p = partner(meta, k) if partners else None
         e = DetectionExplanation(
             i, k, float(det.scores[i]), np.asarray(det.boxes[i], np.float64), a, runner_up(logits[a], k), p
         )
