@@ -33,3 +33,20 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 
 os.environ["CRP_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="crp-jax-test-cache-")
 atexit.register(shutil.rmtree, os.environ["CRP_JAX_CACHE_DIR"], True)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module, drop the package's compiled functions and jax's own caches: one
+    process runs the whole suite, and XLA programs kept for modules long finished only grow its
+    memory (a full run once ended in a segfault inside XLA's compiler near its end)."""
+    yield
+    import jax
+
+    from crp_jax.compiled import clear_caches
+
+    clear_caches()
+    jax.clear_caches()
