@@ -29,7 +29,13 @@ from crp_jax.checks import check_image_batch
 from crp_jax.errors import CheckpointError, ConfigError, InputError, NumericsError, TargetError
 from crp_jax.relevance.collect import Collector, whole_windows
 from crp_jax.relevance.composite import Composite, get_composite
-from crp_jax.relevance.cropped import Unsupported, compiled_cropped, crop_groups, trimmed_forward
+from crp_jax.relevance.cropped import (
+    Unsupported,
+    batch_rows_readable,
+    compiled_cropped,
+    crop_groups,
+    trimmed_forward,
+)
 from crp_jax.relevance.dense import compiled_functions
 from crp_jax.relevance.pairs import expand_pairs
 from crp_jax.relevance.schedule import DENSE, chunk_size_for, plan, slot_arrays
@@ -237,10 +243,15 @@ def _run_local(job: _Job, groups: tuple, n_heads: int, *, to_host: bool, windows
     group_of = np.full(T, DENSE)
     for i, g in enumerate(groups):
         group_of[(anchors >= g.anchors[0]) & (anchors < g.anchors[1])] = i
+    batches = plan(job.images, group_of, job.chunk_size)
+    if groups and any(len(b.images) > 1 and b.cropped for b in batches):
+        if not batch_rows_readable(model, job.variables, job.xs.shape, comp):
+            groups, group_of = (), np.full(T, DENSE)  # cannot crop within a batch: all dense
+            batches = plan(job.images, group_of, job.chunk_size)
     collect = Collector(T, job.xs.shape[1:], to_host, windows, layers, zeroed=bool(groups))
     dense_out = not (to_host or windows)  # cropped results placed on the device
     finite = []
-    for batch in plan(job.images, group_of, job.chunk_size):
+    for batch in batches:
         xb = jnp.asarray(job.xs[batch.images])
         present = [groups[i] for i in batch.groups]
         if not batch.width and len(present) < n_heads:
