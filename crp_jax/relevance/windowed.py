@@ -422,6 +422,12 @@ class Interpreter:
             geom.append((out_sp[i], ax, padding[i][0] + ax.table * ld - (ke - 1), (ax.n - 1) * ld + ke))
             padding[i] = (ke - 1, ke - 1)
         a = eqn.primitive.bind(lhs.a, rhs, **{**params, "padding": tuple(padding)})
+        return self.placed(eqn, a, geom)
+
+    def placed(self, eqn, a, geom) -> WindowValue:
+        """``a`` (an op's result on its input windows) placed on its output windows: each
+        ``(axis, input window axis, first output cell per source cell, length)`` of ``geom``
+        through :meth:`place`."""
         out_shape = tuple(eqn.outvars[0].aval.shape)
         axes = {}
         for k, ax, f, L in geom:
@@ -439,11 +445,7 @@ class Interpreter:
             geom.append((k, ax, lo + ax.table * (interior + 1), (ax.n - 1) * (interior + 1) + 1))
             config[k] = (0, 0, interior)
         a = eqn.primitive.bind(x.a, jnp.zeros((), x.a.dtype), padding_config=tuple(config))
-        out_shape = tuple(eqn.outvars[0].aval.shape)
-        axes = {}
-        for k, ax, f, L in geom:
-            a, axes[k] = self.place(a, k, f, L, out_shape[k], ax.tag)
-        return WindowValue(a, axes, out_shape)
+        return self.placed(eqn, a, geom)
 
     def rule_slice(self, eqn, params, ins):
         (x,) = ins
@@ -467,11 +469,7 @@ class Interpreter:
             win_limit[k] = count
             geom.append((k, ax, i0, count))
         a = lax.slice(a, win_start, win_limit, strides)
-        out_shape = tuple(eqn.outvars[0].aval.shape)
-        axes = {}
-        for k, ax, f, L in geom:
-            a, axes[k] = self.place(a, k, f, L, out_shape[k], ax.tag)
-        return WindowValue(a, axes, out_shape)
+        return self.placed(eqn, a, geom)
 
     def rule_broadcast_in_dim(self, eqn, params, ins):
         x = ins[0]
