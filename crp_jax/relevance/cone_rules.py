@@ -10,9 +10,8 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
-from jax.extend import core as jex_core
 
-from crp_jax.relevance.jaxprs import call_body
+from crp_jax.relevance import walk
 
 _BIG = 1 << 40  # the lo of an empty interval (hi is -_BIG), so min/max give unions
 
@@ -135,28 +134,6 @@ def _box_bbox_after_reshape(lo, hi, out_shape, in_shape):
 
 # ---- the rules: output demands -> input demands ----------------------------------------
 
-_ELEMENTWISE = frozenset(
-    """abs acos acosh add and asin asinh atan atan2 atanh cbrt ceil clamp complex conj
-    convert_element_type copy copy_p cos cosh digamma div eq erf erf_inv erfc exp exp2 expm1
-    floor ge gt igamma igammac imag integer_pow is_finite le lgamma log log1p logistic lt max
-    min mul ne neg nextafter not or population_count pow real reduce_precision rem round rsqrt
-    select_n shift_left shift_right_arithmetic shift_right_logical sign sin sinh sqrt square
-    sub tan tanh xor""".split()
-)
-_REDUCE = frozenset(
-    "reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or reduce_xor argmax argmin".split()
-)
-_CUMULATIVE = frozenset("cumsum cumprod cummax cummin cumlogsumexp".split())
-_CALLS = frozenset(
-    "jit pjit closed_call core_call custom_jvp_call custom_vjp_call custom_vjp_call_jaxpr remat checkpoint".split()
-)
-
-
-def sub_jaxpr(eqn):
-    """The called jaxpr of a call primitive (open ``Jaxpr``), else None."""
-    body = call_body(eqn) if eqn.primitive.name in _CALLS else None
-    return None if body is None else body[0]
-
 
 def eqn_label(eqn) -> str:
     name = eqn.params.get("name")
@@ -173,8 +150,8 @@ def has_names(jaxpr) -> bool:
     """Whether any equation of ``jaxpr`` (or of a jaxpr it calls) has a name stack of its own:
     a call that wraps modules (``nn.jit``), whose values are then keyed one by one."""
     for e in jaxpr.eqns:
-        sub = sub_jaxpr(e)
-        if str(e.source_info.name_stack) or (sub is not None and has_names(sub)):
+        body = walk.call_body(e)
+        if str(e.source_info.name_stack) or (body is not None and has_names(body[0])):
             return True
     return False
 
@@ -188,10 +165,6 @@ def shape_spec(a) -> jax.ShapeDtypeStruct:
 
 def var_shape(v) -> tuple[int, ...]:
     return tuple(getattr(v.aval, "shape", ()))
-
-
-def is_var(v) -> bool:
-    return isinstance(v, jex_core.Var)
 
 
 class Record:
@@ -208,48 +181,59 @@ class Record:
         table[label] = table.get(label, np.zeros(self.n, bool)) | rows
 
 
-def demand_rule(eqn, outs: list[Demand | None], in_dep: list[bool], scope: str, clip: bool, rec: Record):
-    """Input demands of ``eqn`` given its outputs' demands (None where nothing is demanded)."""
-    prim = eqn.primitive.name
-    params = eqn.params
-    n = rec.n
-    out_shapes = [var_shape(o) for o in eqn.outvars]
-    in_shapes = [var_shape(v) for v in eqn.invars]
-    # rows for which any output is demanded (for rules whose inputs are needed whole)
-    any_out = np.zeros(n, bool)
-    for d in outs:
-        if d is not None:
-            any_out |= d.active
-    act = Demand(any_out, np.zeros((n, 0), np.int64), np.zeros((n, 0), np.int64))
+def _shapes(vs) -> list[tuple[int, ...]]:
+    return [var_shape(v) for v in vs]
 
-    def whole_all(label=None):
-        if label is not None:
-            rec.note(rec.conservative, label, any_out)
-        return [act.whole(s) for s in in_shapes]
 
-    if prim == "optimization_barrier":  # identity, one output per operand
-        return list(outs)
+class DemandRules(walk.Rules):
+    """Per primitive, ``rule(eqn, outs, in_dep, scope) -> ins``: the demand on each operand
+    (None: nothing) given the demand on each output (``outs``, one :class:`Demand` per
+    output), which operands depend on the model input (``in_dep``) and the module scope
+    (for the record). ``clip``: demands stay inside each value (padding reads nothing)."""
 
-    if prim in _ELEMENTWISE:
-        d = outs[0]
+    def __init__(self, clip: bool, rec: Record):
+        self.clip = clip
+        self.rec = rec
+
+    def active(self, outs) -> Demand:
+        """The rows for which any output is demanded (no axes)."""
+        n = self.rec.n
+        rows = np.zeros(n, bool)
+        for d in outs:
+            if d is not None:
+                rows |= d.active
+        return Demand(rows, np.zeros((n, 0), np.int64), np.zeros((n, 0), np.int64))
+
+    def fallback(self, eqn, outs, in_dep, scope):
+        """No exact rule: every operand is needed whole, and the primitive is recorded."""
+        act = self.active(outs)
+        self.rec.note(self.rec.conservative, eqn.primitive.name, act.active)
+        return [act.whole(s) for s in _shapes(eqn.invars)]
+
+    def rule_optimization_barrier(self, eqn, outs, in_dep, scope):
+        return list(outs)  # identity, one output per operand
+
+    def elementwise(self, eqn, outs, in_dep, scope):
+        d, out_shape = outs[0], var_shape(eqn.outvars[0])
         res = []
-        for s in in_shapes:
-            if s == out_shapes[0]:
+        for s in _shapes(eqn.invars):
+            if s == out_shape:
                 res.append(d)
             elif len(s) == 0:
-                res.append(act.whole(()))
-            elif len(s) == len(out_shapes[0]):  # implicit size-1 broadcast
+                res.append(self.active(outs).whole(()))
+            elif len(s) == len(out_shape):  # implicit size-1 broadcast
                 lo = np.where(np.array(s) == 1, 0, d.lo)
                 hi = np.where(np.array(s) == 1, 1, d.hi)
                 res.append(Demand(d.active, lo, hi).normalized())
             else:
-                return whole_all(prim)
+                return self.fallback(eqn, outs, in_dep, scope)
         return res
 
-    if prim == "conv_general_dilated":
-        return _conv_rule(eqn, outs[0], in_dep, in_shapes, out_shapes[0], clip, act, rec)
+    def rule_conv_general_dilated(self, eqn, outs, in_dep, scope):
+        return _conv_rule(eqn, outs[0], in_dep, self.clip, self.active(outs), self.rec)
 
-    if prim.startswith("reduce_window"):
+    def _reduce_window(self, eqn, outs, in_dep, scope):
+        params, in_shapes = eqn.params, _shapes(eqn.invars)
         k = len(eqn.outvars)
         res = []
         for i in range(k):
@@ -268,71 +252,80 @@ def demand_rule(eqn, outs: list[Demand | None], in_dep: list[bool], scope: str, 
                     params["padding"][ax][0],
                     params["window_dilation"][ax],
                     params["base_dilation"][ax],
-                    clip,
+                    self.clip,
                 )
             res.append(Demand(d.active, lo, hi).normalized())
+        act = self.active(outs)
         return res + [act.whole(s) for s in in_shapes[k:]]  # init values (scalars)
 
-    if prim in _REDUCE:
+    rule_reduce_window = rule_reduce_window_max = rule_reduce_window_min = rule_reduce_window_sum = _reduce_window
+
+    def _reduce(self, eqn, outs, in_dep, scope):
         (d,) = outs
-        axes = tuple(params["axes"])
-        s = in_shapes[0]
+        axes = tuple(eqn.params["axes"])
+        s = var_shape(eqn.invars[0])
+        n = self.rec.n
         kept = [ax for ax in range(len(s)) if ax not in axes]
         lo = np.zeros((n, len(s)), np.int64)
         hi = np.tile(np.array(s, np.int64), (n, 1))
         lo[:, kept], hi[:, kept] = d.lo, d.hi
         if len(s) == 4 and any(ax != 3 and s[ax] > 1 for ax in axes):
-            rec.note(rec.global_ops, f"{scope}:{prim}{axes}", d.active)
+            self.rec.note(self.rec.global_ops, f"{scope}:{eqn.primitive.name}{axes}", d.active)
         return [Demand(d.active, lo, hi).normalized()]
 
-    if prim in _CUMULATIVE:
+    rule_reduce_sum = rule_reduce_max = rule_reduce_min = rule_reduce_prod = _reduce
+    rule_reduce_and = rule_reduce_or = rule_reduce_xor = rule_argmax = rule_argmin = _reduce
+
+    def _cumulative(self, eqn, outs, in_dep, scope):
         (d,) = outs
-        ax, s = params["axis"], in_shapes[0]
+        ax, s = eqn.params["axis"], var_shape(eqn.invars[0])
         lo, hi = d.lo.copy(), d.hi.copy()
-        if params.get("reverse"):
+        if eqn.params.get("reverse"):
             hi[:, ax] = s[ax]
         else:
             lo[:, ax] = 0
         return [Demand(d.active, lo, hi).clipped(s, [ax])]
 
-    if prim == "broadcast_in_dim":
+    rule_cumsum = rule_cumprod = rule_cummax = rule_cummin = rule_cumlogsumexp = _cumulative
+
+    def rule_broadcast_in_dim(self, eqn, outs, in_dep, scope):
         (d,) = outs
-        s = in_shapes[0]
-        dims = params["broadcast_dimensions"]
+        n, s, out_shape = self.rec.n, var_shape(eqn.invars[0]), var_shape(eqn.outvars[0])
+        dims = eqn.params["broadcast_dimensions"]
         lo = d.lo[:, list(dims)] if dims else np.zeros((n, 0), np.int64)
         hi = d.hi[:, list(dims)] if dims else np.zeros((n, 0), np.int64)
         for i, od in enumerate(dims):
-            if s[i] == 1 and out_shapes[0][od] != 1:
+            if s[i] == 1 and out_shape[od] != 1:
                 lo[:, i], hi[:, i] = 0, 1
-        return [Demand(d.active, lo, hi).normalized()] + [None] * (len(in_shapes) - 1)
+        return [Demand(d.active, lo, hi).normalized()] + [None] * (len(eqn.invars) - 1)
 
-    if prim == "reshape":
-        if params.get("dimensions") is not None or len(in_shapes) != 1:
-            return whole_all(prim)
-        return [_reshape_rule(outs[0].clipped(out_shapes[0]), in_shapes[0], out_shapes[0], rec)]
+    def rule_reshape(self, eqn, outs, in_dep, scope):
+        if eqn.params.get("dimensions") is not None or len(eqn.invars) != 1:
+            return self.fallback(eqn, outs, in_dep, scope)
+        out_shape = var_shape(eqn.outvars[0])
+        return [_reshape_rule(outs[0].clipped(out_shape), var_shape(eqn.invars[0]), out_shape, self.rec)]
 
-    if prim == "squeeze":
+    def rule_squeeze(self, eqn, outs, in_dep, scope):
         (d,) = outs
-        s = in_shapes[0]
-        dims = {ax % len(s) for ax in params["dimensions"]}
+        n, s = self.rec.n, var_shape(eqn.invars[0])
+        dims = {ax % len(s) for ax in eqn.params["dimensions"]}
         kept = [ax for ax in range(len(s)) if ax not in dims]
         lo, hi = np.zeros((n, len(s)), np.int64), np.ones((n, len(s)), np.int64)
         lo[:, kept], hi[:, kept] = d.lo, d.hi
         return [Demand(d.active, lo, hi).normalized()]
 
-    if prim == "transpose":
+    def rule_transpose(self, eqn, outs, in_dep, scope):
         (d,) = outs
-        perm = params["permutation"]
         lo, hi = np.empty_like(d.lo), np.empty_like(d.hi)
-        for i, p in enumerate(perm):
+        for i, p in enumerate(eqn.params["permutation"]):
             lo[:, p], hi[:, p] = d.lo[:, i], d.hi[:, i]
         return [Demand(d.active, lo, hi)]
 
-    if prim == "concatenate":
+    def rule_concatenate(self, eqn, outs, in_dep, scope):
         (d,) = outs
-        ax = params["dimension"]
+        ax = eqn.params["dimension"]
         res, off = [], 0
-        for s in in_shapes:
+        for s in _shapes(eqn.invars):
             lo, hi = d.lo.copy(), d.hi.copy()
             lo[:, ax] = np.maximum(d.lo[:, ax] - off, 0)
             hi[:, ax] = np.minimum(d.hi[:, ax] - off, s[ax])
@@ -340,11 +333,11 @@ def demand_rule(eqn, outs: list[Demand | None], in_dep: list[bool], scope: str, 
             off += s[ax]
         return res
 
-    if prim == "split":
-        ax = params["axis"]
-        s = in_shapes[0]
-        total, off = Demand.empty(n, len(s)), 0
-        for d, os_ in zip(outs, out_shapes):
+    def rule_split(self, eqn, outs, in_dep, scope):
+        ax = eqn.params["axis"]
+        s = var_shape(eqn.invars[0])
+        total, off = Demand.empty(self.rec.n, len(s)), 0
+        for d, os_ in zip(outs, _shapes(eqn.outvars)):
             if d is not None:
                 d = d.clipped(os_, [ax])
                 lo, hi = d.lo.copy(), d.hi.copy()
@@ -354,13 +347,13 @@ def demand_rule(eqn, outs: list[Demand | None], in_dep: list[bool], scope: str, 
             off += os_[ax]
         return [total]
 
-    if prim == "slice":
+    def rule_slice(self, eqn, outs, in_dep, scope):
         (d,) = outs
-        s, os_ = in_shapes[0], out_shapes[0]
-        starts = params["start_indices"]
-        steps = params.get("strides") or (1,) * len(s)
+        s, os_ = var_shape(eqn.invars[0]), var_shape(eqn.outvars[0])
+        starts = eqn.params["start_indices"]
+        steps = eqn.params.get("strides") or (1,) * len(s)
         moved = [ax for ax in range(len(s)) if starts[ax] != 0 or steps[ax] != 1 or os_[ax] != s[ax]]
-        if clip:
+        if self.clip:
             # Unclipped, a demand beyond the slice maps beyond it: a conv written as pad +
             # strided slices per tap (crp_jax/grouped_conv.py) then counts its padding as
             # cells as lax's conv does.
@@ -371,33 +364,33 @@ def demand_rule(eqn, outs: list[Demand | None], in_dep: list[bool], scope: str, 
             hi[:, ax] = starts[ax] + (d.hi[:, ax] - 1) * steps[ax] + 1
         return [Demand(d.active, lo, hi).normalized()]
 
-    if prim == "rev":
+    def rule_rev(self, eqn, outs, in_dep, scope):
         (d,) = outs
-        s = in_shapes[0]
-        dims = params["dimensions"]
+        s = var_shape(eqn.invars[0])
+        dims = eqn.params["dimensions"]
         d = d.clipped(s, dims)
         lo, hi = d.lo.copy(), d.hi.copy()
         for ax in dims:
             lo[:, ax], hi[:, ax] = s[ax] - d.hi[:, ax], s[ax] - d.lo[:, ax]
         return [Demand(d.active, lo, hi).normalized()]
 
-    if prim == "pad":
+    def rule_pad(self, eqn, outs, in_dep, scope):
         (d,) = outs
-        s = in_shapes[0]
         lo, hi = d.lo.copy(), d.hi.copy()
-        for ax, (pl, _ph, interior) in enumerate(params["padding_config"]):
+        for ax, (pl, _ph, interior) in enumerate(eqn.params["padding_config"]):
             st = interior + 1
             lo[:, ax] = _ceil_div(d.lo[:, ax] - pl, st)
             hi[:, ax] = (d.hi[:, ax] - 1 - pl) // st + 1
-        return [Demand(d.active, lo, hi).normalized(), act.whole(in_shapes[1])]
+        return [Demand(d.active, lo, hi).normalized(), self.active(outs).whole(var_shape(eqn.invars[1]))]
 
-    if prim == "dot_general":
+    def rule_dot_general(self, eqn, outs, in_dep, scope):
         (d,) = outs
-        (lc, rc), (lb, rb) = params["dimension_numbers"]
+        n = self.rec.n
+        (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
         res = []
         free_off = len(lb)
         for side, (contract, batch) in enumerate(((lc, lb), (rc, rb))):
-            s = in_shapes[side]
+            s = var_shape(eqn.invars[side])
             free = [ax for ax in range(len(s)) if ax not in contract and ax not in batch]
             lo = np.zeros((n, len(s)), np.int64)
             hi = np.tile(np.array(s, np.int64), (n, 1))
@@ -407,15 +400,14 @@ def demand_rule(eqn, outs: list[Demand | None], in_dep: list[bool], scope: str, 
                 lo[:, ax], hi[:, ax] = d.lo[:, free_off + i], d.hi[:, free_off + i]
             free_off += len(free)
             if len(s) == 4 and any(ax != 3 and s[ax] > 1 for ax in contract):
-                rec.note(rec.global_ops, f"{scope}:dot_general{tuple(contract)}", d.active)
+                self.rec.note(self.rec.global_ops, f"{scope}:dot_general{tuple(contract)}", d.active)
             res.append(Demand(d.active, lo, hi).normalized())
         return res
 
-    return whole_all(prim)
 
-
-def _conv_rule(eqn, d, in_dep, in_shapes, out_shape, clip, act, rec):
+def _conv_rule(eqn, d, in_dep, clip, act, rec):
     params = eqn.params
+    in_shapes, out_shape = _shapes(eqn.invars), var_shape(eqn.outvars[0])
     dn = params["dimension_numbers"]
     lhs_spec, rhs_spec, out_spec = dn.lhs_spec, dn.rhs_spec, dn.out_spec
     ls, rs = in_shapes
@@ -452,13 +444,18 @@ def _conv_rule(eqn, d, in_dep, in_shapes, out_shape, clip, act, rec):
 
 def _reshape_rule(d: Demand, in_shape, out_shape, rec: Record) -> Demand:
     n = rec.n
-    sq_in = [(ax, s) for ax, s in enumerate(in_shape) if s != 1]
-    sq_out = [(ax, s) for ax, s in enumerate(out_shape) if s != 1]
-    if [s for _, s in sq_in] == [s for _, s in sq_out]:  # only size-1 axes added or removed
-        lo, hi = np.zeros((n, len(in_shape)), np.int64), np.ones((n, len(in_shape)), np.int64)
-        for (ia, _), (oa, _) in zip(sq_in, sq_out):
-            lo[:, ia], hi[:, ia] = d.lo[:, oa], d.hi[:, oa]
-        return Demand(d.active, lo, hi).normalized()
+    groups = walk.reshape_groups(in_shape, out_shape)
+    lo, hi = np.zeros((n, len(in_shape)), np.int64), np.ones((n, len(in_shape)), np.int64)
+    for (i0, i1), (j0, j1) in groups or ():
+        ia = [a for a in range(i0, i1) if in_shape[a] != 1]
+        oa = [a for a in range(j0, j1) if out_shape[a] != 1]
+        if len(ia) > 1 or len(oa) > 1:  # axes merged or split: the flat runs below
+            break
+        if ia:
+            lo[:, ia[0]], hi[:, ia[0]] = d.lo[:, oa[0]], d.hi[:, oa[0]]
+    else:
+        if groups is not None:  # only size-1 axes added or removed
+            return Demand(d.active, lo, hi).normalized()
     res = Demand.empty(n, len(in_shape))
     rows = np.nonzero(d.active)[0]
     if len(rows) == 0:

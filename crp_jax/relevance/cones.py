@@ -9,7 +9,8 @@ and walks it backward from the output rows. It is the geometry a receptive-field
 relevance pass needs (docs/design.md §6); it computes no relevance itself. The cropped engine
 measures its windows itself, from the backward it runs (:mod:`crp_jax.relevance.cropped`);
 ``tests/test_cropped.py`` checks the two agree. The rules per primitive live in
-:mod:`crp_jax.relevance.cone_rules`.
+:mod:`crp_jax.relevance.cone_rules` (a :class:`~crp_jax.relevance.walk.Rules`), and the walk
+itself is :func:`crp_jax.relevance.walk.backward`.
 
 **What is tracked.** Per value, the dependency of one anchor's output row (all K logits and
 the 4 box offsets: every output whose axis 1 is the anchor axis) as one interval per axis,
@@ -91,17 +92,8 @@ import numpy as np
 
 from crp_jax.compiled import cached
 from crp_jax.errors import InputError
-from crp_jax.relevance.cone_rules import (
-    Demand,
-    Record,
-    demand_rule,
-    eqn_label,
-    has_names,
-    is_var,
-    shape_spec,
-    sub_jaxpr,
-    var_shape,
-)
+from crp_jax.relevance import walk
+from crp_jax.relevance.cone_rules import Demand, DemandRules, Record, eqn_label, has_names, shape_spec, var_shape
 
 __all__ = ["Window", "Cone", "SourceCone", "ConeGeometry", "cone_geometry", "anchor_cone", "cone_sizes"]
 
@@ -247,23 +239,23 @@ class ConeGeometry:
         return outer + own
 
     def _name(self, jaxpr, in_dep, path, outer, visible):
-        dep = dict(zip(jaxpr.invars, in_dep))
-        for i, e in enumerate(jaxpr.eqns):
-            d = any(dep.get(v, False) for v in e.invars if is_var(v))
+        def step(i, e, ins):
+            d = any(ins)  # the equation depends on the input
             scope = self._scope_of(e, outer)
             self._enter(scope)
-            sub = sub_jaxpr(e)
-            if sub is not None and d:
-                named = has_names(sub)
-                self._name(sub, [is_var(v) and dep.get(v, False) for v in e.invars], path + (i,), scope, named)
+            body = walk.call_body(e)
+            if body is not None and d:
+                self._name(body[0], ins, path + (i,), scope, has_names(body[0]))
             for j, o in enumerate(e.outvars):
-                dep[o] = d
                 if d and len(var_shape(o)) == 4:
                     site = (path + (i,), j)
                     self._sites[site] = _Site(path + (i,), j, scope, eqn_label(e), visible, var_shape(o)[1:3])
                     for q in range(1, len(scope) + 1):
                         key = scope[:q]
                         self._module_last[(key, self._calls[key])] = site
+            return [d] * len(e.outvars)
+
+        walk.forward(jaxpr, [False] * len(jaxpr.constvars), in_dep, step, literal=_no_dependency)
 
     def _enter(self, scope: tuple[str, ...]) -> None:
         """Count module calls: a module path met again after an equation outside it is a new call."""
@@ -299,46 +291,45 @@ class ConeGeometry:
     def _constant(self, scope: tuple[str, ...]) -> bool:
         return any(fnmatch.fnmatchcase("/".join(scope[:q]), g) for g in self.constant for q in range(1, len(scope) + 1))
 
-    def _backward(self, jaxpr, in_dep, out_dem, path, outer, clip, rec):
-        dep = dict(zip(jaxpr.invars, in_dep))
-        for e in jaxpr.eqns:
-            d = any(dep.get(v, False) for v in e.invars if is_var(v))
-            for o in e.outvars:
-                dep[o] = d
-        dem: dict = {}
-        for v, d in zip(jaxpr.outvars, out_dem):
-            if is_var(v) and d is not None and dep.get(v, False):
-                dem[v] = d.union(dem.get(v))
+    def _backward(self, jaxpr, in_dep, out_dem, path, outer, rules: DemandRules):
+        dep: dict = {}  # var -> whether it depends on the model input
+        walk.forward(
+            jaxpr,
+            [False] * len(jaxpr.constvars),
+            in_dep,
+            lambda i, e, ins: [any(ins)] * len(e.outvars),
+            literal=_no_dependency,
+            env=dep,
+        )
         scopes = []
         root = self._root
         for e in jaxpr.eqns:
             own, root = _module_path(str(e.source_info.name_stack), root)
             scopes.append(outer + own)
-        for i in reversed(range(len(jaxpr.eqns))):
-            e = jaxpr.eqns[i]
-            outs = [dem.pop(o, None) if is_var(o) else None for o in e.outvars]
-            if all(o is None for o in outs):
-                continue
+        rec = rules.rec
+
+        def step(i, e, outs):
             for j, o in enumerate(outs):
                 if o is not None and (path + (i,), j) in self._site_keys:
                     rec.sites[(path + (i,), j)] = o
-            scope = scopes[i]
-            if self._constant(scope):
-                continue
-            ins_dep = [is_var(v) and dep.get(v, False) for v in e.invars]
-            sub = sub_jaxpr(e)
-            if sub is not None:
-                ins = self._backward(sub, ins_dep, outs, path + (i,), scope, clip, rec)
+            if self._constant(scopes[i]):
+                return []
+            ins_dep = [walk.is_var(v) and dep.get(v, False) for v in e.invars]
+            body = walk.call_body(e)
+            if body is not None:
+                ins = self._backward(body[0], ins_dep, outs, path + (i,), scopes[i], rules)
             else:
                 outs = [o if o is not None else Demand.empty(rec.n, len(var_shape(v))) for o, v in zip(outs, e.outvars)]
-                ins = demand_rule(e, outs, ins_dep, "/".join(scope), clip, rec)
+                ins = rules.apply(e, outs, ins_dep, "/".join(scopes[i]))
+            res = []
             for v, d, xd in zip(e.invars, ins, ins_dep):
-                if xd and d is not None:
-                    if clip:
-                        d = d.clipped(var_shape(v))
-                    if d.active.any():
-                        dem[v] = d.union(dem.get(v))
-        return [dem.get(v) if is_var(v) else None for v in jaxpr.invars]
+                if xd and d is not None and rules.clip:
+                    d = d.clipped(var_shape(v))
+                res.append(d if xd and d is not None and d.active.any() else None)
+            return res
+
+        outs = [d if walk.is_var(v) and dep.get(v, False) else None for v, d in zip(jaxpr.outvars, out_dem)]
+        return walk.backward(jaxpr, outs, step, Demand.union)
 
     def _walk(self, anchors: np.ndarray, clip: bool) -> tuple[Demand, Record]:
         n = len(anchors)
@@ -350,7 +341,7 @@ class ConeGeometry:
             hi = np.tile(np.array(s, np.int64), (n, 1))
             lo[:, 1], hi[:, 1] = anchors, anchors + 1
             out_dem[i] = Demand(np.ones(n, bool), lo, hi)
-        ins = self._backward(self._jaxpr, self._in_dep, out_dem, (), (), clip, rec)
+        ins = self._backward(self._jaxpr, self._in_dep, out_dem, (), (), DemandRules(clip, rec))
         x = ins[-1] if ins[-1] is not None else Demand.empty(n, 4)
         return x, rec
 
@@ -437,6 +428,10 @@ class ConeGeometry:
                 )
             )
         return tuple(result)
+
+
+def _no_dependency(literal) -> bool:
+    return False  # a literal is a constant
 
 
 def _rows(d: Demand) -> np.ndarray:

@@ -33,7 +33,8 @@ scatter, unknown primitives) is treated as "may be negative".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,7 @@ from jax.ad_checkpoint import checkpoint_name
 from jax.extend import core as jcore
 
 from crp_jax.compiled import cached
-from crp_jax.relevance.jaxprs import call_body
+from crp_jax.relevance import walk
 
 _IN, _OUT = "crp_jax.in:", "crp_jax.out:"
 # Addends and sum of a module of kind "add", which the presets split by sign
@@ -106,10 +107,6 @@ _SUMS = frozenset({"add", "add_any", "max", "min", "reduce_sum", "reduce_window_
 _PRODUCTS = frozenset({"mul", "div", "dot_general", "conv_general_dilated"})
 
 
-def _is_literal(v) -> bool:
-    return isinstance(v, jcore.Literal)
-
-
 def _literal_nonneg(v) -> bool:
     try:
         return bool(np.all(np.asarray(v.val) >= 0))
@@ -117,114 +114,80 @@ def _literal_nonneg(v) -> bool:
         return False
 
 
-def _sub_jaxpr(eqn):
-    body = call_body(eqn)
-    return None if body is None else body[0]
+def _nonneg_rule(eqn, ins: list[bool]) -> list[bool]:
+    """Which outputs of ``eqn`` are provably >= 0, given which operands are."""
+    prim = eqn.primitive.name
+    n = len(eqn.outvars)
+    if prim in _NONNEG_ALWAYS:
+        return [True] * n
+    if prim == "max":
+        return [any(ins)]
+    if prim == "clamp":  # clamp(lo, x, hi)
+        return [ins[0] or ins[1]]
+    if prim == "integer_pow":
+        return [ins[0] or eqn.params.get("y", 1) % 2 == 0]
+    if prim == "select_n":  # the predicate is operand 0
+        return [all(ins[1:])]
+    if prim in ("gather", "dynamic_slice", "dynamic_update_slice", "pad"):
+        # data operands: gather/dynamic_slice read operand 0; pad's operand 1 is its value
+        return [ins[0] and (prim != "pad" or ins[1])]
+    if prim in _STRUCTURAL or prim in _SUMS or prim in _PRODUCTS:
+        return [all(ins)] * n
+    return [False] * n
 
 
-def _forward(jaxpr, in_nonneg: list[bool], nonneg: dict, consts_nonneg: list[bool] | None = None) -> list[bool]:
-    """Mark ``nonneg[var] = True`` for every var of ``jaxpr`` provably >= 0."""
+def _forward(jaxpr, consts_nonneg: list[bool], in_nonneg: list[bool], nonneg: dict, facts: dict) -> list[bool]:
+    """Fill ``nonneg[var]`` (provably >= 0) for every var of ``jaxpr``, and each tagged layer's
+    ``input_signed`` in ``facts``."""
 
-    def get(v) -> bool:
-        return _literal_nonneg(v) if _is_literal(v) else nonneg.get(v, False)
+    def step(i, eqn, ins):
+        body = walk.call_body(eqn)
+        if body is not None:
+            return _forward(body[0], [False] * len(body[0].constvars), ins, nonneg, facts)
+        tag = eqn.params.get("name", "") if eqn.primitive.name == "name" else ""
+        if tag.startswith(_IN):
+            facts.setdefault(tag[len(_IN) :], [False, False])[0] |= not ins[0]
+        return _nonneg_rule(eqn, ins)
 
-    for v, f in zip(jaxpr.constvars, consts_nonneg or [False] * len(jaxpr.constvars)):
-        nonneg[v] = f
-    for v, f in zip(jaxpr.invars, in_nonneg):
-        nonneg[v] = f
-    for eqn in jaxpr.eqns:
-        prim = eqn.primitive.name
-        ins = [get(v) for v in eqn.invars]
-        inner = _sub_jaxpr(eqn)
-        if inner is not None:
-            outs = _forward(inner, ins, nonneg)
-        elif prim in _NONNEG_ALWAYS:
-            outs = [True] * len(eqn.outvars)
-        elif prim == "max":
-            outs = [any(ins)]
-        elif prim == "clamp":  # clamp(lo, x, hi)
-            outs = [ins[0] or ins[1]]
-        elif prim == "integer_pow":
-            outs = [ins[0] or eqn.params.get("y", 1) % 2 == 0]
-        elif prim == "select_n":  # the predicate is operand 0
-            outs = [all(ins[1:])]
-        elif prim in ("gather", "dynamic_slice", "dynamic_update_slice", "pad"):
-            # data operands: gather/dynamic_slice read operand 0; pad's operand 1 is its value
-            outs = [ins[0] and (prim != "pad" or ins[1])]
-        elif prim in _STRUCTURAL or prim in _SUMS or prim in _PRODUCTS:
-            outs = [all(ins)] * len(eqn.outvars)
-        else:
-            outs = [False] * len(eqn.outvars)
-        for v, f in zip(eqn.outvars, outs):
-            nonneg[v] = f
-    return [get(v) for v in jaxpr.outvars]
+    return walk.forward(jaxpr, consts_nonneg, in_nonneg, step, literal=_literal_nonneg, env=nonneg)
 
 
-def _backward(
-    jaxpr, out_live: list[bool], out_neg: list[bool], nonneg: dict, live: dict, neg: dict, sums: dict | None = None
-):
-    """``live[v]``: relevance may reach ``v``; ``neg[v]``: it may reach negative entries of ``v``.
+def _backward(jaxpr, out_neg: list[bool | None], nonneg: dict, facts: dict, sums: dict) -> list[bool | None]:
+    """What reaches each input of ``jaxpr``: None when no relevance does, else whether relevance
+    may reach its negative entries. Fills each tagged layer's ``output_signed`` in ``facts``;
     ``sums``: kind-"add" module path -> whether its sum's negative entries get relevance."""
-    sums = {} if sums is None else sums
-
-    def mark(v, is_live: bool, is_neg: bool):
-        if _is_literal(v):
-            return
-        live[v] = live.get(v, False) or is_live
-        neg[v] = neg.get(v, False) or is_neg
 
     def is_nonneg(v) -> bool:
-        return _literal_nonneg(v) if _is_literal(v) else nonneg.get(v, False)
+        return _literal_nonneg(v) if isinstance(v, jcore.Literal) else nonneg.get(v, False)
 
-    for v, lv, ng in zip(jaxpr.outvars, out_live, out_neg):
-        mark(v, lv, ng)
-    for eqn in reversed(jaxpr.eqns):
-        o_live = any(live.get(v, False) for v in eqn.outvars if not _is_literal(v))
-        o_neg = any(neg.get(v, False) for v in eqn.outvars if not _is_literal(v))
-        if not o_live:
-            continue
-        prim = eqn.primitive.name
-        inner = _sub_jaxpr(eqn)
-        if inner is not None:
-            _backward(
-                inner,
-                [live.get(v, False) for v in eqn.outvars],
-                [neg.get(v, False) for v in eqn.outvars],
-                nonneg,
-                live,
-                neg,
-                sums,
-            )
-            for v, iv in zip(eqn.invars, inner.invars):
-                mark(v, live.get(iv, False), neg.get(iv, False))
-            continue
-        ins = eqn.invars
+    def step(i, eqn, outs):
+        body = walk.call_body(eqn)
+        if body is not None:
+            return _backward(body[0], outs, nonneg, facts, sums)
+        o_neg = any(bool(o) for o in outs)
+        prim, ins = eqn.primitive.name, eqn.invars
+        tag = eqn.params.get("name", "") if prim == "name" else ""
         if prim == "max":
             # max(a, c) with c >= 0 zeroes a's negative entries (ReLU): they get no relevance
-            for i, v in enumerate(ins):
-                other_nonneg = any(is_nonneg(u) for j, u in enumerate(ins) if j != i)
-                mark(v, True, o_neg and not other_nonneg)
-        elif prim == "clamp":
-            mark(ins[1], True, o_neg and not is_nonneg(ins[0]))
-        elif prim in ("mul", "div"):
+            return [o_neg and not any(is_nonneg(u) for j, u in enumerate(ins) if j != i) for i in range(len(ins))]
+        if prim == "clamp":
+            return [None, o_neg and not is_nonneg(ins[0]), None]
+        if prim in ("mul", "div"):
             a, b = ins
-            mark(a, True, o_neg if is_nonneg(b) else True)
-            if prim == "mul":
-                mark(b, True, o_neg if is_nonneg(a) else True)
-            else:
-                mark(b, True, True)
-        elif prim == "name" and eqn.params.get("name", "").startswith(_ADDSUM):
-            sums[eqn.params["name"][len(_ADDSUM) :]] = o_neg
-            mark(ins[0], True, o_neg)
-        elif prim == "name" and eqn.params.get("name", "").startswith(_ADDEND):
-            path = eqn.params["name"][len(_ADDEND) :].rsplit(":", 1)[0]
-            mark(ins[0], True, sums.get(path, True))
-        elif prim in _STRUCTURAL or prim == "min":
-            for v in ins:
-                mark(v, True, o_neg)
-        else:  # convs, dense layers, sums, anything unknown: negative inputs may get relevance
-            for v in ins:
-                mark(v, True, True)
+            return [o_neg if is_nonneg(b) else True, (o_neg if is_nonneg(a) else True) if prim == "mul" else True]
+        if tag.startswith(_OUT):
+            facts.setdefault(tag[len(_OUT) :], [False, False])[1] |= o_neg
+            return [o_neg]
+        if tag.startswith(_ADDSUM):
+            sums[tag[len(_ADDSUM) :]] = o_neg
+            return [o_neg]
+        if tag.startswith(_ADDEND):
+            return [sums.get(tag[len(_ADDEND) :].rsplit(":", 1)[0], True)]
+        if prim in _STRUCTURAL or prim == "min":
+            return [o_neg] * len(ins)
+        return [True] * len(ins)  # convs, dense layers, sums, anything unknown
+
+    return walk.backward(jaxpr, out_neg, step, operator.or_)
 
 
 def _tag_layers(next_fun, args, kwargs, context):
@@ -267,31 +230,10 @@ def _analyse(apply_fn, spec) -> tuple[tuple[str, LayerSigns], ...]:
     jaxpr = closed.jaxpr
     consts_nonneg = [bool(np.all(np.asarray(c) >= 0)) if np.size(c) else True for c in closed.consts]
     nonneg: dict = {}
-    _forward(jaxpr, [False] * len(jaxpr.invars), nonneg, consts_nonneg)
-    live: dict = {}
-    neg: dict = {}
-    n_out = len(jaxpr.outvars)
-    _backward(jaxpr, [True] * n_out, [False] * n_out, nonneg, live, neg)
-
     facts: dict[str, list[bool]] = {}
-    _collect(jaxpr, nonneg, neg, facts)
+    _forward(jaxpr, consts_nonneg, [False] * len(jaxpr.invars), nonneg, facts)
+    _backward(jaxpr, [False] * len(jaxpr.outvars), nonneg, facts, {})
     return tuple((p, LayerSigns(*f)) for p, f in facts.items())
-
-
-def _collect(jaxpr, nonneg: Mapping, neg: Mapping, facts: dict) -> None:
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "name":
-            tag = eqn.params.get("name", "")
-            if tag.startswith(_IN):
-                f = facts.setdefault(tag[len(_IN) :], [False, False])
-                v = eqn.invars[0]
-                f[0] |= not (_literal_nonneg(v) if _is_literal(v) else nonneg.get(v, False))
-            elif tag.startswith(_OUT):
-                f = facts.setdefault(tag[len(_OUT) :], [False, False])
-                f[1] |= bool(neg.get(eqn.outvars[0], False))
-        inner = _sub_jaxpr(eqn)
-        if inner is not None:
-            _collect(inner, nonneg, neg, facts)
 
 
 @cached("layer_signs", maxsize=64)

@@ -31,17 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.extend import core as jcore
 
-from crp_jax.relevance.jaxprs import call_body
+from crp_jax.relevance import walk
 
-# Elementwise primitives the interpreter runs on windows (operands sliced to the window).
-_ELEMENTWISE = {
-    "mul", "add", "add_any", "sub", "div", "neg", "max", "min", "select_n", "convert_element_type",
-    "abs", "sign", "exp", "log", "sqrt", "rsqrt", "integer_pow", "pow", "square", "and", "or",
-    "not", "eq", "ne", "gt", "ge", "lt", "le", "copy", "copy_p", "stop_gradient", "tanh",
-    "logistic", "clamp", "reduce_precision", "erf", "exp2", "log1p", "expm1",
-}  # fmt: skip
 # Linear ops: every output is zero when every input is.
 _LINEAR = {
     "conv_general_dilated", "pad", "slice", "reshape", "transpose", "broadcast_in_dim",
@@ -137,7 +129,7 @@ def _is_zero_literal(v) -> bool:
     return not _special(v) and np.ndim(v) == 0 and not isinstance(v, jax.core.Tracer) and float(v) == 0.0
 
 
-class Interpreter:
+class Interpreter(walk.Rules):
     """Runs a backward jaxpr with the target's relevance held on windows (module docstring)."""
 
     def __init__(self, group: tuple[int, int], plan: Plan, leaves: Sequence = ()):
@@ -238,23 +230,11 @@ class Interpreter:
     # ---- the interpreter ------------------------------------------------------------------
 
     def run(self, jaxpr, consts, args) -> list:
-        env: dict = {}
+        return walk.forward(jaxpr, consts, args, self.step)
 
-        def read(v):
-            return v.val if isinstance(v, jcore.Literal) else env[v]
-
-        for var, c in zip(jaxpr.constvars, consts):
-            env[var] = c
-        for var, a in zip(jaxpr.invars, args):
-            env[var] = a
-        for eqn in jaxpr.eqns:
-            outs = self.eqn(eqn, [read(v) for v in eqn.invars])
-            if not eqn.primitive.multiple_results:
-                outs = [outs]
-            for var, o in zip(eqn.outvars, outs):
-                if not isinstance(var, jcore.DropVar):
-                    env[var] = o
-        return [read(v) for v in jaxpr.outvars]
+    def step(self, index, eqn, ins) -> list:
+        out = self.eqn(eqn, ins)
+        return out if eqn.primitive.multiple_results else [out]
 
     def eqn(self, eqn, ins):
         name = eqn.primitive.name
@@ -264,7 +244,7 @@ class Interpreter:
         if not any(_special(v) for v in ins):
             self.plan.leaves.update(self.leaf_index[id(v)] for v in ins if id(v) in self.leaf_index)
             return eqn.primitive.bind(*ins, **params)
-        sub = call_body(eqn)
+        sub = walk.call_body(eqn)
         if sub is not None:
             jaxpr, consts = sub
             n_in = len(jaxpr.invars)
@@ -278,11 +258,8 @@ class Interpreter:
         self.plan.leaves.update(self.leaf_index[id(v)] for v in ins if id(v) in self.leaf_index)
         if any(isinstance(v, AnchorValue) for v in ins):
             out = self.anchor_rule(eqn, name, params, ins)
-        elif name in _ELEMENTWISE:
-            out = self.elementwise(eqn, params, ins)
         else:
-            rule = getattr(self, "rule_" + name, None)
-            out = rule(eqn, params, ins) if rule is not None else None
+            out = self.apply(eqn, params, ins)  # rule_<name>, elementwise or fallback
         if out is None:
             out = self.densify(eqn, params, ins)
         return out
@@ -317,6 +294,9 @@ class Interpreter:
         if name in ("concatenate", "dynamic_update_slice") and all(z):
             return self.zeros_out(eqn)
         return None
+
+    def fallback(self, eqn, params, ins):
+        return None  # not windowed: the caller densifies
 
     def densify(self, eqn, params, ins):
         self.plan.densified.append(eqn.primitive.name)
@@ -491,7 +471,7 @@ class Interpreter:
         if not isinstance(x, WindowValue) or params.get("dimensions") is not None:
             return None
         old, new = tuple(x.shape), tuple(params["new_sizes"])
-        groups = _reshape_groups(old, new)
+        groups = walk.reshape_groups(old, new)
         if groups is None:
             return None
         win_new, axes = list(new), {}
@@ -557,28 +537,3 @@ def _without_axes(x: WindowValue, dropped) -> dict[int, _Axis]:
     """``x``'s windowed axes renumbered after removing the axes ``dropped``."""
     keep = [k for k in range(len(x.shape)) if k not in set(dropped)]
     return {j: x.axes[k] for j, k in enumerate(keep) if k in x.axes}
-
-
-def _reshape_groups(old, new):
-    """Pairs of index ranges ``((i0, i1), (j0, j1))`` with equal products, in order, or None."""
-    groups, i, j = [], 0, 0
-    while i < len(old) or j < len(new):
-        i0, j0 = i, j
-        p, q = 1, 1
-        if i < len(old):
-            p *= old[i]
-            i += 1
-        if j < len(new):
-            q *= new[j]
-            j += 1
-        while p != q:
-            if p < q and i < len(old):
-                p *= old[i]
-                i += 1
-            elif q < p and j < len(new):
-                q *= new[j]
-                j += 1
-            else:
-                return None
-        groups.append(((i0, i), (j0, j)))
-    return groups
