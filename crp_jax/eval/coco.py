@@ -156,12 +156,12 @@ def coco_map(detections: Sequence, ground_truths: Sequence, class_names: Sequenc
         from pycocotools.cocoeval import COCOeval
     except ImportError:
         raise MissingExtraError("COCO mAP needs pycocotools: pip install 'crp-jax[coco]'") from None
-    from crp_jax.eval.voc import _det_fields, _gt_fields
+    from crp_jax.eval.voc import detection_fields, truth_fields
 
     images, anns, dets = [], [], []
     for i, (det, gt) in enumerate(zip(detections, ground_truths, strict=True)):
-        g_boxes, g_labels = _gt_fields(gt)
-        d_boxes, d_scores, d_labels = _det_fields(det)
+        g_boxes, g_labels = truth_fields(gt)
+        d_boxes, d_scores, d_labels = detection_fields(det)
         if sizes is not None:
             H, W = sizes[i]
         else:

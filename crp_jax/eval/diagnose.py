@@ -57,7 +57,7 @@ from crp_jax.relevance.pairs import AnchorContrastTarget
 from crp_jax.relevance.targets import ClassTarget
 from crp_jax.ssd.anchors import default_boxes_xyxy
 from crp_jax.ssd.boxes import batched_nms, box_iou
-from crp_jax.ssd.detect import _own_pipeline, anchor_outputs, nms_candidates, postprocess_settings
+from crp_jax.ssd.detect import anchor_outputs, nms_candidates, own_pipeline, postprocess_settings
 
 __all__ = [
     "ERROR_KINDS",
@@ -311,7 +311,7 @@ def diagnose(
       InputError: ground truth that does not fit the images (named image, index, value).
       ConfigError: thresholds out of range; a meta with its own post-processing (BlazeFace).
     """
-    if _own_pipeline(meta, "detect"):
+    if own_pipeline(meta, "detect"):
         raise ConfigError("diagnose supports SSD-style detectors (crp_jax.detect's post-processing) only")
     if meta is not None and getattr(meta, "config", None) != model.config:
         raise ConfigError(f"meta describes a different architecture than the model (meta: {meta.config})")

@@ -143,8 +143,8 @@ def evaluate_detections(
     tp_by_class = [[] for _ in range(K)]
     num_gt = np.zeros(K, np.int64)
     for det, gt in zip(detections, ground_truths):
-        d_boxes, d_scores, d_labels = _det_fields(det)
-        g_boxes, g_labels = _gt_fields(gt)
+        d_boxes, d_scores, d_labels = detection_fields(det)
+        g_boxes, g_labels = truth_fields(gt)
         for k in range(1, K):
             gsel = g_labels == k
             num_gt[k] += int(gsel.sum())
@@ -171,7 +171,9 @@ def evaluate_detections(
     }
 
 
-def _det_fields(det):
+def detection_fields(det) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(boxes [N, 4] float64, scores [N] float64, labels [N] int64)`` of a
+    :class:`~crp_jax.Detections` or a ``(boxes, scores, labels)`` tuple."""
     if hasattr(det, "boxes") and hasattr(det, "scores"):
         b, s, l = det.boxes, det.scores, det.labels
     else:
@@ -183,7 +185,9 @@ def _det_fields(det):
     )
 
 
-def _gt_fields(gt):
+def truth_fields(gt) -> tuple[np.ndarray, np.ndarray]:
+    """``(boxes [M, 4] float64, labels [M] int64)`` of ground truth: an object with ``boxes``
+    and ``labels`` or a ``(boxes, labels)`` tuple."""
     if hasattr(gt, "boxes") and hasattr(gt, "labels"):
         b, l = gt.boxes, gt.labels
     else:

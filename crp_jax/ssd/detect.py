@@ -136,7 +136,7 @@ def preprocess_with_sizes(images, meta) -> tuple[jax.Array, list[tuple[int, int]
     A meta with its own ``preprocess_with_sizes(images)`` method (a detector outside
     ``crp_jax.ssd``, e.g. BlazeFace's letterbox: crp_jax/blazeface/meta.py) does its own.
     """
-    if _own_pipeline(meta, "preprocess_with_sizes"):
+    if own_pipeline(meta, "preprocess_with_sizes"):
         return meta.preprocess_with_sizes(images)
     if not all(hasattr(meta, k) for k in ("image_size", "mean", "std")):
         raise ConfigError(f"preprocess needs a crp_jax Meta (image_size, mean, std), got {type(meta).__name__}")
@@ -162,7 +162,7 @@ def preprocess(images, meta) -> jax.Array:
 # ---- detection ------------------------------------------------------------------------------
 
 
-def _own_pipeline(meta, method: str) -> bool:
+def own_pipeline(meta, method: str) -> bool:
     """Whether ``meta`` brings its own pre/post-processing (a detector outside ``crp_jax.ssd``
     whose meta defines ``method``; the SSD :class:`Meta` does not)."""
     return meta is not None and callable(getattr(type(meta), method, None))
@@ -392,7 +392,7 @@ def detect(
         "max_detections": max_detections,
         "topk_candidates": topk_candidates,
     }
-    if _own_pipeline(meta, "detect"):
+    if own_pipeline(meta, "detect"):
         return meta.detect(model, variables, x, image_sizes=image_sizes, **settings)
     config = model.config
     if meta is not None and meta.config != config:
