@@ -400,14 +400,13 @@ def _layer_order(model, variables, x, comp: Composite) -> list[str]:
 
 @cached("layer_order", maxsize=32)
 def _cached_layer_order(model, key, x_spec, comp: Composite) -> tuple[str, ...]:
-    variables = shape_tree(key)
     shapes: dict = {}
 
-    def f(x):
+    def f(variables, x):
         with comp.intercept(record=shapes, model_input=x):
             return model.apply(variables, x)
 
-    jax.eval_shape(f, jax.ShapeDtypeStruct(*x_spec))
+    jax.eval_shape(f, shape_tree(key), jax.ShapeDtypeStruct(*x_spec))
     return tuple(shapes)
 
 
