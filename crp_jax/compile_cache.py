@@ -20,6 +20,10 @@ one-line note on stderr, and the command still runs. JAX decides once per proces
 first compilation, whether the cache is in use, so :func:`enable_compile_cache` must run
 before anything compiles (``crp_jax.cli.main`` calls it first).
 
+The package keeps its crop plans (what the cropped engine reads from the traced backward,
+no compiled code) in ``crp-jax-plans/`` inside the same folder, keyed by content
+(crp_jax/relevance/stored_plans.py); a damaged plan file is ignored and rewritten.
+
 Damaged entries: JAX trusts its entries. One whose compressed bytes were damaged (a disk
 error, a copy cut short, an edit) made every run warn "Error reading persistent compilation
 cache entry" without ever replacing it, and a damaged executable inside intact compression

@@ -101,6 +101,25 @@ def clear_caches() -> None:
         cache.clear()
 
 
+def shape_key(tree: Any) -> tuple:
+    """``(treedef, ((shape, dtype name), ...))`` of a pytree of arrays (model variables): a
+    hashable key for what is built from shapes only. Leaves without a dtype raise
+    AttributeError."""
+    import jax
+    import numpy as np
+
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((tuple(np.shape(v)), np.dtype(v.dtype).name) for v in leaves)
+
+
+def shape_tree(key: tuple) -> Any:
+    """The pytree of ``jax.ShapeDtypeStruct`` that :func:`shape_key` describes."""
+    import jax
+
+    treedef, specs = key
+    return treedef.unflatten([jax.ShapeDtypeStruct(s, d) for s, d in specs])
+
+
 def _compilations(value: Any) -> int:
     """XLA programs held by the jitted functions in ``value`` (a function or a tuple of them)."""
     if isinstance(value, (tuple, list)):

@@ -15,7 +15,6 @@ backward and the trimmed forward (:mod:`crp_jax.compiled`). Cropped == dense is 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from crp_jax.compiled import cached
+from crp_jax.compiled import cached, shape_key, shape_tree
+from crp_jax.relevance import stored_plans
 from crp_jax.relevance.windowed import AnchorValue, Interpreter, MissingLeaf, Plan, Unsupported, WindowValue
 
 # ---- building the cropped backward -------------------------------------------------------
@@ -34,8 +34,7 @@ from crp_jax.relevance.windowed import AnchorValue, Interpreter, MissingLeaf, Pl
 def residual_spec(vjp_fn) -> tuple:
     """``(treedef, ((shape, dtype name), ...))`` of a VJP's residual leaves: hashable, so
     that compiled functions can be cached on it."""
-    leaves, treedef = jax.tree.flatten(vjp_fn)
-    return treedef, tuple((tuple(np.shape(v)), np.dtype(v.dtype).name) for v in leaves)
+    return shape_key(vjp_fn)
 
 
 def backward_jaxpr(
@@ -43,7 +42,17 @@ def backward_jaxpr(
 ):
     """The VJP of a detector as a closed jaxpr whose inputs are its residual leaves (``spec``
     from :func:`residual_spec`) followed by the cotangents ``[N, A, K]`` and ``[N, A, R]``
-    (R = ``num_regressors``: 4 for an SSD, 16 for BlazeFace)."""
+    (R = ``num_regressors``: 4 for an SSD, 16 for BlazeFace). Traced once per process and
+    arguments (held by :mod:`crp_jax.compiled` as ``"backward_jaxpr"``): the crop plan of every
+    group and every compiled cropped backward read the same jaxpr, which is built from shapes
+    only (it closes over no traced value)."""
+    return _backward_jaxpr(
+        spec, int(num_images), int(num_boxes), int(num_classes), np.dtype(dtype), int(num_regressors)
+    )
+
+
+@cached("backward_jaxpr", maxsize=64)
+def _backward_jaxpr(spec: tuple, num_images: int, num_boxes: int, num_classes: int, dtype, num_regressors: int):
     treedef, leaf_specs = spec
     specs = [jax.ShapeDtypeStruct(s, d) for s, d in leaf_specs]
     cts = (
@@ -166,11 +175,12 @@ def crop_groups(
     model, variables, x_shape: Sequence[int], composite, num_boxes: int, num_classes: int, num_regressors: int = 4
 ):
     """The :class:`CropGroup` of every head output of ``model`` (in anchor order), from
-    shapes only (nothing is compiled or run); cached per model, composite and shapes.
+    shapes only (nothing is compiled or run); cached per model, composite and shapes, and
+    with JAX's compilation cache on, on disk beside it (:mod:`crp_jax.relevance.stored_plans`:
+    a later process traces only the forward, whose trace the dense path's jit then reuses).
 
     Raises :class:`Unsupported` when the backward does not split its anchors per head."""
-    leaves, treedef = jax.tree.flatten(variables)
-    key = (treedef, tuple((tuple(np.shape(v)), np.dtype(v.dtype).name) for v in leaves))
+    key = shape_key(variables)
     return _crop_groups(
         model, composite, tuple(x_shape[1:]), int(num_boxes), int(num_classes), key, int(num_regressors)
     )
@@ -178,27 +188,42 @@ def crop_groups(
 
 @cached("crop_plans", maxsize=32)
 def _crop_groups(model, comp, image_shape, A, K, key, R=4):
-    from crp_jax.relevance.core import linearize
+    from crp_jax.relevance.dense import dense_forward
 
-    treedef, specs = key
-    variables = treedef.unflatten([jax.ShapeDtypeStruct(s, d) for s, d in specs])
+    variables = shape_tree(key)
     x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    vjp = jax.eval_shape(lambda v, x: linearize(model.apply, v, x, comp)[1], variables, x)
+    # the shapes of the dense path's own jitted forward: jit keeps this trace, so the forward
+    # that explain then runs on one image is not traced a second time
+    forward = dense_forward(model, comp)
+    vjp = jax.eval_shape(forward, variables, x)[1]
     spec = residual_spec(vjp)
-    out = []
-    for group in anchor_groups(backward_jaxpr(spec, 1, A, K, jnp.float32, R)):
-        plan = Plan()
-        slot = functools.partial(
-            cropped_slot, spec=spec, num_boxes=A, group=group, times_input=comp.times_input, plan=plan
-        )
-        coef = jax.ShapeDtypeStruct((1, K), jnp.float32)
-        leaves = jax.tree.leaves(vjp)
-        jax.eval_shape(
-            slot, leaves, x, jax.ShapeDtypeStruct((), jnp.int32), coef, jax.ShapeDtypeStruct((1, R), jnp.float32)
-        )
-        g = CropGroup(group, plan.grid, plan.input_window, image_shape[:2], tuple(plan.densified))
-        out.append(dataclasses.replace(g, leaves=tuple(sorted(plan.leaves)), spec=spec))
-    return tuple(out)
+    closed = backward_jaxpr(spec, 1, A, K, jnp.float32, R)
+    name = stored_plans.key(closed, image=list(image_shape), A=A, K=K, R=R, times_input=bool(comp.times_input))
+    stored = stored_plans.load(name)
+    if stored is None:
+        stored = [_plan_group(group, spec, vjp, x, A, K, R, comp.times_input) for group in anchor_groups(closed)]
+        stored_plans.save(name, stored)
+    return tuple(CropGroup(image=tuple(image_shape[:2]), spec=spec, **g) for g in stored)
+
+
+def _plan_group(group, spec, vjp, x, A: int, K: int, R: int, times_input: bool) -> dict:
+    """One head output's plan (the fields of :class:`CropGroup` but ``image`` and ``spec``):
+    the cropped backward of one target traced on shapes by the windowed interpreter."""
+    plan = Plan()
+    slot = functools.partial(cropped_slot, spec=spec, num_boxes=A, group=group, times_input=times_input, plan=plan)
+    coef = jax.ShapeDtypeStruct((1, K), jnp.float32)
+    leaves = jax.tree.leaves(vjp)
+    jax.eval_shape(
+        slot, leaves, x, jax.ShapeDtypeStruct((), jnp.int32), coef, jax.ShapeDtypeStruct((1, R), jnp.float32)
+    )
+    ints = lambda t: None if t is None else tuple(int(i) for i in t)  # noqa: E731
+    return {
+        "anchors": ints(group),
+        "grid": ints(plan.grid),
+        "window": ints(plan.input_window),
+        "densified": tuple(str(d) for d in plan.densified),
+        "leaves": tuple(sorted(int(i) for i in plan.leaves)),
+    }
 
 
 def batch_rows_readable(model, variables, x_shape: Sequence[int], composite) -> bool:
@@ -206,17 +231,14 @@ def batch_rows_readable(model, variables, x_shape: Sequence[int], composite) -> 
     residual of the forward that depends on the batch has it on axis 0 (shapes only, traced
     once per model, composite and shapes; ``explain`` asks only when it batches images that
     have cropped targets)."""
-    leaves, treedef = jax.tree.flatten(variables)
-    key = (treedef, tuple((tuple(np.shape(v)), np.dtype(v.dtype).name) for v in leaves))
-    return _batch_rows_readable(model, composite, tuple(x_shape[1:]), key)
+    return _batch_rows_readable(model, composite, tuple(x_shape[1:]), shape_key(variables))
 
 
 @cached("batch_rows_readable", maxsize=32)
 def _batch_rows_readable(model, comp, image_shape, key) -> bool:
     from crp_jax.relevance.core import linearize
 
-    treedef, specs = key
-    variables = treedef.unflatten([jax.ShapeDtypeStruct(s, d) for s, d in specs])
+    variables = shape_tree(key)
 
     def spec(n):
         x = jax.ShapeDtypeStruct((n, *image_shape), jnp.float32)

@@ -37,6 +37,12 @@ def compiled_functions(model, comp: Composite, chunk: int, num_boxes: int, layer
     return _forward(model, comp, layers), _backward(model, comp, chunk, num_boxes, layers)
 
 
+def dense_forward(model, comp: Composite, layers: bool = False):
+    """The jitted forward of :func:`compiled_functions` alone (the crop plan reads its
+    shapes, so that jit's trace serves both)."""
+    return _forward(model, comp, layers)
+
+
 @cached("forward", maxsize=16)
 def _forward(model, comp: Composite, layers: bool):
     return jax.jit(dense_functions(model, comp, 1, layers)[0])

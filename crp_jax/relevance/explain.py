@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from crp_jax.checks import check_image_batch
+from crp_jax.compiled import cached, shape_key, shape_tree
 from crp_jax.errors import CheckpointError, ConfigError, InputError, NumericsError, TargetError
 from crp_jax.relevance.collect import Collector, whole_windows
 from crp_jax.relevance.composite import Composite, get_composite
@@ -359,10 +360,24 @@ def output_dims(model, variables, x) -> tuple[int, int, int]:
     if not isinstance(variables, Mapping) or "params" not in variables:
         keys = list(variables) if isinstance(variables, Mapping) else type(variables).__name__
         raise CheckpointError(f"variables must be a mapping with 'params' (as load_pretrained returns), got {keys}")
+    x_spec = ((1,) + tuple(x.shape[1:]), np.dtype(x.dtype).name)
+    try:
+        key = shape_key(variables)
+    except (AttributeError, TypeError):  # leaves that are not arrays: traced uncached, and named there
+        return _output_dims(model, variables, x_spec)
+    return _cached_output_dims(model, key, x_spec)
+
+
+@cached("output_dims", maxsize=32)
+def _cached_output_dims(model, key, x_spec) -> tuple[int, int, int]:
+    return _output_dims(model, shape_tree(key), x_spec)
+
+
+def _output_dims(model, variables, x_spec) -> tuple[int, int, int]:
     import flax.errors
 
     try:
-        out = jax.eval_shape(apply, variables, jax.ShapeDtypeStruct((1,) + tuple(x.shape[1:]), x.dtype))
+        out = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct(*x_spec))
     except flax.errors.FlaxError as e:
         raise CheckpointError(f"variables do not fit the model: {str(e).splitlines()[0]}") from None
     shapes = [getattr(o, "shape", None) for o in out] if isinstance(out, (tuple, list)) else None
@@ -378,14 +393,21 @@ def output_dims(model, variables, x) -> tuple[int, int, int]:
 
 
 def _layer_order(model, variables, x, comp: Composite) -> list[str]:
+    """Layer paths in forward order (shapes only; once per model, composite and shapes)."""
+    x_spec = (tuple(x.shape), np.dtype(x.dtype).name)
+    return list(_cached_layer_order(model, shape_key(variables), x_spec, comp))
+
+
+@cached("layer_order", maxsize=32)
+def _cached_layer_order(model, key, x_spec, comp: Composite) -> tuple[str, ...]:
     shapes: dict = {}
 
-    def f(x):
+    def f(variables, x):
         with comp.intercept(record=shapes, model_input=x):
             return model.apply(variables, x)
 
-    jax.eval_shape(f, jnp.asarray(x))
-    return list(shapes)
+    jax.eval_shape(f, shape_tree(key), jax.ShapeDtypeStruct(*x_spec))
+    return tuple(shapes)
 
 
 def _nonfinite_targets(out) -> np.ndarray:
