@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 
 import jax
+import numpy as np
 
 SUBDIR = "crp-jax-plans"
 #: Fields of a stored group, in order (``CropGroup`` without ``image`` and ``spec``).
@@ -56,8 +57,10 @@ def key(closed_jaxpr, **inputs) -> str:
     h.update(jax.__version__.encode())
     h.update(json.dumps(inputs, sort_keys=True).encode())
     h.update(str(closed_jaxpr.jaxpr).encode())
-    for c in closed_jaxpr.consts:  # none for the detectors here; hashed if there are
-        h.update(repr(c).encode())
+    for c in closed_jaxpr.consts:  # none for the detectors here; hashed by value if there are
+        a = np.asarray(c)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
     return h.hexdigest()
 
 
