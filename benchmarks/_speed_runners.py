@@ -151,10 +151,10 @@ def make_runners(kinds, model, variables, meta, x, targets, chunk, trunner, B):
 
             runners.append(Runner(kind, f(), f(tg=targets[:nw]), T, nw))
         elif kind in CROP_KINDS:
-            opts = CROP_KINDS[kind]
+            fn, opts = CROP_KINDS[kind]
 
-            def g(tg=targets, o=opts):  # noqa: B008 (bound per loop)
-                return lambda: cj.explain(model, variables, x, tg, method="crp", meta=meta, chunk_size=chunk, **o)
+            def g(tg=targets, fn=fn, o=opts):  # noqa: B008 (bound per loop)
+                return lambda: fn(model, variables, x, tg, method="crp", meta=meta, chunk_size=chunk, **o)
 
             runners.append(Runner(kind, g(), g(targets[:nw]), T, nw))
         elif kind == "floor":
@@ -202,8 +202,13 @@ def make_runners(kinds, model, variables, meta, x, targets, chunk, trunner, B):
     return runners
 
 
-# crp through explain's other paths: dense (no cropping) and the window output form
-CROP_KINDS = {"crp_dense": {"crop": False}, "crp_windows": {"output": "windows"}, "crp_always": {"crop": "always"}}
+# crp through explain's other paths: dense (no cropping), forced cropping and the window
+# output form (explain_windows): (function, keywords)
+CROP_KINDS = {
+    "crp_dense": (cj.explain, {"crop": False}),
+    "crp_windows": (cj.explain_windows, {}),
+    "crp_always": (cj.explain, {"crop": "always"}),
+}
 
 
 def run_interleaved(runners, repeats: int) -> None:
