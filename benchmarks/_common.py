@@ -5,7 +5,9 @@ they measure and their deterministic inputs. Scripts import this (``from _common
 
 from __future__ import annotations
 
+import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +82,7 @@ class BlazeFaceDims:
     """What the scripts read from an SSD's ``model.config``, for BlazeFace: input side, one
     logit, anchors per source (feature-map side and anchors per cell, as MediaPipe lays them
     out: crp_jax/blazeface/anchors.py), the 16 regressor names and the target sets that make
-    sense for it (speed.py ``TARGET_SETS``)."""
+    sense for it (``_speed_targets.TARGET_SETS``)."""
 
     image_size: int
     sizes: tuple[int, ...]
@@ -164,6 +166,23 @@ def block(tree):
     """Wait for every array of ``tree`` (timing)."""
     jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, tree)
     return tree
+
+
+def log(*a):
+    """``print``, flushed at once (a long run's progress)."""
+    print(*a, flush=True)
+
+
+def timed(fn) -> float:
+    """Seconds one call of ``fn()`` takes."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def med(ts):
+    """Median of ``ts``, NaN when empty."""
+    return statistics.median(ts) if ts else float("nan")
 
 
 def relative_max_diff(a, b) -> float:

@@ -226,7 +226,7 @@ def test_report_help_exits_0(capsys):
 
 
 def test_an_image_that_fails_while_explained_is_listed_and_leaves_no_files(tmp_path, scene_pngs, monkeypatch):
-    real = report_pkg.explain_detections
+    real = report_pkg.detection_explanations
 
     def failing_first(model, variables, meta, x, det, *args, **kwargs):
         if not failing_first.failed:
@@ -235,7 +235,7 @@ def test_an_image_that_fails_while_explained_is_listed_and_leaves_no_files(tmp_p
         return real(model, variables, meta, x, det, *args, **kwargs)
 
     failing_first.failed = False
-    monkeypatch.setattr(report_pkg, "explain_detections", failing_first)
+    monkeypatch.setattr(report_pkg, "detection_explanations", failing_first)
     out = tmp_path / "r"
     rc = main(["report", *map(str, scene_pngs), "--out", str(out), "--no-progress", "--max-detections", "1"])
     doc = json.loads((out / "report.json").read_text())

@@ -19,8 +19,8 @@ __all__ = [
     "describe",
     "detect_image",
     "detect_pixels",
-    "explain_detections",
     "first_detected_scene",
+    "grid_heatmaps",
     "heatmaps",
     "keypoint_maps",
     "keypoint_regressors",
@@ -205,7 +205,7 @@ def keypoint_maps(model, variables, meta, im: DetectedImage, method: str, sign: 
     return out
 
 
-def explain_detections(model, variables, meta, im: DetectedImage, ask: Ask, method: str, compare: str):
+def grid_heatmaps(model, variables, meta, im: DetectedImage, ask: Ask, method: str, compare: str):
     """All heatmaps of one image. Returns ``(dets, main, columns)``: ``dets`` the detection
     numbers explained (a detection whose contrast set is empty is left out), ``main`` the
     overlays' ``{det: (target, heatmap)}`` for ``method``, ``columns`` the grid's comparison

@@ -43,7 +43,7 @@ def display(pixels: np.ndarray, small: int = 160, large: int = 400):
 
 def explain_grid(im: DetectedImage, meta, dets, columns, alpha: float):
     """Rows: detections ``dets``; first column the image with the box, then one column per
-    entry of ``columns`` (as :func:`crp_jax.apps.explanations.explain_detections` returns
+    entry of ``columns`` (as :func:`crp_jax.apps.explanations.grid_heatmaps` returns
     them; an empty cell where a detection has no such column)."""
     from crp_jax import viz
 

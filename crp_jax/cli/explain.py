@@ -289,7 +289,7 @@ def run_explain(args) -> int:
     import json
 
     from crp_jax import viz
-    from crp_jax.apps.explanations import Ask, class_name, describe, explain_detections, keypoint_maps
+    from crp_jax.apps.explanations import Ask, class_name, describe, grid_heatmaps, keypoint_maps
     from crp_jax.apps.figures import explain_grid, keypoint_grid, safe_name
 
     model, variables, meta = load_model(args)
@@ -303,7 +303,7 @@ def run_explain(args) -> int:
         if len(d) == 0:
             bar.write(f"{path} ({W}x{H}): no detections above {args.score_threshold}; nothing to explain")
             return
-        dets, main, columns = explain_detections(model, variables, meta, im, ask, args.method, args.compare)
+        dets, main, columns = grid_heatmaps(model, variables, meta, im, ask, args.method, args.compare)
         written = []
         for i in range(len(d)):
             if i not in dets:

@@ -44,6 +44,13 @@ class Batch:
         """Anchor groups that some cropped target of the batch lies in."""
         return tuple(sorted({g for _, g, _ in self.cropped}))
 
+    @property
+    def num_slots(self) -> int:
+        """Slots per image row over all calls: the used slots rounded up to whole calls (at
+        least one call)."""
+        used = int(self.slots.max()) + 1 if len(self.slots) else 0
+        return max(self.width, -(-used // self.width) * self.width)
+
     def calls(self):
         """``(start slot, dense target positions in :attr:`dense`)`` per dense backward call."""
         if not len(self.dense):
@@ -66,6 +73,17 @@ def plan(images: np.ndarray, group_of: np.ndarray, chunk_size: int) -> list[Batc
         for start in range(0, len(members), per_batch):
             batches.append(_batch(members[start : start + per_batch], int(w), images, group_of))
     return batches
+
+
+def plan_sharded(images: np.ndarray, num_images: int, chunk_size: int) -> Batch:
+    """The sharded path's schedule: one batch of all ``num_images`` images (one SPMD
+    forward), every target dense, and every image the same slots per call, so that each call
+    has one width on every device: ``width`` is :func:`chunk_size_for` the largest number of
+    targets of one image (at least 1)."""
+    images = np.asarray(images, np.int64)
+    counts = np.bincount(images, minlength=num_images)
+    width = chunk_size_for(max(int(counts.max(initial=0)), 1), chunk_size)
+    return _batch(np.arange(num_images), width, images, np.full(len(images), DENSE))
 
 
 def _batch(members: np.ndarray, width: int, images: np.ndarray, group_of: np.ndarray) -> Batch:

@@ -16,7 +16,7 @@ import numpy as np
 
 from crp_jax.errors import ConfigError
 from crp_jax.relevance.dense import compiled_functions
-from crp_jax.relevance.schedule import chunk_size_for, slot_arrays
+from crp_jax.relevance.schedule import plan_sharded, slot_arrays
 
 
 def explain_sharded(job, mesh, raise_not_finite) -> np.ndarray:
@@ -36,14 +36,11 @@ def explain_sharded(job, mesh, raise_not_finite) -> np.ndarray:
     n_dev = mesh.shape[axis]
     B, T = xs.shape[0], len(images)
     Bp = -(-B // n_dev) * n_dev
-    counts = np.bincount(images, minlength=B)
-    width = chunk_size_for(max(int(counts.max(initial=0)), 1), job.chunk_size)
-    slots = np.zeros(T, np.int64)
-    for b in range(B):
-        mine = np.flatnonzero(images == b)
-        slots[mine] = np.arange(len(mine))
-    n_slots = max(width, -(-int(counts.max(initial=0)) // width) * width)
-    A, C, L = slot_arrays(images, slots, job.anchors, job.cls_coef, job.loc_coef, Bp, n_slots)
+    batch = plan_sharded(images, B, job.chunk_size)
+    width, idx = batch.width, batch.dense
+    A, C, L = slot_arrays(
+        batch.rows, batch.slots, job.anchors[idx], job.cls_coef[idx], job.loc_coef[idx], Bp, batch.num_slots
+    )
     xp = np.concatenate([xs, np.repeat(xs[:1], Bp - B, axis=0)])
     sharded = NamedSharding(mesh, PartitionSpec(axis))
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -58,11 +55,10 @@ def explain_sharded(job, mesh, raise_not_finite) -> np.ndarray:
     rep_vars = jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, replicated, lambda i: a[i]), host_vars)
     ok, vjp_b = fwd(rep_vars, x_dev)
     out = np.empty((T,) + xs.shape[1:], np.float32)  # every target lands in one slot
-    for start in range(0, n_slots, width):
+    for start, pos in batch.calls():
         sl = slice(start, start + width)
         R = _gather(bwd(vjp_b, x_dev, put(A[:, sl]), put(C[:, sl]), put(L[:, sl])))  # [Bp, width, ...]
-        hit = (slots >= start) & (slots < start + width)
-        out[hit] = R[images[hit], slots[hit] - start]
+        out[idx[pos]] = R[batch.rows[pos], batch.slots[pos] - start]
     if not bool(_gather(ok)):
         raise_not_finite(list(range(B)))
     return out

@@ -56,7 +56,7 @@ from crp_jax.errors import InputError
 from crp_jax.interrupts import interrupted
 from crp_jax.relevance.targets import LocTarget
 from crp_jax.report import errors, figures, html, scenes
-from crp_jax.report.build import LOC_QUESTIONS, explain_detections, keypoint_map_names, loc_key
+from crp_jax.report.build import LOC_QUESTIONS, detection_explanations, keypoint_map_names, loc_key
 
 GENERATOR = "crp-jax report"
 #: Top-level entries a report owns in its folder (replaced on a rerun, nothing else is touched).
@@ -65,7 +65,7 @@ ENTRIES = ("index.html", "quality.html", "report.json", "pages", "scenes", "rele
 #: Prefix of the temporary folder made inside an existing ``--out``.
 TMP_PREFIX = ".crp-jax-report.tmp-"
 
-__all__ = ["GENERATOR", "ENTRIES", "ReportWriter", "is_report", "eta_line", "explain_detections"]
+__all__ = ["GENERATOR", "ENTRIES", "ReportWriter", "is_report", "eta_line", "detection_explanations"]
 
 
 def is_report(folder: Path) -> bool:
@@ -226,7 +226,7 @@ class ReportWriter:
         h, w = pixels.shape[:2]
         H, W = (int(v) for v in size) if size is not None else (h, w)
         scene = self.scenes.get(path)
-        exps = explain_detections(
+        exps = detection_explanations(
             self.model, self.variables, self.meta, x, det, (H, W), self.methods, partners=scene is not None
         )
         shown, f, s = display

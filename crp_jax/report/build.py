@@ -108,7 +108,7 @@ def _run(model, variables, meta, x, targets: list, method: str, layers: bool):
     return cj.explain(model, variables, x, targets, method=method, meta=meta, chunk_size=CHUNK), {}
 
 
-def explain_detections(
+def detection_explanations(
     model,
     variables,
     meta,
