@@ -198,11 +198,15 @@ def _crop_groups(model, comp, image_shape, A, K, key, R=4):
     vjp = jax.eval_shape(forward, variables, x)[1]
     spec = residual_spec(vjp)
     closed = backward_jaxpr(spec, 1, A, K, jnp.float32, R)
-    name = stored_plans.key(closed, image=list(image_shape), A=A, K=K, R=R, times_input=bool(comp.times_input))
-    stored = stored_plans.load(name)
-    if stored is None:
-        stored = [_plan_group(group, spec, vjp, x, A, K, R, comp.times_input) for group in anchor_groups(closed)]
-        stored_plans.save(name, stored)
+    stored = stored_plans.stored_or_computed(
+        closed,
+        lambda: [_plan_group(group, spec, vjp, x, A, K, R, comp.times_input) for group in anchor_groups(closed)],
+        image=list(image_shape),
+        A=A,
+        K=K,
+        R=R,
+        times_input=bool(comp.times_input),
+    )
     return tuple(CropGroup(image=tuple(image_shape[:2]), spec=spec, **g) for g in stored)
 
 

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -62,6 +63,20 @@ def key(closed_jaxpr, **inputs) -> str:
         h.update(f"{a.dtype}{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def stored_or_computed(closed_jaxpr, compute: Callable[[], list[dict]], **inputs) -> list[dict]:
+    """The groups stored for ``closed_jaxpr`` and ``inputs``, else ``compute()``'s, which are
+    then stored. Without a compilation cache nothing is hashed, read or written (the key
+    prints the whole backward jaxpr, which only pays when a file can be reused)."""
+    if folder() is None:
+        return compute()
+    name = key(closed_jaxpr, **inputs)
+    groups = load(name)
+    if groups is None:
+        groups = compute()
+        save(name, groups)
+    return groups
 
 
 def _tuple(v):
