@@ -44,7 +44,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 from jax.extend import core as jcore
 
-from crp_jax.compiled import cached
+from crp_jax.compiled import cached, shape_key, shape_tree
 from crp_jax.relevance import walk
 
 _IN, _OUT = "crp_jax.in:", "crp_jax.out:"
@@ -237,10 +237,9 @@ def _analyse(apply_fn, spec) -> tuple[tuple[str, LayerSigns], ...]:
 
 
 @cached("layer_signs", maxsize=64)
-def _layer_signs_hashable(apply_fn, spec_leaves, treedef):
-    return _analyse(apply_fn, jax.tree_util.tree_unflatten(treedef, spec_leaves))
+def _layer_signs_hashable(apply_fn, key):
+    return _analyse(apply_fn, shape_tree(key))
 
 
 def _layer_signs_cached(apply_fn, spec):
-    leaves, treedef = jax.tree_util.tree_flatten(spec)
-    return _layer_signs_hashable(apply_fn, tuple(leaves), treedef)
+    return _layer_signs_hashable(apply_fn, shape_key(spec))
