@@ -140,7 +140,7 @@ def _forward(jaxpr, consts_nonneg: list[bool], in_nonneg: list[bool], nonneg: di
     """Fill ``nonneg[var]`` (provably >= 0) for every var of ``jaxpr``, and each tagged layer's
     ``input_signed`` in ``facts``."""
 
-    def step(i, eqn, ins):
+    def step(index, eqn, ins):
         body = walk.call_body(eqn)
         if body is not None:
             return _forward(body[0], [False] * len(body[0].constvars), ins, nonneg, facts)
@@ -160,7 +160,7 @@ def _backward(jaxpr, out_neg: list[bool | None], nonneg: dict, facts: dict, sums
     def is_nonneg(v) -> bool:
         return _literal_nonneg(v) if isinstance(v, jcore.Literal) else nonneg.get(v, False)
 
-    def step(i, eqn, outs):
+    def step(index, eqn, outs):
         body = walk.call_body(eqn)
         if body is not None:
             return _backward(body[0], outs, nonneg, facts, sums)
@@ -169,7 +169,7 @@ def _backward(jaxpr, out_neg: list[bool | None], nonneg: dict, facts: dict, sums
         tag = eqn.params.get("name", "") if prim == "name" else ""
         if prim == "max":
             # max(a, c) with c >= 0 zeroes a's negative entries (ReLU): they get no relevance
-            return [o_neg and not any(is_nonneg(u) for j, u in enumerate(ins) if j != i) for i in range(len(ins))]
+            return [o_neg and not any(is_nonneg(u) for j, u in enumerate(ins) if j != k) for k in range(len(ins))]
         if prim == "clamp":
             return [None, o_neg and not is_nonneg(ins[0]), None]
         if prim in ("mul", "div"):
