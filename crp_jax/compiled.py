@@ -43,6 +43,7 @@ class FunctionCache:
         self.name, self._build, self.maxsize = name, build, maxsize
         self._entries: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
+        self._building: dict = {}  # key -> lock held by the thread building it
         self.hits = self.misses = 0
         _CACHES[name] = self
         functools.update_wrapper(self, build)
@@ -54,16 +55,33 @@ class FunctionCache:
             return self._build(*key)
         with self._lock:
             if key in self._entries:
-                self.hits += 1
-                self._entries.move_to_end(key)
-                return self._entries[key]
-            self.misses += 1
-        value = self._build(*key)  # outside the lock: building may trace for seconds
-        with self._lock:
-            self._entries[key] = value
-            while len(self._entries) > self.maxsize:
-                self._entries.popitem(last=False)
+                return self._hit(key)
+            building = self._building.setdefault(key, threading.RLock())
+        # one builder per key: a thread asking for a key another thread is building (the CLI
+        # runs methods in threads) waits for it instead of tracing the same program again;
+        # other keys build meanwhile (building may trace for seconds)
+        with building:
+            with self._lock:
+                if key in self._entries:
+                    return self._hit(key)
+                self.misses += 1
+            try:
+                value = self._build(*key)
+            except BaseException:
+                with self._lock:
+                    self._building.pop(key, None)
+                raise
+            with self._lock:
+                self._entries[key] = value
+                while len(self._entries) > self.maxsize:
+                    self._entries.popitem(last=False)
+                self._building.pop(key, None)
         return value
+
+    def _hit(self, key):  # with self._lock held
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return self._entries[key]
 
     def values(self) -> list:
         """The cached values, least recently used first."""

@@ -49,3 +49,68 @@ def test_cache_is_lru_counts_and_builds_afresh_for_unhashable_keys():
         from crp_jax import compiled
 
         compiled._CACHES.pop("test_cache_lru", None)
+
+
+def test_threads_asking_for_one_key_wait_for_a_single_build():
+    import threading
+    import time
+
+    built = []
+
+    @cached("test_cache_threads", maxsize=4)
+    def build(key):
+        built.append(key)
+        time.sleep(0.2)  # long enough for every thread to ask while the first builds
+        return object()
+
+    try:
+        got = []
+        threads = [threading.Thread(target=lambda: got.append(build("k"))) for _ in range(4)]
+        threads += [threading.Thread(target=lambda: got.append(build("other")))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(built) == ["k", "other"]  # each key built once
+        assert len({id(v) for v in got}) == 2
+        assert build.info().misses == 2 and build.info().hits == 3
+    finally:
+        from crp_jax import compiled
+
+        compiled._CACHES.pop("test_cache_threads", None)
+
+
+def test_a_failed_build_is_not_cached_and_the_next_call_builds_again():
+    calls = []
+
+    @cached("test_cache_failure", maxsize=4)
+    def build(key):
+        calls.append(key)
+        if len(calls) == 1:
+            raise RuntimeError("first build fails")
+        return key * 2
+
+    try:
+        with pytest.raises(RuntimeError, match="first build fails"):
+            build(3)
+        assert build(3) == 6 and build(3) == 6 and calls == [3, 3]
+    finally:
+        from crp_jax import compiled
+
+        compiled._CACHES.pop("test_cache_failure", None)
+
+
+def test_gradient_and_gradient_x_input_share_one_forward_program():
+    model, variables, meta = cj.load_pretrained()
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 128, 128, 3)).astype(np.float32)
+    targets = [cj.ClassTarget(0, 5, 1), cj.LocTarget(0, 700, "w", 1)]
+    clear_caches()
+    grad = cj.explain(model, variables, x, targets, method="gradient", meta=meta)
+    gxi = cj.explain(model, variables, x, targets, method="gradient_x_input", meta=meta)
+    info = cache_info()
+    assert info["forward"].entries == 1 and info["forward"].compilations == 1
+    assert info["dense_backward"].entries == 2  # times_input is the backward's last step
+    np.testing.assert_allclose(gxi, grad * x[0], rtol=1e-6, atol=1e-6 * np.abs(gxi).max())
+    # the rules make CRP's forward a different program
+    cj.explain(model, variables, x, targets, method="crp", meta=meta)
+    assert cache_info()["forward"].entries == 2

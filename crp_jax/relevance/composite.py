@@ -32,6 +32,7 @@ Build your own in a few lines::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,6 +146,12 @@ class Composite:
         if isinstance(module, _LINEAR_TYPES) or layer_kind(module) is not None:
             return True
         return any(isinstance(sel, type) and isinstance(module, sel) for sel, _ in self.rules)
+
+    def forward_part(self) -> Composite:
+        """This composite less what the forward pass does not read (contrast, times_input,
+        name): the key of compiled forwards, so that composites differing only there share one
+        traced and compiled forward (gradient and gradient x input do)."""
+        return dataclasses.replace(self, contrast="none", times_input=False, name="forward")
 
     def needs_signs(self) -> bool:
         """Whether :meth:`intercept` uses the graph's sign facts (some linear rule may change)."""

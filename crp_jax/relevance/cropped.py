@@ -235,7 +235,7 @@ def batch_rows_readable(model, variables, x_shape: Sequence[int], composite) -> 
     residual of the forward that depends on the batch has it on axis 0 (shapes only, traced
     once per model, composite and shapes; ``explain`` asks only when it batches images that
     have cropped targets)."""
-    return _batch_rows_readable(model, composite, tuple(x_shape[1:]), shape_key(variables))
+    return _batch_rows_readable(model, composite.forward_part(), tuple(x_shape[1:]), shape_key(variables))
 
 
 @cached("batch_rows_readable", maxsize=32)
@@ -312,7 +312,7 @@ def trimmed_forward(model, comp, groups: Sequence[CropGroup]):
     of the groups' residual leaves (in index order) and ``ok`` says whether the groups'
     outputs are finite. XLA drops every computation nothing returned needs: for SSD300's
     first source, the layers after conv4_3 and the other heads (their relevance is zero)."""
-    return _trimmed_forward(model, comp, tuple(groups))
+    return _trimmed_forward(model, comp.forward_part(), tuple(groups))
 
 
 @cached("trimmed_forward", maxsize=16)

@@ -29,18 +29,19 @@ def compiled_functions(model, comp: Composite, chunk: int, num_boxes: int, layer
     -> R [N, chunk, H, W, C]`` (and per-layer totals ``path -> [N, chunk, 2]``, total and
     absolute relevance at each layer's output, with ``layers=True``): slot ``c`` of image
     ``n`` is the target with initial relevance ``cls_coef[n, c]`` / ``loc_coef[n, c]`` at box
-    ``anchors[n, c]``. Held by :mod:`crp_jax.compiled`: one forward per (model, composite,
-    layers) (``cache_info()["forward"]``), one backward per (model, composite, chunk, A,
+    ``anchors[n, c]``. Held by :mod:`crp_jax.compiled`: one forward per (model,
+    ``comp.forward_part()``, layers) (``cache_info()["forward"]``: composites that differ only
+    in contrast, times_input or name share it), one backward per (model, composite, chunk, A,
     layers) (``"dense_backward"``), so each chunk size's compilations can be counted.
     ``num_boxes`` is A.
     """
-    return _forward(model, comp, layers), _backward(model, comp, chunk, num_boxes, layers)
+    return dense_forward(model, comp, layers), _backward(model, comp, chunk, num_boxes, layers)
 
 
 def dense_forward(model, comp: Composite, layers: bool = False):
     """The jitted forward of :func:`compiled_functions` alone (the crop plan reads its
     shapes, so that jit's trace serves both)."""
-    return _forward(model, comp, layers)
+    return _forward(model, comp.forward_part(), layers)
 
 
 @cached("forward", maxsize=16)

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def save(name: str, groups: list[dict]) -> None:
         return
     try:
         base.mkdir(parents=True, exist_ok=True)
-        tmp = base / f".{name}.{os.getpid()}.tmp"
+        tmp = base / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
         tmp.write_text(json.dumps({"groups": [{f: g[f] for f in FIELDS} for g in groups]}))
         os.replace(tmp, base / f"{name}.json")
     except (OSError, TypeError, ValueError):

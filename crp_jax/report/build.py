@@ -34,7 +34,7 @@ import numpy as np
 
 import crp_jax as cj
 from crp_jax import metrics
-from crp_jax.apps.explanations import keypoint_regressors, on_image, partner
+from crp_jax.apps.explanations import keypoint_regressors, on_image, partner, per_method
 from crp_jax.compiled import cached
 
 CHUNK = 8
@@ -147,8 +147,9 @@ def detection_explanations(
         exps.append(e)
     if not exps:
         return []
-    for m in methods:
-        asks: list[tuple[int, str, object]] = []  # (detection, map name, target)
+
+    def asks_of(m: str) -> list[tuple[int, str, object]]:  # (detection, map name, target)
+        asks = []
         for e in exps:
             asks.append((e.index, m, cj.ClassTarget(0, e.anchor, e.label)))
             for other, suffix in ((e.runner_up, "runner_up"), (e.partner, "partner")):
@@ -163,11 +164,16 @@ def detection_explanations(
                 if e.keypoints is not None:
                     for name in kp_names:
                         asks.append((e.index, loc_key(name, 1), cj.LocTarget(0, e.anchor, name, 1)))
-        layers = m in FLOW_METHODS
-        R, flow = _run(model, variables, meta, x, [t for _, _, t in asks], m, layers)
+        return asks
+
+    def run(m: str):
+        asks = asks_of(m)
+        return asks, _run(model, variables, meta, x, [t for _, _, t in asks], m, m in FLOW_METHODS)
+
+    for m, (asks, (R, flow)) in per_method(run, methods).items():
         for t, (i, name, _) in enumerate(asks):
             exps[i].relevance[name] = R[t]
-            if layers and name == m:
+            if m in FLOW_METHODS and name == m:
                 exps[i].flow_layers = tuple(flow)
                 exps[i].flow[m] = np.stack([flow[layer][t] for layer in flow])
     for e in exps:
