@@ -1,12 +1,14 @@
-"""How ``crop="auto"``'s area threshold (``cropped.CROP_MAX_AREA``) compares with cropping every
-windowed group (``crop="always"``) and with a threshold of 0.75, per target against the batched
+"""How ``crop="auto"``'s policy (``cropped.auto_crops``: a window of at most ``CROP_MAX_AREA``
+of the image, or ``CROP_MAX_AREA_MANY`` with ``CROP_MANY_TARGETS`` targets in the call) compares
+with the area threshold alone (0.5, the policy before the target count), a plain 0.75 threshold
+and cropping every windowed group (``crop="always"``), per target against the batched
 plain-gradient floor (as ``dataset_shape.py``), for shapes ``IMAGESxTARGETS``; runners
 interleaved, median of 5:
 
     python benchmarks/crop_policy.py shipped 48x1 16x3 1x48
 
-The threshold is a module constant read when ``explain`` picks its groups, so the 0.75 runner
-sets it around its call and puts it back.
+The policy's constants are module constants read when ``explain`` picks its groups, so a
+runner sets them around its call and puts them back.
 """
 
 import statistics
@@ -24,14 +26,16 @@ import crp_jax as cj  # noqa: E402
 import crp_jax.relevance.cropped as cropped  # noqa: E402
 
 
-def with_area(area: float, fn):
+def with_policy(fn, **constants):
     def run():
-        old = cropped.CROP_MAX_AREA
-        cropped.CROP_MAX_AREA = area
+        old = {k: getattr(cropped, k) for k in constants}
+        for k, v in constants.items():
+            setattr(cropped, k, v)
         try:
             return fn()
         finally:
-            cropped.CROP_MAX_AREA = old
+            for k, v in old.items():
+                setattr(cropped, k, v)
 
     return run
 
@@ -54,8 +58,9 @@ def main() -> None:
             return cj.explain(model, variables, x, targets, method="crp", meta=meta, crop=crop)
 
         runs = {
-            f"auto ({cropped.CROP_MAX_AREA})": explain,
-            "0.75": with_area(0.75, explain),
+            "auto": explain,
+            f"area {cropped.CROP_MAX_AREA} alone": with_policy(explain, CROP_MANY_TARGETS=10**9),
+            "0.75": with_policy(explain, CROP_MAX_AREA=0.75),
             "always": lambda: explain("always"),
             "floor": lambda: floor(variables, x, slot_anchors, coef).block_until_ready(),
         }

@@ -250,3 +250,33 @@ def test_ops_without_a_window_rule_run_whole_and_stay_exact():
     )
     assert got.shape == (1, *dense.shape)
     np.testing.assert_allclose(np.asarray(got)[0], dense, atol=1e-6)
+
+
+def test_auto_crop_policy_by_window_share_and_target_count():
+    from crp_jax.relevance.cropped import auto_crops
+
+    # shares computed by hand: 108^2 / 128^2 = 0.712, 108^2 / 300^2 = 0.130, 100^2 / 128^2 = 0.61
+    assert auto_crops((108, 108), (300, 300)) and auto_crops((108, 108), (300, 300), 1)
+    assert not auto_crops((108, 108), (128, 128), 15) and auto_crops((108, 108), (128, 128), 16)
+    assert auto_crops((100, 100), (128, 128), 16) and not auto_crops((100, 100), (128, 128), 3)
+    assert not auto_crops((324, 324), (128, 128), 1000)  # clipped to the image: the whole image
+    assert not auto_crops((128, 100), (128, 128), 10**6)  # 0.78 > 0.75
+    assert auto_crops((64, 128), (128, 128))  # exactly half
+
+
+def test_auto_crops_the_shipped_first_source_only_for_many_targets(shipped):
+    from crp_jax.compiled import cache_info, clear_caches
+
+    model, variables, meta, x = shipped
+    first = [a for a in range(0, 1024, 61)]  # 17 anchors of the first source (71% windows)
+    targets = [cj.ClassTarget(0, a, 1 + a % 6) for a in first]
+    clear_caches()
+    few = cj.explain(model, variables, x, targets[:3], meta=meta)
+    info = cache_info()
+    assert info["cropped_backward"].entries == 0 and info["crop_plans"].entries == 0  # nothing planned
+    many = cj.explain(model, variables, x, targets[:16], meta=meta)
+    assert cache_info()["cropped_backward"].entries == 1
+    dense = cj.explain(model, variables, x, targets[:16], meta=meta, crop=False)
+    scale = np.abs(dense).max()
+    assert np.abs(many - dense).max() <= TOL * scale
+    np.testing.assert_allclose(few, dense[:3], atol=TOL * scale, rtol=0)

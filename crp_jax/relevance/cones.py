@@ -232,6 +232,7 @@ class ConeGeometry:
         self._prev_scopes: set = set()
         self._name(self._jaxpr, self._in_dep, (), (), True)
         self._site_keys, self.map_sizes = self._assign_keys()
+        self._sizes: tuple[SourceCone, ...] | None = None
 
     # -- naming (forward, program order) --
     def _scope_of(self, eqn, outer: tuple[str, ...]) -> tuple[str, ...]:
@@ -396,7 +397,13 @@ class ConeGeometry:
         )
 
     def sizes(self) -> tuple[SourceCone, ...]:
-        """Static (unclipped) window sizes per group of anchors, see :class:`SourceCone`."""
+        """Static (unclipped) window sizes per group of anchors, see :class:`SourceCone`
+        (walked once per geometry: ``explain``'s crop="auto" asks on every call)."""
+        if self._sizes is None:
+            self._sizes = self._walk_sizes()
+        return self._sizes
+
+    def _walk_sizes(self) -> tuple[SourceCone, ...]:
         A = self.num_anchors
         x, rec = self._walk(np.arange(A, dtype=np.int64), False)
         sites = list(self._site_keys)

@@ -129,11 +129,26 @@ def cropped_slot(leaves, x, anchor, cls_coef, loc_coef, *, spec, num_boxes: int,
     return window, jnp.stack(offset)
 
 
-# explain crops a group when its input window covers at most this share of the image.
-# Measured (SSD300, 2-core CPU, benchmarks/RESULTS.md "Cropped propagation"): a 108 px window
-# (13% of the image) makes the backward 14x cheaper; whole-image windows gain nothing and,
-# chunked per group, lose to the shared dense chunks (detection-like targets: 0.93x).
+# crop="auto" crops a group when its input window covers at most CROP_MAX_AREA of the image, or
+# at most CROP_MAX_AREA_MANY when one call has at least CROP_MANY_TARGETS of its targets.
+# Measured (benchmarks/RESULTS.md "Cropped propagation", "Which groups crop=auto should crop"):
+# SSD300's 108 px window (13% of the image) makes the backward 14x cheaper; whole-image windows
+# gain nothing and, chunked per group, lose to the shared dense chunks (0.93x). Between the two,
+# the shipped 128 px model's first source (71%): cropped, crp over the batched floor fell from
+# 1.50 to 1.24 (48 images x 1 target) and 1.37 to 1.02 (16 x 3), but each method then traces one
+# more program per process (+0.9 s on a one-scene, three-target CLI run of five methods), which
+# only many targets pay back.
 CROP_MAX_AREA = 0.5
+CROP_MAX_AREA_MANY = 0.75
+CROP_MANY_TARGETS = 16
+
+
+def auto_crops(window: Sequence[int], image: Sequence[int], targets: int = 0) -> bool:
+    """crop="auto"'s one test: whether a group whose input window is ``(h, w)`` (clipped to
+    the ``image`` ``(H, W)``) is cropped in a call with ``targets`` of its targets."""
+    h, w = min(int(window[0]), int(image[0])), min(int(window[1]), int(image[1]))
+    share = h * w / (int(image[0]) * int(image[1]))
+    return share <= CROP_MAX_AREA or (share <= CROP_MAX_AREA_MANY and targets >= CROP_MANY_TARGETS)
 
 
 @dataclass(frozen=True)
@@ -165,10 +180,14 @@ class CropGroup:
 
     @property
     def cropped(self) -> bool:
-        """Whether ``explain`` crops this group by default: windowed, and the window covers
-        at most :data:`CROP_MAX_AREA` of the image."""
-        area = self.window[0] * self.window[1] / (self.image[0] * self.image[1])
-        return self.windowed and area <= CROP_MAX_AREA
+        """Whether ``explain`` crops this group by default for a few targets: windowed, and
+        the window covers at most :data:`CROP_MAX_AREA` of the image."""
+        return self.crops(0)
+
+    def crops(self, targets: int) -> bool:
+        """Whether crop="auto" crops this group in a call with ``targets`` of its targets
+        (:func:`auto_crops`)."""
+        return self.windowed and auto_crops(self.window, self.image, targets)
 
 
 def crop_groups(

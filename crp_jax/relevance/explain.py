@@ -32,8 +32,8 @@ from crp_jax.relevance.collect import Collector, whole_windows
 from crp_jax.relevance.composite import Composite, get_composite
 from crp_jax.relevance.cones import cone_sizes
 from crp_jax.relevance.cropped import (
-    CROP_MAX_AREA,
     Unsupported,
+    auto_crops,
     batch_rows_readable,
     compiled_cropped,
     crop_groups,
@@ -46,9 +46,10 @@ from crp_jax.relevance.targets import ClassTarget, LocTarget, Target, encode_tar
 from crp_jax.relevance.windows import RelevanceWindows
 
 #: How ``crop=`` chooses between the cropped and the dense path: "auto" crops a head output
-#: whose receptive-field window covers at most half the image (:attr:`CropGroup.cropped`),
-#: "always" every head output the cropped engine windows, "never" none. ``True`` and
-#: ``False`` mean "auto" and "never".
+#: whose receptive-field window covers at most half the image, or at most three quarters when
+#: the call has at least 16 of its targets (:func:`crp_jax.relevance.cropped.auto_crops`: a
+#: cropped program pays back its tracing only over many targets), "always" every head output
+#: the cropped engine windows, "never" none. ``True`` and ``False`` mean "auto" and "never".
 CROP_MODES = ("auto", "always", "never")
 
 _ARGS = """
@@ -320,21 +321,31 @@ def _cropped_groups(job: _Job, crop: str) -> tuple:
         )
     except Unsupported:
         return (), 0
-    return tuple(g for g in groups if (g.windowed if crop == "always" else g.cropped)), len(groups)
+    if crop == "always":
+        return tuple(g for g in groups if g.windowed), len(groups)
+    return tuple(g for g in groups if g.crops(_targets_in(job, g.anchors))), len(groups)
+
+
+def _targets_in(job: _Job, anchors: Sequence[int]) -> int:
+    """How many of the call's targets lie in the anchor rows ``[start, stop)``."""
+    return int(((job.anchors >= anchors[0]) & (job.anchors < anchors[1])).sum())
 
 
 def _may_crop(job: _Job) -> bool:
-    """Whether "auto" may crop some head output: some group of anchors reads at most
-    :data:`CROP_MAX_AREA` of the image. Read from the receptive fields of the forward
-    (:func:`crp_jax.relevance.cones.cone_sizes`: one traced forward per model and shapes), which
-    the crop plan's windows contain; when every field is larger (the shipped 128 px model:
-    71% to 100%) the per-composite plan, a traced backward per method, is skipped."""
+    """Whether "auto" may crop some head output (:func:`crp_jax.relevance.cropped.auto_crops`
+    of some group of anchors, its window and its targets). Read from the receptive fields of
+    the forward (:func:`crp_jax.relevance.cones.cone_sizes`: one traced forward per model and
+    shapes), which the crop plan's windows contain; when no group qualifies (the shipped 128 px
+    model, whose fields cover 71% to 100% of the image, with fewer than 16 targets in the
+    first) the per-composite plan, a traced backward per method, is skipped."""
     _, H, W, C = job.xs.shape
     try:
         fields = cone_sizes(job.model, job.variables, (1, H, W, C))
     except InputError:  # no anchor axis the cone walk understands: let the plan decide
         return True
-    return any(min(h, H) * min(w, W) <= CROP_MAX_AREA * H * W for h, w in (f.sizes["input"] for f in fields))
+    return any(
+        auto_crops(f.sizes["input"], (H, W), _targets_in(job, (f.anchors.start, f.anchors.stop))) for f in fields
+    )
 
 
 def heatmap(R, reduce: str = "sum") -> np.ndarray:
