@@ -26,10 +26,15 @@ def test_per_method_keeps_order_runs_each_once_and_overlaps_two():
             running[0] -= 1
         return m.upper()
 
-    out = per_method(fn, ["b", "a", "b", "c"])
-    assert list(out) == ["b", "a", "c"] and out == {"b": "B", "a": "A", "c": "C"}
-    assert sorted(calls) == ["a", "b", "c"]
+    out = per_method(fn, ["b_new", "a_new", "b_new", "c_new"])
+    assert list(out) == ["b_new", "a_new", "c_new"] and out == {"b_new": "B_NEW", "a_new": "A_NEW", "c_new": "C_NEW"}
+    assert sorted(calls) == ["a_new", "b_new", "c_new"]
     assert peak[0] == 2
+    # methods run before: in order, one at a time (their programs exist; threads would contend)
+    calls.clear()
+    peak[0] = 0
+    assert per_method(fn, ["c_new", "a_new"]) == {"c_new": "C_NEW", "a_new": "A_NEW"}
+    assert calls == ["c_new", "a_new"] and peak[0] == 1
 
 
 def test_per_method_raises_the_error_of_a_failing_method():

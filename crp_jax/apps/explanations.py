@@ -206,24 +206,32 @@ def keypoint_maps(model, variables, meta, im: DetectedImage, method: str, sign: 
     return out
 
 
-#: How many methods' ``explain`` calls run at once (:func:`per_method`).
+#: How many methods' ``explain`` calls run at once while their programs are new (:func:`per_method`).
 METHOD_THREADS = 2
+
+_RUN_BEFORE: set = set()  # methods per_method has run in this process
 
 
 def per_method(fn, methods) -> dict:
-    """``{method: fn(method)}`` for each distinct method, ``METHOD_THREADS`` at a time.
+    """``{method: fn(method)}`` for each distinct method; the first time a method is asked for
+    in this process, ``METHOD_THREADS`` at a time.
 
-    Each method is its own programs (its rules make a different forward and backward), and
-    XLA compiles and runs them outside Python's lock: two at once overlap one method's tracing
-    with another's compiling and running (a one-scene ``crp-jax explain`` grid: 5.6 -> 4.6 s
-    warm, 20.5 -> 17.1 s cold on 2 cores; benchmarks/RESULTS.md). Results do not depend on
-    it: each call is the same computation as alone. Peak memory is that of two calls."""
+    Each method is its own programs (its rules make a different forward and backward), traced
+    and compiled on its first call. XLA compiles and runs outside Python's lock, so two new
+    methods at once overlap one's tracing with the other's compiling (a one-scene
+    ``crp-jax explain`` grid, 2 cores: 20.5 -> 17.1 s cold; benchmarks/RESULTS.md). Once every
+    method has run, their calls only run programs, which already use every core: in threads
+    they contend (``report --scenes 200``: 134 s and 1.08 GiB peak threaded, 115 s and 0.80 GiB
+    in order), so they run in order. Results do not depend on it: each call is the same
+    computation as alone."""
     methods = list(dict.fromkeys(methods))
-    if len(methods) < 2:
+    if len(methods) < 2 or _RUN_BEFORE.issuperset(methods):
         return {m: fn(m) for m in methods}
     with ThreadPoolExecutor(max_workers=METHOD_THREADS) as pool:
         futures = {m: pool.submit(fn, m) for m in methods}
-        return {m: f.result() for m, f in futures.items()}
+        out = {m: f.result() for m, f in futures.items()}
+    _RUN_BEFORE.update(methods)
+    return out
 
 
 def grid_heatmaps(model, variables, meta, im: DetectedImage, ask: Ask, method: str, compare: str):
