@@ -37,14 +37,19 @@ def test_per_method_keeps_order_runs_each_once_and_overlaps_two():
     assert calls == ["c_new", "a_new"] and peak[0] == 1
 
 
-def test_per_method_raises_the_error_of_a_failing_method():
+def test_per_method_raises_the_error_of_a_failing_method_and_starts_no_more():
+    started = []
+
     def fn(m):
+        started.append(m)
         if m == "bad":
             raise cj.TargetError("bad target")
+        time.sleep(0.2)  # "ok" is still running when "bad" fails
         return m
 
     with pytest.raises(cj.TargetError, match="bad target"):
-        per_method(fn, ["ok", "bad", "also"])
+        per_method(fn, ["ok", "bad", "later1", "later2", "later3"])
+    assert started[:2] == ["ok", "bad"] and len(started) <= 3  # at most one more had started
 
 
 def test_grid_of_methods_equals_each_methods_explain_alone():

@@ -8,7 +8,7 @@ image to image (XLA compiles dominate a command's run time).
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -227,9 +227,17 @@ def per_method(fn, methods) -> dict:
     methods = list(dict.fromkeys(methods))
     if len(methods) < 2 or _RUN_BEFORE.issuperset(methods):
         return {m: fn(m) for m in methods}
-    with ThreadPoolExecutor(max_workers=METHOD_THREADS) as pool:
+    pool = ThreadPoolExecutor(max_workers=METHOD_THREADS)
+    try:
         futures = {m: pool.submit(fn, m) for m in methods}
+        wait(futures.values(), return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures.values() if f.done() and not f.cancelled() and f.exception() is not None]
+        if failed:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise failed[0].exception()
         out = {m: f.result() for m, f in futures.items()}
+    finally:  # after an error or Ctrl-C, methods not started yet do not start
+        pool.shutdown(wait=True, cancel_futures=True)
     _RUN_BEFORE.update(methods)
     return out
 
