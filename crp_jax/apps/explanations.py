@@ -221,8 +221,8 @@ def per_method(fn, methods) -> dict:
     methods at once overlap one's tracing with the other's compiling (a one-scene
     ``crp-jax explain`` grid, 2 cores: 20.5 -> 17.1 s cold; benchmarks/RESULTS.md). Once every
     method has run, their calls only run programs, which already use every core: in threads
-    they contend (``report --scenes 200``: 134 s and 1.08 GiB peak threaded, 115 s and 0.80 GiB
-    in order), so they run in order. Results do not depend on it: each call is the same
+    they contend (``report --scenes 200``: 134 s and 1.08 GiB peak with threads for every
+    image, 114 s and 0.60 GiB in order), so they run in order on the calling thread. Results do not depend on it: each call is the same
     computation as alone."""
     methods = list(dict.fromkeys(methods))
     if len(methods) < 2 or _RUN_BEFORE.issuperset(methods):
