@@ -4,7 +4,17 @@ import numpy as np
 import pytest
 
 import crp_jax as cj
+from crp_jax import compiled
 from crp_jax.compiled import FunctionCache, cache_info, cached, clear_caches
+
+
+@pytest.fixture
+def scratch_caches():
+    """Caches a test registers are taken out of the registry afterwards."""
+    before = set(compiled._CACHES)
+    yield
+    for name in set(compiled._CACHES) - before:
+        compiled._CACHES.pop(name)
 
 
 def test_explain_fills_named_caches_and_a_second_call_compiles_nothing():
@@ -24,7 +34,7 @@ def test_explain_fills_named_caches_and_a_second_call_compiles_nothing():
     np.testing.assert_array_equal(first, again)
 
 
-def test_cache_is_lru_counts_and_builds_afresh_for_unhashable_keys():
+def test_cache_is_lru_counts_and_builds_afresh_for_unhashable_keys(scratch_caches):
     built = []
 
     @cached("test_cache_lru", maxsize=2)
@@ -32,26 +42,21 @@ def test_cache_is_lru_counts_and_builds_afresh_for_unhashable_keys():
         built.append(key)
         return object()
 
-    try:
-        a = build(1)
-        assert build(1) is a and built == [1]
-        build(2), build(3)  # evicts 1
-        assert build(1) is not a and built == [1, 2, 3, 1]
-        unhashable = [1]
-        assert build(unhashable) is not build(unhashable)  # no cache, still correct
-        i = build.info()
-        assert (i.entries, i.hits) == (2, 1)
-        build.clear()
-        assert build.info().entries == 0
-        with pytest.raises(ValueError, match="test_cache_lru"):
-            FunctionCache("test_cache_lru", lambda: None, 1)
-    finally:
-        from crp_jax import compiled
-
-        compiled._CACHES.pop("test_cache_lru", None)
+    a = build(1)
+    assert build(1) is a and built == [1]
+    build(2), build(3)  # evicts 1
+    assert build(1) is not a and built == [1, 2, 3, 1]
+    unhashable = [1]
+    assert build(unhashable) is not build(unhashable)  # no cache, still correct
+    i = build.info()
+    assert (i.entries, i.hits) == (2, 1)
+    build.clear()
+    assert build.info().entries == 0
+    with pytest.raises(ValueError, match="test_cache_lru"):
+        FunctionCache("test_cache_lru", lambda: None, 1)
 
 
-def test_threads_asking_for_one_key_wait_for_a_single_build():
+def test_threads_asking_for_one_key_wait_for_a_single_build(scratch_caches):
     import threading
     import time
 
@@ -63,24 +68,19 @@ def test_threads_asking_for_one_key_wait_for_a_single_build():
         time.sleep(0.2)  # long enough for every thread to ask while the first builds
         return object()
 
-    try:
-        got = []
-        threads = [threading.Thread(target=lambda: got.append(build("k"))) for _ in range(4)]
-        threads += [threading.Thread(target=lambda: got.append(build("other")))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert sorted(built) == ["k", "other"]  # each key built once
-        assert len({id(v) for v in got}) == 2
-        assert build.info().misses == 2 and build.info().hits == 3
-    finally:
-        from crp_jax import compiled
-
-        compiled._CACHES.pop("test_cache_threads", None)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(build("k"))) for _ in range(4)]
+    threads += [threading.Thread(target=lambda: got.append(build("other")))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(built) == ["k", "other"]  # each key built once
+    assert len({id(v) for v in got}) == 2
+    assert build.info().misses == 2 and build.info().hits == 3
 
 
-def test_a_failed_build_is_not_cached_and_the_next_call_builds_again():
+def test_a_failed_build_is_not_cached_and_the_next_call_builds_again(scratch_caches):
     calls = []
 
     @cached("test_cache_failure", maxsize=4)
@@ -90,14 +90,9 @@ def test_a_failed_build_is_not_cached_and_the_next_call_builds_again():
             raise RuntimeError("first build fails")
         return key * 2
 
-    try:
-        with pytest.raises(RuntimeError, match="first build fails"):
-            build(3)
-        assert build(3) == 6 and build(3) == 6 and calls == [3, 3]
-    finally:
-        from crp_jax import compiled
-
-        compiled._CACHES.pop("test_cache_failure", None)
+    with pytest.raises(RuntimeError, match="first build fails"):
+        build(3)
+    assert build(3) == 6 and build(3) == 6 and calls == [3, 3]
 
 
 def test_gradient_and_gradient_x_input_share_one_forward_program():

@@ -49,7 +49,8 @@ def test_per_method_raises_the_error_of_a_failing_method_and_starts_no_more():
 
     with pytest.raises(cj.TargetError, match="bad target"):
         per_method(fn, ["ok", "bad", "later1", "later2", "later3"])
-    assert started[:2] == ["ok", "bad"] and len(started) <= 3  # at most one more had started
+    # the two workers took "ok" and "bad" (in either order); at most one more had started
+    assert sorted(started[:2]) == ["bad", "ok"] and len(started) <= 3
 
 
 def test_grid_of_methods_equals_each_methods_explain_alone():

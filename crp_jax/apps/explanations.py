@@ -258,19 +258,13 @@ def grid_heatmaps(model, variables, meta, im: DetectedImage, ask: Ask, method: s
         if t is not None:
             base[i] = t
     dets = sorted(base)
-    cache: dict[str, dict] = {}
 
     def run(m: str, targets: dict) -> dict:
         hs = heatmaps(model, variables, meta, im.x, [targets[i] for i in sorted(targets)], m, im.full_size)
         return {i: (targets[i], h) for i, h in zip(sorted(targets), hs)}
 
-    columns = []
-    if compare == "methods":
-        cache = per_method(lambda m: run(m, base), (method, *PRESETS))
-        for m in PRESETS:
-            columns.append((method_title(m), m, cache[m]))
-    else:
-        cache[method] = run(method, base)
+    maps = per_method(lambda m: run(m, base), (method, *PRESETS) if compare == "methods" else (method,))
+    columns = [(method_title(m), m, maps[m]) for m in PRESETS] if compare == "methods" else []
     if compare == "classes":
         # column p: the p-th class of each detection's list: its own class first, then the
         # explicit contrast classes, or all other foreground classes.
@@ -293,8 +287,8 @@ def grid_heatmaps(model, variables, meta, im: DetectedImage, ask: Ask, method: s
                     if t is not None:
                         targets[i] = t
             title = "detected class" if p == 0 else f"class #{p + 1}"
-            columns.append((title, method, cache[method] if p == 0 else run(method, targets)))
-    return dets, cache[method], columns
+            columns.append((title, method, maps[method] if p == 0 else run(method, targets)))
+    return dets, maps[method], columns
 
 
 def first_detected_scene(
